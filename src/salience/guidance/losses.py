@@ -1,0 +1,110 @@
+"""Per-image guidance losses on (maps, masks).
+
+Every loss takes raw attribution maps ``maps`` ``[B, h, w]`` (one class per image, signed where
+the method is signed) and a target ``[B, H, W]`` and returns one value per image, ``[B]``.
+Box-based losses (energy, l1, ppce, rrr) upsample the maps bilinearly to the mask size
+``(H, W)``; ``cyborg`` instead resizes the human map to the map size, as in CYBORG.
+The normalisation each loss applies is stated in its docstring (SPEC, "Guidance").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-7
+"""Guards divisions by a sum or a maximum that is 0 (an all-zero map)."""
+PPCE_EPS = 1e-6
+"""PPCE uses ``log(Â + PPCE_EPS)`` so that a zero pixel inside the mask costs a finite amount."""
+
+
+def _check(maps: Tensor, masks: Tensor, name: str) -> None:
+    if maps.dim() != 3 or masks.dim() != 3 or maps.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"{name}: expected maps [B, h, w] and masks [B, H, W] with the same B, "
+            f"got maps {tuple(maps.shape)} and masks {tuple(masks.shape)}"
+        )
+
+
+def _to_mask_size(maps: Tensor, masks: Tensor) -> Tensor:
+    """Bilinear upsampling of ``maps`` ``[B, h, w]`` to the masks' ``(H, W)``."""
+    if maps.shape[-2:] == masks.shape[-2:]:
+        return maps
+    return F.interpolate(maps[:, None], size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(x.shape[0], -1)
+
+
+def _max_normalised_positive(maps: Tensor) -> Tensor:
+    """``A⁺ / max A⁺`` per image, ``[B, P]``; an all-zero A⁺ stays zero."""
+    pos = _flat(maps).clamp(min=0)
+    return pos / pos.amax(dim=1, keepdim=True).clamp(min=EPS)
+
+
+def energy(maps: Tensor, masks: Tensor) -> Tensor:
+    """Energy loss ``1 − Σ M·A⁺ / Σ A⁺`` per image; ``1 − Σ M·A⁺`` where ``Σ A⁺ < EPS``.
+
+    maps ``[B, h, w]`` raw, masks ``[B, H, W]`` in {0, 1}; returns ``[B]`` in [0, 1].
+    """
+    _check(maps, masks, "energy")
+    pos = _flat(_to_mask_size(maps, masks)).clamp(min=0)
+    inside = (pos * _flat(masks)).sum(dim=1)
+    total = pos.sum(dim=1)
+    tiny = total < EPS
+    return torch.where(tiny, 1 - inside, 1 - inside / torch.where(tiny, torch.ones_like(total), total))
+
+
+def l1(maps: Tensor, masks: Tensor) -> Tensor:
+    """L1 loss ``mean_pixels |Â − M|`` with ``Â = A⁺ / max A⁺`` per image; returns ``[B]``."""
+    _check(maps, masks, "l1")
+    a = _max_normalised_positive(_to_mask_size(maps, masks))
+    return (a - _flat(masks)).abs().mean(dim=1)
+
+
+def ppce(maps: Tensor, masks: Tensor) -> Tensor:
+    """Per-pixel cross-entropy ``−mean_{p∈M} log(Â_p + PPCE_EPS)``, ``Â = A⁺ / max A⁺``.
+
+    Returns ``[B]``; an image whose mask is empty gets 0 (no pixel to pull up).
+    """
+    _check(maps, masks, "ppce")
+    a = _max_normalised_positive(_to_mask_size(maps, masks))
+    m = _flat(masks)
+    count = m.sum(dim=1)
+    return -(m * torch.log(a + PPCE_EPS)).sum(dim=1) / count.clamp(min=1)
+
+
+def rrr(maps: Tensor, masks: Tensor) -> Tensor:
+    """RRR* ``Σ_{p∉M} Â_p²`` with the signed ``Â = A / max |A|`` per image; returns ``[B]``."""
+    _check(maps, masks, "rrr")
+    a = _flat(_to_mask_size(maps, masks))
+    a = a / a.abs().amax(dim=1, keepdim=True).clamp(min=EPS)
+    return ((1 - _flat(masks)) * a.square()).sum(dim=1)
+
+
+def minmax(x: Tensor) -> Tensor:
+    """Min-max normalisation to [0, 1] per image over the last two dims; a constant map gives 0."""
+    flat = _flat(x)
+    lo = flat.amin(dim=1, keepdim=True)
+    hi = flat.amax(dim=1, keepdim=True)
+    return ((flat - lo) / (hi - lo).clamp(min=EPS)).reshape(x.shape)
+
+
+def cyborg(maps: Tensor, human_maps: Tensor) -> Tensor:
+    """CYBORG salience term ``MSE(minmax(CAM), minmax(resize(H, CAM size)))`` per image.
+
+    maps ``[B, h, w]`` (CAM of the true class), human_maps ``[B, H, W]`` in [0, 1]; the human map
+    is resized bilinearly to ``(h, w)``; returns ``[B]``. The CE half of CYBORG's
+    ``α·CE + (1−α)·MSE`` is the task loss of the objective (see ``objective``).
+    """
+    _check(maps, human_maps, "cyborg")
+    h = human_maps
+    if h.shape[-2:] != maps.shape[-2:]:
+        h = F.interpolate(h[:, None], size=maps.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return _flat(minmax(maps) - minmax(h)).square().mean(dim=1)
+
+
+LOSSES = {"energy": energy, "l1": l1, "ppce": ppce, "rrr": rrr, "cyborg": cyborg}
+"""Name -> per-image loss. ``cyborg`` compares with human maps, the others with box masks."""

@@ -1,0 +1,72 @@
+"""The guided objective: task loss + λ · (mean guidance over annotated images).
+
+Reduction: the task loss is the mean over all images of the batch (CE for single-label,
+BCE-with-logits averaged over images and classes for multi-label); the guidance term is the
+mean of the per-image losses over the *annotated* images only (0 where none is annotated).
+The reference code of Rao et al. sums the per-image guidance over the batch instead, so its λ
+equals ours divided by the number of annotated images per batch (λ_ours = λ_ref · n_annotated).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def sample_classes(labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One class per image drawn uniformly among its true classes.
+
+    labels ``[B, C]`` multi-hot -> long ``[B]``; an image without a true class gets -1.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must be multi-hot [B, C], got shape {tuple(labels.shape)}")
+    positive = labels > 0
+    has_any = positive.any(dim=1)
+    weights = torch.where(has_any[:, None], positive.float(), torch.ones_like(labels, dtype=torch.float))
+    drawn = torch.multinomial(weights.cpu(), 1, generator=generator)[:, 0].to(labels.device)
+    return torch.where(has_any, drawn, torch.full_like(drawn, -1))
+
+
+def dilate_boxes(boxes: list[Tensor], fraction: float, size: tuple[int, int]) -> list[Tensor]:
+    """Grow each xyxy box by ``fraction·w`` left and right and ``fraction·h`` up and down.
+
+    boxes: list of ``[N_i, 4]`` in pixels; the result is clipped to the image ``size = (H, W)``.
+    """
+    if fraction < 0:
+        raise ValueError(f"box dilation must be >= 0, got {fraction}")
+    if fraction == 0:
+        return boxes
+    height, width = size
+    out = []
+    for b in boxes:
+        w = (b[:, 2] - b[:, 0]) * fraction
+        h = (b[:, 3] - b[:, 1]) * fraction
+        grown = torch.stack([b[:, 0] - w, b[:, 1] - h, b[:, 2] + w, b[:, 3] + h], dim=1)
+        lo = torch.zeros(4, dtype=b.dtype, device=b.device)
+        hi = torch.tensor([width, height, width, height], dtype=b.dtype, device=b.device)
+        out.append(torch.minimum(torch.maximum(grown, lo), hi))
+    return out
+
+
+def task_loss(logits: Tensor, labels: Tensor, multi_label: bool) -> Tensor:
+    """Mean CE over images (single-label) or mean BCE-with-logits over images and classes.
+
+    logits ``[B, C]``, labels ``[B, C]`` multi-hot (exactly one 1 per row when single-label).
+    """
+    if multi_label:
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+    return F.cross_entropy(logits, labels.argmax(dim=1))
+
+
+def reduce_guidance(per_image: Tensor, annotated: Tensor) -> Tensor:
+    """Mean of ``per_image`` ``[B]`` over images where ``annotated`` ``[B]`` is True; 0 if none."""
+    weight = annotated.to(per_image.dtype)
+    # where() keeps NaN/inf of unannotated images out of the sum and out of the gradient
+    values = torch.where(annotated, per_image, torch.zeros_like(per_image))
+    return (values * weight).sum() / weight.sum().clamp(min=1)
+
+
+def objective(task: Tensor, guidance: Tensor, lam: float) -> Tensor:
+    """``task + lam · guidance`` (both already reduced to scalars)."""
+    return task + lam * guidance
