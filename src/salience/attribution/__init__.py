@@ -1,0 +1,31 @@
+"""Attribution: batched, differentiable salience maps `[P, h, w]` for explicit target classes.
+
+See `methods` for the definitions and `core` for targets, layers and `upsample`.
+"""
+
+from salience.attribution.core import capture, expand_targets, resolve_layer, upsample
+from salience.attribution.methods import (
+    METHODS,
+    attribute,
+    bcos,
+    cam,
+    grad_cam,
+    gradient,
+    input_x_gradient,
+    integrated_gradients,
+)
+
+__all__ = [
+    "METHODS",
+    "attribute",
+    "bcos",
+    "cam",
+    "capture",
+    "expand_targets",
+    "grad_cam",
+    "gradient",
+    "input_x_gradient",
+    "integrated_gradients",
+    "resolve_layer",
+    "upsample",
+]

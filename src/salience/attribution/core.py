@@ -1,0 +1,97 @@
+"""Shared pieces of the attribution methods: input and target checks, layer capture, upsampling."""
+
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salience.models.build import DEPTHS, layer_name
+
+
+def check_input(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a float tensor [B, C, H, W]; got {shape}")
+
+
+def expand_targets(target: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(image_index, class_index)` long `[P]` for a class index per image `[B]` or a multi-hot `[B, C]`.
+
+    Multi-hot rows expand to one pair per 1, in row-major order.
+    """
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target)
+    if target.dim() == 1 and target.shape[0] == batch_size and not target.is_floating_point():
+        return torch.arange(batch_size, device=target.device), target.long()
+    if target.dim() == 2 and target.shape[0] == batch_size:
+        if not ((target == 0) | (target == 1)).all():
+            raise ValueError("target: a [B, C] target must be multi-hot (0/1 entries)")
+        image, cls = target.nonzero(as_tuple=True)
+        return image, cls
+    raise ValueError(f"target must be a long tensor [B] (class per image) or a multi-hot [B, C] with "
+                     f"B = {batch_size}; got {target.dtype} {tuple(target.shape)}")
+
+
+def check_classes(classes: torch.Tensor, num_classes: int) -> None:
+    if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
+        bad = classes[(classes < 0) | (classes >= num_classes)][0].item()
+        raise ValueError(f"target: class index {bad} is out of range for a model with {num_classes} "
+                         f"outputs (accepted 0..{num_classes - 1})")
+
+
+def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
+    """The module for a module name or named depth; `None` (or `"input"`) means the input."""
+    if layer is None:
+        return None
+    name = layer_name(model, layer) if layer in DEPTHS else layer
+    if name is None:
+        return None
+    modules = dict(model.named_modules())
+    if name not in modules or name == "":
+        top = [n for n, _ in model.named_children()]
+        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; accepted: "
+                         f"{', '.join(DEPTHS)} or a module name such as {', '.join(top[:8])}")
+    return modules[name]
+
+
+@contextmanager
+def capture(module: nn.Module):
+    """Record `module`'s output during the block in `outputs` (a list); the hook always goes away."""
+    outputs: list[torch.Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+    try:
+        yield outputs
+    finally:
+        handle.remove()
+
+
+def forward_at(model: nn.Module, x: torch.Tensor, layer: str | None, input_grad: bool = True):
+    """Run `model(x)`; return `(logits, F)` where F is the input (made differentiable) or the layer's output."""
+    module = resolve_layer(model, layer)
+    if module is None:
+        if input_grad and not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+        return model(x), x
+    with capture(module) as outputs:
+        logits = model(x)
+    if len(outputs) != 1:
+        raise ValueError(f"layer {layer!r} ran {len(outputs)} times in one forward; pick a module that runs once")
+    return logits, outputs[0]
+
+
+def selected_logit_sum(logits: torch.Tensor, image: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    """Sum over pairs of `logits[image, class]`; its gradient gives every pair's gradient at once."""
+    if logits.dim() != 2:
+        raise ValueError(f"model must return logits [B, num_classes]; got {tuple(logits.shape)}")
+    check_classes(cls, logits.shape[1])
+    return logits[image, cls].sum()
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of `[B, h, w]` maps to `[B, *size]` (align_corners=False)."""
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be [B, h, w]; got {tuple(maps.shape)}")
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]

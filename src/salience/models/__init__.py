@@ -1,0 +1,24 @@
+"""Models: torchvision classifiers by name, bias-free X-ResNets, B-cos ResNets and small CPU nets.
+
+`build(name, num_classes, weights=None)` returns an `nn.Module` mapping images `[B, 3, H, W]` to
+logits `[B, num_classes]`. `layer_name(model, depth)` maps a named guidance depth
+(`input`, `mid1`, `mid2`, `mid3`, `final`) to a module name (`None` for `input`).
+"""
+
+from salience.models.bcos import BcosResNet, bcos_resnet
+from salience.models.build import DEPTHS, build, layer_name, load_weights
+from salience.models.layers import UncentredBatchNorm2d
+from salience.models.small import SmallCNN
+from salience.models.xresnet import xresnet
+
+__all__ = [
+    "DEPTHS",
+    "BcosResNet",
+    "SmallCNN",
+    "UncentredBatchNorm2d",
+    "bcos_resnet",
+    "build",
+    "layer_name",
+    "load_weights",
+    "xresnet",
+]
