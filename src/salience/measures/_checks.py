@@ -1,0 +1,54 @@
+"""Input checks shared by the measures: shapes, dtypes, finiteness."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
+    """Check a float batch of maps `[B, h, w]` with only finite values; return it unchanged."""
+    if not isinstance(maps, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(maps).__name__}")
+    if maps.dim() != 3:
+        raise ValueError(f"{name} must have shape [B, h, w], got {tuple(maps.shape)}")
+    if not maps.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {maps.dtype}")
+    bad = ~torch.isfinite(maps).flatten(1).all(1)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        raise ValueError(f"{name} contain NaN or inf in images {rows[:10]}{' ...' if len(rows) > 10 else ''}")
+    return maps
+
+
+def check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", "b")) -> None:
+    """Check two map batches of the same shape `[B, h, w]`."""
+    check_maps(a, names[0])
+    check_maps(b, names[1])
+    if a.shape != b.shape:
+        raise ValueError(f"{names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} must have the same shape")
+
+
+def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Check masks `[B, H, W]` against maps `[B, h, w]`; return the masks as bool (value > 0.5)."""
+    if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
+        shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be a tensor of shape [B, H, W], got {shape}")
+    if masks.shape[0] != maps.shape[0]:
+        raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in batch size")
+    return masks > 0.5 if masks.dtype != torch.bool else masks
+
+
+def to_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize maps `[B, h, w]` bilinearly (align_corners=False) to `size`; no-op when already that size."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map min-max normalisation to [0, 1]; a constant map becomes all zeros."""
+    flat = maps.flatten(1)
+    lo = flat.min(1).values[:, None, None]
+    span = flat.max(1).values[:, None, None] - lo
+    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
