@@ -1,9 +1,12 @@
 """Training with explanations: per-image guidance losses and the guided objective."""
 
 from salience.guidance.losses import LOSSES, cyborg, energy, l1, minmax, ppce, rrr
-from salience.guidance.objective import dilate_boxes, objective, reduce_guidance, sample_classes, task_loss
+from salience.guidance.objective import dilate_boxes, objective, sample_classes, task_loss
+from salience.guidance.step import METHODS, Guide
 
 __all__ = [
+    "METHODS",
+    "Guide",
     "LOSSES",
     "cyborg",
     "dilate_boxes",
@@ -12,7 +15,6 @@ __all__ = [
     "minmax",
     "objective",
     "ppce",
-    "reduce_guidance",
     "rrr",
     "sample_classes",
     "task_loss",

@@ -59,14 +59,6 @@ def task_loss(logits: Tensor, labels: Tensor, multi_label: bool) -> Tensor:
     return F.cross_entropy(logits, labels.argmax(dim=1))
 
 
-def reduce_guidance(per_image: Tensor, annotated: Tensor) -> Tensor:
-    """Mean of ``per_image`` ``[B]`` over images where ``annotated`` ``[B]`` is True; 0 if none."""
-    weight = annotated.to(per_image.dtype)
-    # where() keeps NaN/inf of unannotated images out of the sum and out of the gradient
-    values = torch.where(annotated, per_image, torch.zeros_like(per_image))
-    return (values * weight).sum() / weight.sum().clamp(min=1)
-
-
 def objective(task: Tensor, guidance: Tensor, lam: float) -> Tensor:
     """``task + lam · guidance`` (both already reduced to scalars)."""
     return task + lam * guidance

@@ -1,0 +1,136 @@
+"""One guided training step on a batch: logits, task loss and guidance loss from a shared forward.
+
+For `input_x_gradient`, `grad_cam` and `cam` the task loss and the attribution share one forward
+pass (the layer's output is captured, then one `autograd.grad` of the sum of the selected logits
+with `create_graph=True`), which keeps guidance at the final layer close to the cost of a plain
+step. `integrated_gradients` and `bcos` need their own forward passes (path points; explanation
+mode) and go through `salience.attribution.attribute`. In train mode, batch norm couples the images
+of a batch, so as in the reference code each map includes the batch-norm cross terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from salience.attribution import attribute
+from salience.attribution.core import forward_at, resolve_layer
+from salience.guidance.losses import LOSSES
+from salience.guidance.objective import objective, sample_classes, task_loss
+from salience.models import BcosResNet, layer_name
+
+METHODS = ("input_x_gradient", "grad_cam", "cam", "bcos", "integrated_gradients")
+"""Attribution methods accepted for guidance."""
+SHARED_FORWARD = ("input_x_gradient", "grad_cam", "cam")
+
+
+@dataclass(frozen=True)
+class Guide:
+    """Guidance settings. `loss=None` trains on the task loss only.
+
+    `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; `cam` and `grad_cam`
+    need a layer, `integrated_gradients` works on the input only. `lam` >= 0 weighs the guidance mean.
+    """
+
+    loss: str | None = None
+    method: str = "input_x_gradient"
+    depth: str = "input"
+    lam: float = 1.0
+    ig_steps: int = 16
+
+    def check(self, model: nn.Module) -> None:
+        """Fail early, naming the config key, when the settings do not fit `model`."""
+        if self.loss is None:
+            return
+        if self.loss not in LOSSES:
+            raise ValueError(f"guidance.loss: {self.loss!r} is unknown; accepted: {', '.join(LOSSES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"guidance.method: {self.method!r} is unknown; accepted: {', '.join(METHODS)}")
+        if self.lam < 0:
+            raise ValueError(f"guidance.lambda must be >= 0, got {self.lam}")
+        if self.method == "bcos" and not isinstance(model, BcosResNet):
+            raise ValueError(f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), "
+                             f"not {type(model).__name__}")
+        if self.method == "cam":
+            if self.depth != "final":
+                raise ValueError(f"guidance.depth: method 'cam' uses the final layer; got {self.depth!r}")
+            if type(getattr(model, "fc", None)) is not nn.Linear:
+                raise ValueError(f"guidance.method: 'cam' needs a linear `fc` head after global average "
+                                 f"pooling; {type(model).__name__} has none")
+        if self.method == "integrated_gradients" and self.depth != "input":
+            raise ValueError(f"guidance.depth: 'integrated_gradients' works at the input only; got {self.depth!r}")
+        try:
+            module = resolve_layer(model, self.depth)
+        except ValueError as err:
+            raise ValueError(f"guidance.depth: {err}") from None
+        if self.method == "grad_cam" and module is None:
+            raise ValueError("guidance.depth: 'grad_cam' needs a layer, not the input")
+
+    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator | None = None,
+                  multi_label: bool = False) -> dict[str, Tensor]:
+        """Losses for one batch (model in train mode).
+
+        Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images, 0
+        when none), `logits` `[B, C]` and `guided` (number of images that received guidance).
+        """
+        x, labels = batch["image"], batch["labels"]
+        if self.loss is None:
+            logits = model(x)
+            task = task_loss(logits, labels, multi_label)
+            zero = task.new_zeros(())
+            return {"total": task, "task": task, "guidance": zero, "logits": logits, "guided": 0}
+        classes = sample_classes(labels, generator)
+        if self.loss == "cyborg":
+            selected = batch["annotated"] & batch["has_human_map"] & (classes >= 0)
+        else:
+            selected = batch["annotated"] & (classes >= 0)
+        index = selected.nonzero()[:, 0]
+        logits, maps = self.forward_and_maps(model, x, index, classes[index])
+        task = task_loss(logits, labels, multi_label)
+        if index.numel() == 0:
+            guidance = task.new_zeros(())
+        else:
+            target = self.targets(batch, index, classes[index])
+            maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
+            guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
+        total = objective(task, guidance, self.lam)
+        return {"total": total, "task": task, "guidance": guidance, "logits": logits, "guided": int(index.numel())}
+
+    def forward_and_maps(self, model: nn.Module, x: Tensor, index: Tensor, classes: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Logits `[B, C]` for every image and maps `[len(index), h, w]` (with graph) of `classes`."""
+        if index.numel() == 0:
+            return model(x), None
+        with torch.enable_grad():
+            return self._forward_and_maps(model, x, index, classes)
+
+    def _forward_and_maps(self, model, x, index, classes):
+        if self.method not in SHARED_FORWARD:
+            logits = model(x)
+            layer = None if self.depth == "input" else self.depth
+            options = {"steps": self.ig_steps} if self.method == "integrated_gradients" else {}
+            maps = attribute(self.method, model, x[index], classes, layer=layer, create_graph=True, **options)
+            return logits, maps
+        layer = layer_name(model, "final") if self.method == "cam" else self.depth
+        layer = None if layer == "input" else layer
+        logits, feats = forward_at(model, x, layer)
+        if self.method == "cam":
+            fc = model.fc
+            return logits, torch.einsum("pk,pkhw->phw", fc.weight[classes].to(feats.dtype), feats[index])
+        (grad,) = torch.autograd.grad(logits[index, classes].sum(), feats, create_graph=True)
+        feats, grad = feats[index], grad[index]
+        if self.method == "input_x_gradient":
+            return logits, (feats * grad).sum(1)
+        return logits, torch.relu((grad.mean(dim=(2, 3), keepdim=True) * feats).sum(1))
+
+    def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:
+        """Masks `[len(index), H, W]` of the sampled classes' boxes, or the human maps for `cyborg`."""
+        if self.loss == "cyborg":
+            return batch["human_map"][index]
+        from salience.data import class_masks
+
+        size = tuple(batch["image"].shape[-2:])
+        boxes = [batch["boxes"][i] for i in index.tolist()]
+        box_labels = [batch["box_labels"][i] for i in index.tolist()]
+        return class_masks(boxes, box_labels, classes.cpu(), size)

@@ -1,0 +1,128 @@
+"""The guided step: shared-forward maps equal the attribution methods; gradients reach the
+parameters through the attribution (double backward); unannotated images add nothing."""
+
+import pytest
+import torch
+
+from salience.attribution import attribute
+from salience.guidance.step import Guide
+from salience.models import build
+
+
+def _batch(n=4, size=16, classes=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(n, classes)
+    labels[torch.arange(n), torch.arange(n) % classes] = 1
+    human = torch.zeros(n, size, size)
+    human[:, 4:12, 4:12] = torch.rand(n, 8, 8, generator=g)
+    return {
+        "image": torch.rand(n, 3, size, size, generator=g),
+        "labels": labels,
+        "annotated": torch.tensor([True, False, True, True][:n]),
+        "human_map": human,
+        "has_human_map": torch.ones(n, dtype=torch.bool),
+        "boxes": [torch.tensor([[4.0, 4.0, 12.0, 12.0]])] * n,
+        "box_labels": [labels[i].argmax()[None] for i in range(n)],
+    }
+
+
+@pytest.mark.parametrize("method,depth", [("input_x_gradient", "input"), ("input_x_gradient", "mid2"),
+                                          ("grad_cam", "final"), ("cam", "final")])
+def test_shared_forward_maps_equal_the_attribution_methods(method, depth):
+    model = build("smallcnn", 3).eval()
+    x = torch.rand(5, 3, 16, 16)
+    index = torch.tensor([0, 2, 3])
+    classes = torch.tensor([1, 0, 2])
+    logits, maps = Guide("energy", method, depth).forward_and_maps(model, x, index, classes)
+    layer = None if depth == "input" else depth
+    expected = attribute(method, model, x[index], classes, layer=None if method == "cam" else layer)
+    assert torch.allclose(logits, model(x), atol=1e-6)
+    assert torch.allclose(maps, expected, atol=1e-5)
+    assert maps.requires_grad
+
+
+def _guidance(model, batch, guide):
+    return guide(model, batch, torch.Generator().manual_seed(0))["guidance"]
+
+
+@pytest.mark.parametrize("method,depth", [("input_x_gradient", "input"), ("grad_cam", "mid3"), ("cam", "final")])
+def test_guidance_gradient_reaches_parameters_through_the_attribution(method, depth):
+    model = build("smallcnn", 2).double().eval()
+    batch = _batch()
+    batch["image"] = batch["image"].double()
+    guide = Guide("cyborg", method, depth, lam=1.0)
+    w = model.block1[0].weight  # first conv: reaches the guidance loss only through the attribution
+    (grad,) = torch.autograd.grad(_guidance(model, batch, guide), w)
+    assert grad.abs().sum() > 0
+    for flat_index in (0, 7, 100):  # central finite differences
+        values = []
+        for delta in (1e-6, -2e-6, 1e-6):
+            with torch.no_grad():
+                w.view(-1)[flat_index] += delta
+            values.append(_guidance(model, batch, guide).detach())
+        plus, minus = values[:2]
+        numeric = (plus - minus) / 2e-6
+        assert grad.reshape(-1)[flat_index].item() == pytest.approx(numeric.item(), rel=1e-4, abs=1e-9)
+
+
+def test_unannotated_images_do_not_change_the_loss_or_its_gradient():
+    model = build("smallcnn", 2).train()
+    batch = _batch()
+    guide = Guide("cyborg", "input_x_gradient", "input", lam=2.0)
+
+    def run(b):
+        torch.manual_seed(0)
+        model.zero_grad()
+        out = guide(model, b, torch.Generator().manual_seed(1))
+        out["total"].backward()
+        return out, [p.grad.clone() for p in model.parameters()]
+
+    first, grads = run(batch)
+    changed = dict(batch, human_map=batch["human_map"].clone())
+    changed["human_map"][1] = torch.rand(16, 16)  # image 1 is not annotated
+    second, grads2 = run(changed)
+    assert first["guided"] == 3
+    assert second["total"].item() == first["total"].item()
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads2))
+    none = dict(batch, annotated=torch.zeros(4, dtype=torch.bool))
+    out = guide(model.eval(), none)
+    assert out["guidance"].item() == 0 and out["guided"] == 0
+    assert out["total"].item() == pytest.approx(out["task"].item())
+
+
+def test_total_is_task_plus_lambda_times_mean_guidance():
+    model = build("smallcnn", 2).eval()
+    batch = _batch()
+    out = Guide("cyborg", "grad_cam", "final", lam=0.7)(model, batch, torch.Generator().manual_seed(0))
+    assert out["total"].item() == pytest.approx(out["task"].item() + 0.7 * out["guidance"].item(), rel=1e-6)
+    plain = Guide(None)(model, batch)
+    assert plain["total"].item() == pytest.approx(out["task"].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name,method,depth", [("bcos_resnet18", "bcos", "input"),
+                                               ("xresnet18", "integrated_gradients", "input")])
+def test_own_forward_methods_train(name, method, depth):
+    model = build(name, 2).train()
+    batch = _batch()
+    guide = Guide("cyborg", method, depth, lam=1.0, ig_steps=2)
+    guide.check(model)
+    out = guide(model, batch, torch.Generator().manual_seed(0))
+    out["total"].backward()
+    assert out["guided"] == 3 and torch.isfinite(out["total"])
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kwargs,key", [
+    (dict(loss="focal"), "guidance.loss"),
+    (dict(loss="energy", method="lrp"), "guidance.method"),
+    (dict(loss="energy", depth="mid9"), "guidance.depth"),
+    (dict(loss="energy", depth="nonexistent_module"), "guidance.depth"),
+    (dict(loss="energy", lam=-1.0), "guidance.lambda"),
+    (dict(loss="energy", method="bcos"), "guidance.method"),
+    (dict(loss="energy", method="cam", depth="mid2"), "guidance.depth"),
+    (dict(loss="energy", method="grad_cam", depth="input"), "guidance.depth"),
+    (dict(loss="energy", method="integrated_gradients", depth="final"), "guidance.depth"),
+])
+def test_bad_guidance_settings_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        Guide(**kwargs).check(build("smallcnn", 2))
