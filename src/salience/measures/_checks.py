@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def check_maps(maps: torch.Tensor, name: str = "maps") -> torch.Tensor:
@@ -37,13 +36,6 @@ def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     if masks.shape[0] != maps.shape[0]:
         raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in batch size")
     return masks > 0.5 if masks.dtype != torch.bool else masks
-
-
-def to_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize maps `[B, h, w]` bilinearly (align_corners=False) to `size`; no-op when already that size."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
 
 
 def minmax(maps: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from salience.measures._checks import check_maps, check_masks, minmax, to_size
+from salience.attribution import upsample
+from salience.measures._checks import check_maps, check_masks, minmax
 
 
 def epg(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 0)
 def _prepare(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     check_maps(maps)
     m = check_masks(maps, masks)
-    return to_size(maps, tuple(m.shape[-2:])), m
+    return upsample(maps, tuple(m.shape[-2:])), m
 
 
 def _nan_if_empty(values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
