@@ -8,7 +8,6 @@ import torch
 from salience.guidance import (
     LOSSES,
     cyborg,
-    dilate_boxes,
     energy,
     l1,
     minmax,
@@ -140,13 +139,3 @@ def test_sample_classes_is_uniform_among_true_classes_and_seeded():
     assert torch.allclose(counts[[0, 2, 3]], torch.full((3,), 1 / 3), atol=0.04)
     assert (drawn[1::3] == 1).all()
     assert (drawn[2::3] == -1).all()
-
-
-def test_dilate_boxes_closed_form_and_clipping():
-    boxes = [torch.tensor([[10.0, 20.0, 30.0, 60.0]]), torch.tensor([[0.0, 0.0, 100.0, 50.0]]), torch.zeros(0, 4)]
-    out = dilate_boxes(boxes, 0.1, size=(64, 64))
-    assert out[0][0].tolist() == pytest.approx([8.0, 16.0, 32.0, 64.0])
-    assert out[1][0].tolist() == pytest.approx([0.0, 0.0, 64.0, 55.0])
-    assert out[2].shape == (0, 4)
-    with pytest.raises(ValueError, match="dilation"):
-        dilate_boxes(boxes, -0.1, size=(64, 64))

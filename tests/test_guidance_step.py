@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from salience.attribution import attribute
+from salience.guidance import energy, sample_classes
 from salience.guidance.step import Guide
 from salience.models import build
 
@@ -97,6 +98,27 @@ def test_total_is_task_plus_lambda_times_mean_guidance():
     assert out["total"].item() == pytest.approx(out["task"].item() + 0.7 * out["guidance"].item(), rel=1e-6)
     plain = Guide(None)(model, batch)
     assert plain["total"].item() == pytest.approx(out["task"].item(), rel=1e-6)
+
+
+def test_box_losses_use_the_sampled_class_boxes_dilated():
+    model = build("smallcnn", 3).eval()
+    batch = _batch(n=3, classes=3)
+    batch["labels"] = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 1.0]])
+    batch["annotated"] = torch.ones(3, dtype=torch.bool)
+    batch["boxes"] = [torch.tensor([[0.0, 0.0, 8.0, 8.0], [8.0, 8.0, 16.0, 16.0]])] * 3
+    batch["box_labels"] = [torch.tensor([0, 1]), torch.tensor([2, 2]), torch.tensor([0, 2])]
+    guide = Guide("energy", "input_x_gradient", "input", lam=1.0, dilation=0.25)
+    out = guide(model, batch, torch.Generator().manual_seed(5))
+    classes = sample_classes(batch["labels"], torch.Generator().manual_seed(5))
+    index = torch.arange(3)
+    _, maps = guide.forward_and_maps(model, batch["image"], index, classes)
+    masks = torch.zeros(3, 16, 16)
+    for i, c in enumerate(classes.tolist()):
+        for box, label in zip(batch["boxes"][i], batch["box_labels"][i]):
+            if label == c:  # box grown by 2 px per side (0.25 * 8), clipped to the image
+                x0, y0, x1, y1 = (box + torch.tensor([-2.0, -2.0, 2.0, 2.0])).clamp(0, 16).int().tolist()
+                masks[i, y0:y1, x0:x1] = 1
+    assert out["guidance"].item() == pytest.approx(energy(maps, masks).mean().item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("name,method,depth", [("bcos_resnet18", "bcos", "input"),

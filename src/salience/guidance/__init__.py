@@ -1,7 +1,7 @@
 """Training with explanations: per-image guidance losses and the guided objective."""
 
 from salience.guidance.losses import LOSSES, cyborg, energy, l1, minmax, ppce, rrr
-from salience.guidance.objective import dilate_boxes, objective, sample_classes, task_loss
+from salience.guidance.objective import objective, sample_classes, task_loss
 from salience.guidance.step import METHODS, Guide
 
 __all__ = [
@@ -9,7 +9,6 @@ __all__ = [
     "Guide",
     "LOSSES",
     "cyborg",
-    "dilate_boxes",
     "energy",
     "l1",
     "minmax",

@@ -28,27 +28,6 @@ def sample_classes(labels: Tensor, generator: torch.Generator | None = None) -> 
     return torch.where(has_any, drawn, torch.full_like(drawn, -1))
 
 
-def dilate_boxes(boxes: list[Tensor], fraction: float, size: tuple[int, int]) -> list[Tensor]:
-    """Grow each xyxy box by ``fraction·w`` left and right and ``fraction·h`` up and down.
-
-    boxes: list of ``[N_i, 4]`` in pixels; the result is clipped to the image ``size = (H, W)``.
-    """
-    if fraction < 0:
-        raise ValueError(f"box dilation must be >= 0, got {fraction}")
-    if fraction == 0:
-        return boxes
-    height, width = size
-    out = []
-    for b in boxes:
-        w = (b[:, 2] - b[:, 0]) * fraction
-        h = (b[:, 3] - b[:, 1]) * fraction
-        grown = torch.stack([b[:, 0] - w, b[:, 1] - h, b[:, 2] + w, b[:, 3] + h], dim=1)
-        lo = torch.zeros(4, dtype=b.dtype, device=b.device)
-        hi = torch.tensor([width, height, width, height], dtype=b.dtype, device=b.device)
-        out.append(torch.minimum(torch.maximum(grown, lo), hi))
-    return out
-
-
 def task_loss(logits: Tensor, labels: Tensor, multi_label: bool) -> Tensor:
     """Mean CE over images (single-label) or mean BCE-with-logits over images and classes.
 

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from salience.attribution import attribute
 from salience.attribution.core import forward_at, resolve_layer
+from salience.data.core import box_dilation, class_masks
 from salience.guidance.losses import LOSSES
 from salience.guidance.objective import objective, sample_classes, task_loss
-from salience.models import BcosResNet, layer_name
+from salience.models import DEPTHS, BcosResNet, layer_name
 
 METHODS = ("input_x_gradient", "grad_cam", "cam", "bcos", "integrated_gradients")
 """Attribution methods accepted for guidance."""
@@ -32,6 +33,7 @@ class Guide:
 
     `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; `cam` and `grad_cam`
     need a layer, `integrated_gradients` works on the input only. `lam` >= 0 weighs the guidance mean.
+    `dilation` p grows each training box by p·w and p·h per side (guidance masks only).
     """
 
     loss: str | None = None
@@ -39,9 +41,11 @@ class Guide:
     depth: str = "input"
     lam: float = 1.0
     ig_steps: int = 16
+    dilation: float = 0.0
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
+        model = _inner(model)
         if self.loss is None:
             return
         if self.loss not in LOSSES:
@@ -50,6 +54,8 @@ class Guide:
             raise ValueError(f"guidance.method: {self.method!r} is unknown; accepted: {', '.join(METHODS)}")
         if self.lam < 0:
             raise ValueError(f"guidance.lambda must be >= 0, got {self.lam}")
+        if self.dilation < 0:
+            raise ValueError(f"guidance.box_dilation must be >= 0, got {self.dilation}")
         if self.method == "bcos" and not isinstance(model, BcosResNet):
             raise ValueError(f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), "
                              f"not {type(model).__name__}")
@@ -106,17 +112,20 @@ class Guide:
             return self._forward_and_maps(model, x, index, classes)
 
     def _forward_and_maps(self, model, x, index, classes):
+        inner = _inner(model)
         if self.method not in SHARED_FORWARD:
             logits = model(x)
             layer = None if self.depth == "input" else self.depth
             options = {"steps": self.ig_steps} if self.method == "integrated_gradients" else {}
-            maps = attribute(self.method, model, x[index], classes, layer=layer, create_graph=True, **options)
+            maps = attribute(self.method, inner, x[index], classes, layer=layer, create_graph=True, **options)
             return logits, maps
-        layer = layer_name(model, "final") if self.method == "cam" else self.depth
-        layer = None if layer == "input" else layer
+        depth = "final" if self.method == "cam" else self.depth
+        layer = layer_name(inner, depth) if depth in DEPTHS else depth
+        if layer is not None and inner is not model:  # a DDP wrapper: hook the wrapped module's layer
+            layer = "module." + layer
         logits, feats = forward_at(model, x, layer)
         if self.method == "cam":
-            fc = model.fc
+            fc = inner.fc
             return logits, torch.einsum("pk,pkhw->phw", fc.weight[classes].to(feats.dtype), feats[index])
         (grad,) = torch.autograd.grad(logits[index, classes].sum(), feats, create_graph=True)
         feats, grad = feats[index], grad[index]
@@ -128,9 +137,12 @@ class Guide:
         """Masks `[len(index), H, W]` of the sampled classes' boxes, or the human maps for `cyborg`."""
         if self.loss == "cyborg":
             return batch["human_map"][index]
-        from salience.data import class_masks
-
         size = tuple(batch["image"].shape[-2:])
-        boxes = [batch["boxes"][i] for i in index.tolist()]
+        boxes = [box_dilation(batch["boxes"][i], self.dilation, size) for i in index.tolist()]
         box_labels = [batch["box_labels"][i] for i in index.tolist()]
         return class_masks(boxes, box_labels, classes.cpu(), size)
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The wrapped module of a DistributedDataParallel model, else the model."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
