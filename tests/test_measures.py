@@ -15,6 +15,15 @@ from salience.measures import entropy, epg, iou, pearson, pointing_game, spearma
 quantus = pytest.importorskip("quantus")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP waits on the shared 2-core machine; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _maps(b=6, h=12, w=10, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, h, w, generator=g, dtype=dtype)
