@@ -1,0 +1,107 @@
+"""`salience measure` over map stores: per-image CSV, per-model JSON summaries, stability within groups and
+comparisons between groups. Stores are streamed block by block, so memory does not grow with the data set
+(only one float per image and measure is kept, for the summaries)."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from salience.measures.entropy import entropy
+from salience.measures.probes import seed_stability
+from salience.measures.summary import compare_groups, summarise
+from salience.store import MapStore, check_aligned
+
+MAP_MEASURES = ("entropy_histogram", "entropy_spatial")
+
+
+def _atomic_open(path: Path):
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    return tmp, open(tmp, "w", newline="")
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp, f = _atomic_open(path)
+    with f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: int = 0, block: int = 1024,
+                   n_boot: int = 2000, n_perm: int = 10000) -> dict:
+    """Measure every store of every group (name -> store paths) and write into `out`:
+
+    - `per_image.csv`: group, store, index, image_id, target, entropy_histogram, entropy_spatial
+    - `stability.csv`: group, index, image_id and the mean pairwise similarity per similarity function,
+      for groups of two or more aligned stores (same split, images and order; else refused)
+    - `summary.json`: per store, summarise() of each measure; per group, stability summaries; for each
+      pair of groups, compare_groups() of the per-store means (effect size, permutation p-value).
+    Returns the summary dict.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
+    summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
+    per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in MAP_MEASURES} for g in groups}
+
+    tmp, f = _atomic_open(out / "per_image.csv")
+    with f:
+        w = csv.writer(f)
+        w.writerow(["group", "store", "index", "image_id", "target", *MAP_MEASURES])
+        for g, stores in opened.items():
+            for s in stores:
+                values = {m: [] for m in MAP_MEASURES}
+                for start, maps, targets in s.iter_chunks(block):
+                    cols = [entropy(maps, "histogram"), entropy(maps, "spatial")]
+                    for m, v in zip(MAP_MEASURES, cols):
+                        values[m].extend(v.tolist())
+                    rows = zip(range(start, start + len(maps)), targets.tolist(), *(c.tolist() for c in cols))
+                    w.writerows([g, str(s.path), i, s.meta.image_ids[i], t, *(f"{v:.6g}" for v in vs)]
+                                for i, t, *vs in rows)
+                stats = {m: summarise(v, seed=seed, n_boot=n_boot) for m, v in values.items()}
+                summary["stores"][str(s.path)] = {"group": g, "model_hash": s.meta.model_hash, "method": s.meta.method,
+                                                  "layer": s.meta.layer, "split": s.meta.split, "n": s.n, **stats}
+                for m in MAP_MEASURES:
+                    per_store_means[g][m].append(stats[m]["mean"])
+    os.replace(tmp, out / "per_image.csv")
+
+    stable_groups = {g: s for g, s in opened.items() if len(s) >= 2}
+    if stable_groups:
+        tmp, f = _atomic_open(out / "stability.csv")
+        with f:
+            w = csv.writer(f)
+            header_written = False
+            for g, stores in stable_groups.items():
+                check_aligned(stores)
+                sims = ("ssim", "pearson", "spearman", "topk_iou") if min(stores[0].map_shape) >= 7 else (
+                    "pearson", "spearman", "topk_iou")
+                if not header_written:
+                    w.writerow(["group", "index", "image_id", *("ssim", "pearson", "spearman", "topk_iou")])
+                    header_written = True
+                values = {k: [] for k in sims}
+                for start in range(0, stores[0].n, block):
+                    stop = min(start + block, stores[0].n)
+                    maps = torch.stack([s.read(start, stop)[0] for s in stores])
+                    mean = seed_stability(maps, sims)["mean"]
+                    for k in sims:
+                        values[k].extend(mean[k].tolist())
+                    cols = [mean[k].tolist() if k in mean else [None] * (stop - start)
+                            for k in ("ssim", "pearson", "spearman", "topk_iou")]
+                    w.writerows([g, i, stores[0].meta.image_ids[i], *("" if v is None else f"{v:.6g}" for v in vs)]
+                                for i, *vs in zip(range(start, stop), *cols))
+                summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
+        os.replace(tmp, out / "stability.csv")
+
+    for a, b in itertools.combinations(groups, 2):
+        if len(opened[a]) >= 2 and len(opened[b]) >= 2:
+            summary["comparisons"][f"{a} vs {b}"] = {
+                m: compare_groups(per_store_means[a][m], per_store_means[b][m], seed=seed, n_perm=n_perm)
+                for m in MAP_MEASURES
+            }
+    _write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,81 @@
+"""Fill a map store from a model and a data set (the `salience explain` command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from salience.attribution import attribute
+from salience.data.core import collate
+from salience.store.zarr_store import MapStore, StoreMeta, fill, model_hash
+
+
+def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor, ids: list[str]) -> torch.Tensor:
+    """Long `[B]` classes to explain: `true` (single-label images only), `predicted`, or `class:<k>`."""
+    if policy == "predicted":
+        return logits.argmax(1)
+    if policy.startswith("class:"):
+        k = int(policy[6:])
+        if not 0 <= k < logits.shape[1]:
+            raise ValueError(f"target_policy {policy!r}: the model has {logits.shape[1]} classes")
+        return torch.full((len(labels),), k, dtype=torch.long, device=logits.device)
+    counts = labels.sum(1)
+    bad = (counts != 1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"target_policy 'true' needs exactly one class per image; images {[ids[i] for i in bad[:5]]} "
+                         "have none or several (use 'predicted' or 'class:<k>')")
+    return labels.argmax(1).to(logits.device)
+
+
+def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Path, *, layer: str | None = None,
+                    target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
+                    batch_size: int = 64, progress: bool = False) -> MapStore:
+    """Write the maps of `method` for every image of `dataset` (items of the batch contract) into the store at
+    `out`, resuming an existing store with the same metadata (finished chunks are not recomputed)."""
+    model.eval()
+    device = next(model.parameters()).device
+    ids = [r.id for r in dataset.records] if hasattr(dataset, "records") else [dataset[i]["id"] for i in range(len(dataset))]
+
+    def compute(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, targets = [], []
+        for s in range(start, stop, batch_size):
+            batch = collate([dataset[i] for i in range(s, min(s + batch_size, stop))])
+            x = batch["image"].to(device)
+            with torch.no_grad():
+                logits = model(x)
+            t = targets_for(target_policy, batch["labels"].to(device), logits, batch["id"])
+            maps.append(attribute(method, model, x, t, layer=layer).cpu())
+            targets.append(t.cpu())
+        return torch.cat(maps), torch.cat(targets)
+
+    first, _ = compute(0, 1)
+    meta = StoreMeta(model_hash=model_hash(model), method=method, layer=layer, target_policy=target_policy,
+                     resolution=tuple(dataset[0]["image"].shape[-2:]), data=data, split=split, image_ids=tuple(ids))
+    store = MapStore.resume(out, meta, tuple(first.shape[-2:]), chunk_size)
+    fill(store, compute, progress=progress)
+    return store
+
+
+def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str | Path, *, layer: str | None = None,
+                       target_policy: str = "true", overrides: list[str] | None = None, chunk_size: int = 256,
+                       batch_size: int = 64, device: str = "cpu", progress: bool = False) -> MapStore:
+    """`explain_dataset` for a training checkpoint on `split` of its saved data config (`overrides`:
+    `key=value` changes to that config, e.g. `data.root=/data/VOCdevkit`)."""
+    from salience.models import build
+    from salience.training.checkpoint import load_checkpoint
+    from salience.training.config import _set, parse_overrides, validate
+    from salience.training.datasets import open_split
+
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    tree = state["config"]
+    for key, value in parse_overrides(overrides or []):
+        _set(tree, key, value)
+    config = validate(tree, f"{checkpoint} (saved config)")
+    model = build(config.model.name, len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model.to(device)
+    ds = open_split(config.data, split)
+    data = config.data.format if config.data.root is None else f"{config.data.format}:{config.data.root}"
+    return explain_dataset(model, ds, method, out, layer=layer, target_policy=target_policy, data=data, split=split,
+                           chunk_size=chunk_size, batch_size=batch_size, progress=progress)

@@ -1,0 +1,108 @@
+"""Filling stores from a model and data set, and `salience measure` over stores (library and CLI)."""
+
+import csv
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from typer.testing import CliRunner
+
+from salience.attribution import input_x_gradient
+from salience.cli import app
+from salience.data.core import Record, SalienceDataset
+from salience.measures import entropy
+from salience.measures.run import measure_stores
+from salience.store import MapStore, StoreMeta, fill
+from salience.store.explain import explain_dataset
+
+
+class Tiny(nn.Module):
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+def _dataset(n=7, side=16):
+    g = torch.Generator().manual_seed(0)
+    records = [Record(id=f"im{i}", image=torch.randint(0, 256, (3, side, side), generator=g, dtype=torch.uint8),
+                      labels=[i % 2]) for i in range(n)]
+    return SalienceDataset(records, ["a", "b"])
+
+
+def test_explain_dataset_writes_the_maps_and_resumes(tmp_path):
+    ds, model = _dataset(), Tiny()
+    store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3,
+                            batch_size=2)
+    assert store.is_complete() and store.meta.image_ids == tuple(f"im{i}" for i in range(7))
+    x = torch.stack([ds[i]["image"] for i in range(7)])
+    t = torch.arange(7) % 2
+    maps, targets = store.read(0, 7)
+    torch.testing.assert_close(maps, input_x_gradient(model, x, t))
+    assert torch.equal(targets, t)
+    again = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3)
+    assert again.pending() == []
+    with pytest.raises(ValueError, match="model_hash"):
+        explain_dataset(Tiny(seed=1), ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3)
+    with pytest.raises(ValueError, match="exactly one class"):
+        explain_dataset(model, SalienceDataset([Record(id="x", image=torch.zeros(3, 16, 16, dtype=torch.uint8),
+                                                       labels=[])], ["a", "b"]), "gradient", tmp_path / "t")
+
+
+def _store(path, seed, ids=None, split="test", n=9):
+    ids = ids or tuple(f"im{i}" for i in range(n))
+    meta = StoreMeta(model_hash=f"m{seed}", method="gradient", target_policy="true", resolution=(16, 16),
+                     data="mem", split=split, image_ids=ids)
+    store = MapStore.create(path, meta, (8, 8), chunk_size=4)
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.rand(len(ids), 8, 8, generator=g) ** 4
+    fill(store, lambda a, b: (maps[a:b], torch.zeros(b - a, dtype=torch.long)))
+    return store, maps
+
+
+def test_measure_stores_outputs(tmp_path):
+    (a1, m1), (a2, _) = _store(tmp_path / "a1", 0), _store(tmp_path / "a2", 0)  # identical maps
+    (b1, n1), (b2, n2) = _store(tmp_path / "b1", 1), _store(tmp_path / "b2", 2)
+    out = tmp_path / "out"
+    summary = measure_stores({"ce": [a1.path, a2.path], "guided": [b1.path, b2.path]}, out, block=5, n_perm=200)
+    with open(out / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 36
+    got = torch.tensor([float(r["entropy_histogram"]) for r in rows if r["store"] == str(b1.path)])
+    torch.testing.assert_close(got, entropy(n1, "histogram"), atol=1e-5, rtol=0)
+    assert summary["stability"]["ce"]["pearson"]["mean"] == pytest.approx(1.0)
+    assert summary["stability"]["guided"]["pearson"]["mean"] < 0.5
+    cmp = summary["comparisons"]["ce vs guided"]["entropy_spatial"]
+    expected = entropy(m1, "spatial").double().mean() - (entropy(n1, "spatial").double().mean()
+                                                          + entropy(n2, "spatial").double().mean()) / 2
+    assert cmp["diff"] == pytest.approx(expected.item(), abs=1e-6)
+    assert json.loads((out / "summary.json").read_text())["comparisons"].keys() == {"ce vs guided"}
+    with open(out / "stability.csv") as f:
+        assert sum(1 for _ in f) == 1 + 18
+
+
+def test_measure_refuses_misaligned_groups(tmp_path):
+    a, _ = _store(tmp_path / "a", 0)
+    b, _ = _store(tmp_path / "b", 1, split="val")
+    c, _ = _store(tmp_path / "c", 2, ids=tuple(f"im{i}" for i in reversed(range(9))))
+    with pytest.raises(ValueError, match="differ in split"):
+        measure_stores({"g": [a.path, b.path]}, tmp_path / "o1")
+    with pytest.raises(ValueError, match="different order"):
+        measure_stores({"g": [a.path, c.path]}, tmp_path / "o2")
+
+
+def test_measure_cli(tmp_path):
+    a, _ = _store(tmp_path / "a", 0)
+    b, _ = _store(tmp_path / "b", 1)
+    res = CliRunner().invoke(app, ["measure", "--stores", str(a.path), "--stores", str(b.path),
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert "2 stores measured" in res.output
+    assert (tmp_path / "o" / "stability.csv").is_file()
+    bad = CliRunner().invoke(app, ["measure", "--group", "oops", "--out", str(tmp_path / "o")])
+    assert bad.exit_code != 0
