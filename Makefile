@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/salience demo --out demo-out
+	@echo "salience demo is not built yet; running the smallest end-to-end job: attribution vs Captum"
+	$(VENV)/bin/python benchmarks/attribution.py --batch 8 --size 64 --repeats 1
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"

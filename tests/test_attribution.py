@@ -249,3 +249,13 @@ def test_upsample_is_bilinear_and_keeps_same_size():
     assert up[0, 0, 0] == 0 and up[0, -1, -1] == 3
     with pytest.raises(ValueError, match=r"maps must be \[B, h, w\]"):
         A.upsample(maps[0], (4, 4))
+
+
+def test_layer_maps_work_with_frozen_parameters(batch):
+    x, t = batch
+    model = build("resnet18", 6).double().eval()
+    before = A.grad_cam(model, x, t, layer="layer3")
+    model.requires_grad_(False)
+    assert torch.allclose(A.grad_cam(model, x, t, layer="layer3"), before)
+    assert torch.allclose(A.input_x_gradient(model, x, t, layer="mid2"),
+                          captum_attr.LayerGradientXActivation(model, model.layer2).attribute(x, target=t).sum(1))

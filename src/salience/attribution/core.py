@@ -57,20 +57,31 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
 
 @contextmanager
 def capture(module: nn.Module):
-    """Record `module`'s output during the block in `outputs` (a list); the hook always goes away."""
+    """Record `module`'s output during the block in `outputs` (a list); the hook always goes away.
+
+    An output that does not require grad (frozen parameters, detached input) is replaced by a leaf
+    that does, so gradients with respect to it exist.
+    """
     outputs: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+
+    def hook(_module, _inputs, out):
+        if torch.is_grad_enabled() and not out.requires_grad:
+            out = out.detach().requires_grad_(True)
+        outputs.append(out)
+        return out
+
+    handle = module.register_forward_hook(hook)
     try:
         yield outputs
     finally:
         handle.remove()
 
 
-def forward_at(model: nn.Module, x: torch.Tensor, layer: str | None, input_grad: bool = True):
-    """Run `model(x)`; return `(logits, F)` where F is the input (made differentiable) or the layer's output."""
+def forward_at(model: nn.Module, x: torch.Tensor, layer: str | None):
+    """Run `model(x)`; return `(logits, F)`, F = the input (made differentiable) or the layer's output."""
     module = resolve_layer(model, layer)
     if module is None:
-        if input_grad and not x.requires_grad:
+        if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         return model(x), x
     with capture(module) as outputs:
