@@ -1,0 +1,165 @@
+"""The typed training config: a YAML file validated on load; errors name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from salience.guidance import LOSSES
+from salience.guidance.step import METHODS
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the file and the key at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ModelConfig(_Strict):
+    name: str = "smallcnn"
+    weights: str | None = None
+    """A local file, or a torchvision weight name (needs the network)."""
+
+
+class DataConfig(_Strict):
+    format: Literal["builtin", "voc", "coco", "waterbirds", "folder"] = "builtin"
+    root: str | None = None
+    """Where the data lie on disk; not used by `builtin` (generated in memory)."""
+    size: int | None = Field(None, ge=8)
+    """Images are resized to size x size (None: as stored; they must then all agree)."""
+    train_split: str = "train"
+    val_split: str = "val"
+    augment: bool = True
+    """Random crop (4 px padding) and horizontal flip on the training split."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed on to the format's loader (e.g. the built-in benchmark's sizes and knobs)."""
+    workers: int = Field(0, ge=0)
+    task: Literal["auto", "single_label", "multi_label"] = "auto"
+    """`auto`: multi-label when some training image has more than one class."""
+
+
+class OptimConfig(_Strict):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD only."""
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["constant", "cosine", "step"] = "constant"
+    """Stepped once per epoch; `cosine` anneals to 0 over `epochs`, `step` multiplies by `gamma`
+    every `step_epochs`."""
+    warmup_epochs: int = Field(0, ge=0)
+    step_epochs: int = Field(10, ge=1)
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class GuidanceConfig(_Strict):
+    loss: Literal[tuple(LOSSES)] | None = None  # type: ignore[valid-type]
+    """None trains on the task loss only."""
+    method: Literal[METHODS] = "input_x_gradient"  # type: ignore[valid-type]
+    depth: str = "input"
+    """input, mid1, mid2, mid3, final, or a module name."""
+    lam: float = Field(1.0, alias="lambda", ge=0)
+    """Weight of the mean guidance over the annotated images of a batch (see docs/training.md)."""
+    annotated_fraction: float = Field(1.0, ge=0, le=1)
+    box_dilation: float = Field(0.0, ge=0)
+    ig_steps: int = Field(16, ge=1)
+
+
+class EvalConfig(_Strict):
+    method: Literal[METHODS] | None = None  # type: ignore[valid-type]
+    """Attribution for EPG and IoU; None: the guidance method."""
+    depth: str | None = None
+    """None: the guidance depth."""
+    iou_threshold: float = Field(0.5, gt=0, le=1)
+    batch_size: int | None = Field(None, ge=1)
+
+
+class TrainConfig(_Strict):
+    out: str = "runs/run"
+    """The run directory: log.jsonl, config.yaml, checkpoints/."""
+    seed: int = 0
+    device: str = "auto"
+    """auto (cuda when available), cpu, cuda, cuda:N. Under torchrun, cuda means the local rank's GPU."""
+    amp: bool = True
+    """bfloat16 autocast on CUDA; ignored on CPU."""
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    """Per process."""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    guidance: GuidanceConfig = Field(default_factory=GuidanceConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.schedule.warmup_epochs >= self.epochs and self.schedule.warmup_epochs > 0:
+            raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be below "
+                             f"epochs ({self.epochs})")
+        return self
+
+    def dump(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def _set(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`key.sub=value` strings -> (key, YAML-parsed value) pairs."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value (e.g. guidance.lambda=0.5)")
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def validate(tree: dict, source: str = "config") -> TrainConfig:
+    """Validate a nested dict; errors name `source` and every bad key."""
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            lines.append(f"{source}: {key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `--set key=value` overrides, validate."""
+    tree: dict = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for key, value in parse_overrides(overrides or []):
+        _set(tree, key, value)
+    return validate(tree, source)

@@ -1,0 +1,108 @@
+"""Validation and test metrics: task metrics, EPG and IoU, worst-group accuracy.
+
+Single-label: accuracy, ROC AUC (binary: on the softmax probability of class 1; more classes:
+macro one-vs-rest). Multi-label: micro F1 at logit >= 0. EPG and IoU: for every true class of
+every image (attribution of that class, model in eval mode), against the union of that class's
+boxes (or the image's mask when it has no boxes), averaged over pairs with a non-empty mask.
+Worst-group accuracy: the lowest accuracy over groups >= 0 (single-label data with groups).
+Under torchrun each process evaluates its shard and the per-image results are gathered.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    multiclass_accuracy,
+    multiclass_auroc,
+    multilabel_f1_score,
+)
+
+from salience.attribution import attribute, expand_targets
+from salience.attribution.methods import _TAKES_LAYER
+from salience.data.core import class_masks
+from salience.measures import epg as epg_measure
+from salience.measures import iou as iou_measure
+from salience.training import distributed as dist
+
+
+def task_metric_name(multi_label: bool) -> str:
+    return "f1" if multi_label else "accuracy"
+
+
+def _pair_masks(batch: dict, image: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    size = tuple(batch["image"].shape[-2:])
+    boxes = [batch["boxes"][i] for i in image.tolist()]
+    masks = class_masks(boxes, [batch["box_labels"][i] for i in image.tolist()], cls.cpu(), size).to(batch["mask"].device)
+    no_boxes = torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool, device=masks.device)
+    return torch.where(no_boxes[:, None, None], batch["mask"][image], masks)
+
+
+def evaluate(model: nn.Module, loader, multi_label: bool, method: str = "input_x_gradient", depth: str = "input",
+             iou_threshold: float = 0.5, ctx: dist.Context | None = None, amp: bool = False,
+             localisation: bool = True) -> dict:
+    """Metrics of `model` on `loader` (model put in eval mode). Returns a JSON-ready dict."""
+    ctx = ctx or dist.Context(0, 1, next(model.parameters()).device, False)
+    was_training = model.training
+    model.eval()
+    device = ctx.device
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
+    layer = None if depth == "input" or method not in _TAKES_LAYER else depth
+    parts: dict[str, list] = {k: [] for k in ("index", "logits", "labels", "group", "epg", "iou")}
+    for batch in loader:
+        x = batch["image"].to(device)
+        with torch.no_grad(), autocast:
+            logits = model(x).float()
+        parts["index"].append(batch["index"])
+        parts["logits"].append(logits.cpu())
+        parts["labels"].append(batch["labels"])
+        parts["group"].append(batch["group"])
+        if localisation:
+            image, cls = expand_targets(batch["labels"], x.shape[0])
+            if image.numel():
+                with autocast:
+                    maps = attribute(method, model, x[image.to(device)], cls.to(device), layer=layer).float()
+                masks = _pair_masks(batch, image, cls).to(device)
+                parts["epg"].append(epg_measure(maps, masks).cpu())
+                parts["iou"].append(iou_measure(maps, masks, iou_threshold).cpu())
+    model.train(was_training)
+    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
+    gathered = dist.gather(local, ctx)
+    allp = {k: torch.cat([g[k] for g in gathered]) for k in local}
+    return metrics(allp["logits"], allp["labels"], allp["group"], allp["epg"], allp["iou"], multi_label)
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, epg: torch.Tensor,
+            iou: torch.Tensor, multi_label: bool) -> dict:
+    """Metrics from per-image logits `[N, C]`, multi-hot labels `[N, C]`, groups `[N]` and per-pair
+    EPG / IoU values (NaN where undefined)."""
+    out: dict = {"images": int(logits.shape[0])}
+    num_classes = logits.shape[1]
+    if logits.shape[0] == 0:
+        raise ValueError("evaluate: the split has no images")
+    if multi_label:
+        # integer predictions skip torchmetrics' threshold (it tests p > t; SPEC says logit >= 0)
+        out["f1"] = multilabel_f1_score((logits >= 0).int(), labels.int(), num_labels=num_classes,
+                                        average="micro").item()
+    else:
+        target = labels.argmax(1)
+        pred = logits.argmax(1)
+        out["accuracy"] = multiclass_accuracy(pred, target, num_classes=num_classes, average="micro").item() \
+            if num_classes > 1 else 1.0
+        if num_classes == 2:
+            out["auc"] = binary_auroc(torch.softmax(logits, 1)[:, 1], target).item()
+        elif num_classes > 2:
+            out["auc"] = multiclass_auroc(torch.softmax(logits, 1), target, num_classes=num_classes).item()
+        grouped = group >= 0
+        if grouped.any():
+            correct = (pred == target).float()
+            per_group = {str(int(k)): correct[group == k].mean().item() for k in group[grouped].unique()}
+            out["group_accuracy"] = per_group
+            out["worst_group_accuracy"] = min(per_group.values())
+    for name, values in (("epg", epg), ("iou", iou)):
+        ok = values[~torch.isnan(values)]
+        out[name] = ok.mean().item() if ok.numel() else None
+    return out
