@@ -13,6 +13,65 @@ def version() -> None:
     typer.echo(__version__)
 
 
+data_app = typer.Typer(help="Built-in benchmark and data set checks.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("make-benchmark")
+def data_make_benchmark(
+    out: str = typer.Argument(..., help="folder to write (must not exist or be empty)"),
+    seed: int = 0,
+    size: int = 64,
+    n_train: int = 3000,
+    n_val: int = 500,
+    n_test: int = 1000,
+    n_out_of_set: int = 500,
+    cue_agreement: float = 0.95,
+    pca_rank: int = 10,
+    fingerprint: float = 0.0,
+    max_faces: int = 1,
+) -> None:
+    """Write the built-in benchmark to OUT in the salience-folder layout."""
+    import time
+
+    from pydantic import ValidationError
+
+    from salience.data import BuiltinBenchmark, make_builtin
+
+    try:
+        cfg = BuiltinBenchmark(seed=seed, size=size, n_train=n_train, n_val=n_val, n_test=n_test,
+                               n_out_of_set=n_out_of_set, cue_agreement=cue_agreement, pca_rank=pca_rank,
+                               fingerprint=fingerprint, max_faces=max_faces)
+    except ValidationError as e:
+        raise typer.BadParameter(str(e)) from None
+    t0 = time.perf_counter()
+    try:
+        root = make_builtin(out, cfg)
+    except FileExistsError as e:
+        raise typer.BadParameter(str(e)) from None
+    typer.echo(f"wrote {root} in {time.perf_counter() - t0:.1f} s")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    path: str = typer.Argument(..., help="data folder (or CSV for --format folder)"),
+    format: str = typer.Option(..., "--format", help="builtin, voc, coco, waterbirds or folder"),
+    split: str = typer.Option("train", help="split to read"),
+    check_files: bool = typer.Option(True, help="open every image / map header"),
+) -> None:
+    """Print one JSON object describing a split; exit code 1 when errors were found."""
+    import json
+
+    from salience.data import FORMATS, inspect
+
+    if format not in FORMATS:
+        raise typer.BadParameter(f"--format must be one of {FORMATS}, got {format!r}")
+    report = inspect(format, path, split, check_files=check_files)
+    typer.echo(json.dumps(report, indent=2))
+    if report["errors"]:
+        raise typer.Exit(1)
+
+
 @app.command()
 def explain(
     checkpoint: str = typer.Option(..., help="Training checkpoint (.pt) whose model is explained."),

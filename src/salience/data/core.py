@@ -1,0 +1,252 @@
+"""The shared data set class, the collate function and the box helpers.
+
+Every format reader turns its files into a list of `Record`s; `SalienceDataset` turns a record
+into one sample dict (keys of the batch contract in docs/contracts.md) and applies the joint
+transforms. Boxes are xyxy in pixels of the image as stored, continuous coordinates: pixel
+column j covers [j, j + 1), so a box [x0, y0, x1, y1] contains the pixel whose centre
+(j + 0.5, i + 0.5) lies inside it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file (and line or key) at fault."""
+
+
+@dataclass
+class Record:
+    """One image as a reader found it.
+
+    `image` / `human_map` / `segmentation` are a path, or for in-memory data a uint8 tensor
+    (`[3, H, W]` image, `[H, W]` maps with 255 = 1.0). `boxes` is float32 `[N, 4]` xyxy in
+    pixels of the stored image, `box_labels` long `[N]`, `difficult` bool `[N]` (VOC's flag).
+    `labels` lists the image's class indices (empty for out-of-set images).
+    """
+
+    id: str
+    image: Path | torch.Tensor
+    labels: list[int]
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4))
+    box_labels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    difficult: torch.Tensor | None = None
+    human_map: Path | torch.Tensor | None = None
+    segmentation: Path | torch.Tensor | None = None
+    group: int = -1
+
+
+def read_image(path: Path | str, mode: str = "RGB") -> torch.Tensor:
+    """Decode an image file into uint8 `[C, H, W]` (mode "RGB": C = 3, "L": C = 1)."""
+    try:
+        with PILImage.open(path) as im:
+            arr = np.asarray(im.convert(mode))
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except Exception as e:  # PIL raises many types for corrupt files
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    t = torch.from_numpy(arr.copy())
+    return t[None] if t.ndim == 2 else t.permute(2, 0, 1).contiguous()
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """`(H, W)` from the image header, without decoding the pixels."""
+    try:
+        with PILImage.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    return h, w
+
+
+def box_masks(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """bool `[N, H, W]`: pixel (i, j) is in box n when its centre (j+.5, i+.5) lies inside."""
+    h, w = size
+    ys = torch.arange(h, dtype=torch.float32) + 0.5
+    xs = torch.arange(w, dtype=torch.float32) + 0.5
+    b = boxes.to(torch.float32)
+    inside_x = (xs[None] >= b[:, 0:1]) & (xs[None] < b[:, 2:3])  # [N, W]
+    inside_y = (ys[None] >= b[:, 1:2]) & (ys[None] < b[:, 3:4])  # [N, H]
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def class_masks(
+    boxes: list[torch.Tensor], box_labels: list[torch.Tensor], classes: torch.Tensor, size: tuple[int, int]
+) -> torch.Tensor:
+    """float32 `[B, H, W]`: union of the boxes of class `classes[i]` in image i (0/1)."""
+    if not (len(boxes) == len(box_labels) == len(classes)):
+        raise ValueError(f"class_masks: {len(boxes)} box sets, {len(box_labels)} label sets, {len(classes)} classes")
+    out = torch.zeros(len(boxes), *size)
+    for i, (b, lab) in enumerate(zip(boxes, box_labels)):
+        sel = b[lab.to(b.device) == int(classes[i])]
+        if len(sel):
+            out[i] = box_masks(sel.cpu(), size).any(0).float()
+    return out.to(boxes[0].device if boxes else "cpu")
+
+
+def box_dilation(boxes: torch.Tensor, p: float, size: tuple[int, int]) -> torch.Tensor:
+    """Grow each xyxy box `[N, 4]` by p*w left and right and p*h top and bottom, clipped to `(H, W)`."""
+    if p < 0:
+        raise ValueError(f"box_dilation: p must be >= 0, got {p}")
+    b = boxes.to(torch.float32)
+    dw = p * (b[:, 2] - b[:, 0])
+    dh = p * (b[:, 3] - b[:, 1])
+    h, w = size
+    return torch.stack(
+        [(b[:, 0] - dw).clamp(0, w), (b[:, 1] - dh).clamp(0, h), (b[:, 2] + dw).clamp(0, w), (b[:, 3] + dh).clamp(0, h)],
+        dim=1,
+    )
+
+
+def annotated_fraction(dataset_or_n, fraction: float, seed: int) -> torch.Tensor:
+    """bool `[N]` with exactly round(fraction * N) True entries chosen by `seed`.
+
+    Images marked False train on the task loss only; they keep their boxes for evaluation.
+    """
+    n = dataset_or_n if isinstance(dataset_or_n, int) else len(dataset_or_n)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"annotated_fraction: fraction must be in [0, 1], got {fraction}")
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(n, generator=g)[: round(fraction * n)]
+    out = torch.zeros(n, dtype=torch.bool)
+    out[keep] = True
+    return out
+
+
+def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = False, crop_padding: int = 0):
+    """Geometric transforms that move image, boxes, mask and human map together.
+
+    Resize to `size` (square if an int); for training, a random crop (after zero padding of
+    `crop_padding` px) and a random horizontal flip. Boxes leaving the image are dropped.
+    Only geometric transforms belong here: the human map travels as a second `Image`.
+    """
+    steps: list = []
+    if size is not None:
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        steps.append(v2.Resize(hw, antialias=True))
+    if train:
+        if crop_padding:
+            if size is None:
+                raise ValueError("joint_transforms: crop_padding needs a fixed size")
+            steps.append(v2.RandomCrop(hw, padding=crop_padding, fill=0))
+        steps.append(v2.RandomHorizontalFlip())
+    steps.append(v2.ClampBoundingBoxes())
+    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda s: s["box_labels"]))
+    return v2.Compose(steps)
+
+
+class SalienceDataset(Dataset):
+    """Map-style data set over `Record`s; items are dicts with the batch contract's keys.
+
+    `image` float32 `[3, H, W]` in [0, 1]; `labels` float32 multi-hot `[C]`; `boxes` float32
+    `[N, 4]`; `box_labels` long `[N]`; `mask` float32 `[H, W]` (segmentation if given, else
+    union of boxes; a single-label record with a segmentation and no boxes gets the mask's
+    bounding box); `human_map` float32 `[H, W]` in [0, 1]; `has_human_map`, `annotated`
+    bool; `group`, `index` int; `id` str. `transforms` is a callable on the sample dict
+    (see `joint_transforms`); `annotated` a bool `[N]` (see `annotated_fraction`).
+    """
+
+    def __init__(self, records: list[Record], classes: list[str], transforms=None, annotated=None, name: str = ""):
+        self.records = records
+        self.classes = list(classes)
+        self.transforms = transforms
+        self.name = name
+        n = len(records)
+        self.annotated = torch.ones(n, dtype=torch.bool) if annotated is None else torch.as_tensor(annotated, dtype=torch.bool)
+        if len(self.annotated) != n:
+            raise ValueError(f"annotated has {len(self.annotated)} entries for {n} images")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """long `[N]`: the group of every image (-1 where undefined)."""
+        return torch.tensor([r.group for r in self.records], dtype=torch.long)
+
+    def _gray(self, src, hw: tuple[int, int], what: str, image_src) -> torch.Tensor:
+        t = src if isinstance(src, torch.Tensor) else read_image(src, "L")[0]
+        if tuple(t.shape[-2:]) != hw:
+            raise DataError(f"{src if not isinstance(src, torch.Tensor) else what}: {what} is {tuple(t.shape[-2:])} "
+                            f"but its image {image_src} is {hw} (H, W)")
+        return t.to(torch.float32) / 255.0
+
+    def __getitem__(self, index: int) -> dict:
+        r = self.records[index]
+        img = r.image if isinstance(r.image, torch.Tensor) else read_image(r.image, "RGB")
+        hw = tuple(img.shape[-2:])
+        img_name = r.image if not isinstance(r.image, torch.Tensor) else r.id
+        boxes, box_labels = r.boxes.to(torch.float32), r.box_labels.to(torch.long)
+        if r.segmentation is not None:
+            mask = (self._gray(r.segmentation, hw, "segmentation", img_name) >= 0.5).to(torch.uint8)
+            if not len(boxes) and mask.any() and len(r.labels) == 1:  # the object's box from its mask
+                ys, xs = torch.nonzero(mask, as_tuple=True)
+                boxes = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
+                box_labels = torch.tensor(r.labels, dtype=torch.long)
+        else:
+            mask = box_masks(r.boxes, hw).any(0).to(torch.uint8) if len(r.boxes) else torch.zeros(hw, dtype=torch.uint8)
+        has_map = r.human_map is not None
+        hmap = self._gray(r.human_map, hw, "human map", img_name) if has_map else torch.zeros(hw)
+        labels = torch.zeros(len(self.classes))
+        labels[list(r.labels)] = 1.0
+        sample = {
+            "image": tv_tensors.Image(img),
+            "labels": labels,
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=hw),
+            "box_labels": box_labels,
+            "mask": tv_tensors.Mask(mask),
+            "human_map": tv_tensors.Image(hmap[None]),
+            "has_human_map": has_map,
+            "annotated": bool(self.annotated[index]),
+            "group": r.group,
+            "index": index,
+            "id": r.id,
+        }
+        if self.transforms is not None:
+            sample = self.transforms(sample)
+        sample["image"] = sample["image"].as_subclass(torch.Tensor).to(torch.float32) / 255.0
+        sample["boxes"] = sample["boxes"].as_subclass(torch.Tensor).to(torch.float32)
+        sample["mask"] = sample["mask"].as_subclass(torch.Tensor).to(torch.float32)
+        sample["human_map"] = sample["human_map"].as_subclass(torch.Tensor)[0].to(torch.float32)
+        return sample
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack a list of `SalienceDataset` items into the batch of docs/contracts.md."""
+    shapes = {tuple(s["image"].shape) for s in samples}
+    if len(shapes) > 1:
+        ids = [(s["id"], tuple(s["image"].shape)) for s in samples[:4]]
+        raise DataError(f"collate: images of different sizes {sorted(shapes)} (e.g. {ids}); "
+                        "pass transforms=joint_transforms(size) to build_dataset")
+    return {
+        "image": torch.stack([s["image"] for s in samples]),
+        "labels": torch.stack([s["labels"] for s in samples]),
+        "boxes": [s["boxes"] for s in samples],
+        "box_labels": [s["box_labels"] for s in samples],
+        "mask": torch.stack([s["mask"] for s in samples]),
+        "human_map": torch.stack([s["human_map"] for s in samples]),
+        "has_human_map": torch.tensor([s["has_human_map"] for s in samples], dtype=torch.bool),
+        "annotated": torch.tensor([s["annotated"] for s in samples], dtype=torch.bool),
+        "group": torch.tensor([s["group"] for s in samples], dtype=torch.long),
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "id": [s["id"] for s in samples],
+    }
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary name and `os.replace`."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,376 @@
+"""Readers for data as laid out on disk, the `build_dataset` factory and `inspect`.
+
+Each reader returns `(records, classes)` and reports trouble to a `Problems` collector:
+`error` (strict mode raises `DataError` naming the file, line or key; `inspect` counts it) or
+`skip` (a documented skip, always counted: VOC XML without objects, COCO images without
+annotations under `empty="skip"`, COCO boxes of zero width or height).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from salience.data.core import DataError, Record, SalienceDataset, annotated_fraction, image_size
+
+FORMATS = ("builtin", "voc", "coco", "waterbirds", "folder")
+VOC_CLASSES = [
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]
+
+
+class Problems:
+    """Collects problems; in strict mode an `error` raises `DataError` at once."""
+
+    def __init__(self, strict: bool):
+        self.strict = strict
+        self.items: list[dict] = []
+
+    def error(self, message: str) -> None:
+        if self.strict:
+            raise DataError(message)
+        self.items.append({"kind": "error", "message": message})
+
+    def skip(self, message: str) -> None:
+        self.items.append({"kind": "skip", "message": message})
+
+
+def _boxes(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+
+
+# ---------------------------------------------------------------- PASCAL VOC 2007
+def _voc_root(path: Path) -> Path:
+    for cand in (path, path / "VOC2007", path / "VOCdevkit" / "VOC2007"):
+        if (cand / "Annotations").is_dir():
+            return cand
+    raise DataError(f"{path}: no VOC2007 folder with Annotations/ (looked in ., VOC2007/, VOCdevkit/VOC2007/)")
+
+
+def read_voc(path: Path, split: str, problems: Problems) -> tuple[list[Record], list[str]]:
+    """VOCdevkit/VOC2007: ids from ImageSets/Main/<split>.txt, boxes from Annotations/<id>.xml.
+
+    VOC pixel indices are 1-based and inclusive; boxes become xyxy [xmin-1, ymin-1, xmax, ymax].
+    "difficult" objects are kept (boxes and labels) and flagged in `Record.difficult`.
+    """
+    root = _voc_root(Path(path))
+    split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if not split_file.is_file():
+        raise DataError(f"{split_file}: split file not found")
+    ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
+    records = []
+    for img_id in ids:
+        xml_path = root / "Annotations" / f"{img_id}.xml"
+        try:
+            tree = ET.parse(xml_path).getroot()
+        except FileNotFoundError:
+            problems.error(f"{xml_path}: annotation file not found (listed in {split_file})")
+            continue
+        except ET.ParseError as e:
+            problems.error(f"{xml_path}: not valid XML ({e})")
+            continue
+        rows, labels, difficult, bad = [], [], [], False
+        for k, obj in enumerate(tree.findall("object")):
+            name = (obj.findtext("name") or "").strip()
+            if name not in VOC_CLASSES:
+                problems.error(f"{xml_path}: object {k}: unknown class {name!r}")
+                bad = True
+                break
+            try:
+                bb = obj.find("bndbox")
+                xmin, ymin, xmax, ymax = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+            except (AttributeError, TypeError, ValueError):
+                problems.error(f"{xml_path}: object {k} ({name}): bndbox needs numeric xmin, ymin, xmax, ymax")
+                bad = True
+                break
+            rows.append([xmin - 1, ymin - 1, xmax, ymax])
+            labels.append(VOC_CLASSES.index(name))
+            difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+        if bad:
+            continue
+        if not rows:
+            problems.skip(f"{xml_path}: no objects; image skipped")
+            continue
+        fname = (tree.findtext("filename") or f"{img_id}.jpg").strip()
+        records.append(Record(id=img_id, image=root / "JPEGImages" / fname, labels=sorted(set(labels)),
+                              boxes=_boxes(rows), box_labels=torch.tensor(labels),
+                              difficult=torch.tensor(difficult, dtype=torch.bool)))
+    return records, VOC_CLASSES
+
+
+# ---------------------------------------------------------------- MS COCO 2014
+def _need(obj: dict, keys: tuple[str, ...], where: str, file: Path) -> None:
+    for k in keys:
+        if k not in obj:
+            raise DataError(f"{file}: {where} has no key {k!r}")
+
+
+def read_coco(path: Path, split: str, problems: Problems, empty: str = "skip") -> tuple[list[Record], list[str]]:
+    """COCO 2014: `annotations/instances_<split>2014.json`, images in `<split>2014/`.
+
+    The 80 category ids, sorted, become classes 0..79; boxes xywh -> xyxy (crowd boxes kept).
+    Images without annotations: `empty="skip"` (default; counted as skips) drops them, as
+    multi-label training needs at least one label; `empty="keep"` keeps them with no labels.
+    """
+    if empty not in ("skip", "keep"):
+        raise ValueError(f"read_coco: empty must be 'skip' or 'keep', got {empty!r}")
+    split = split.removesuffix("2014")
+    root = Path(path)
+    ann_file = root / "annotations" / f"instances_{split}2014.json"
+    try:
+        data = json.loads(ann_file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{ann_file}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{ann_file}: not valid JSON ({e})") from None
+    _need(data, ("images", "annotations", "categories"), "the top level", ann_file)
+    for i, im in enumerate(data["images"]):
+        _need(im, ("id", "file_name"), f"images[{i}]", ann_file)
+    for i, a in enumerate(data["annotations"]):
+        _need(a, ("image_id", "category_id", "bbox"), f"annotations[{i}]", ann_file)
+    for i, c in enumerate(data["categories"]):
+        _need(c, ("id", "name"), f"categories[{i}]", ann_file)
+
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    cat_ids = sorted(coco.getCatIds())
+    contiguous = {c: i for i, c in enumerate(cat_ids)}
+    classes = [coco.cats[c]["name"] for c in cat_ids]
+    records = []
+    for img_id in sorted(coco.getImgIds()):
+        info = coco.imgs[img_id]
+        rows, labels = [], []
+        for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
+            if a["category_id"] not in contiguous:
+                problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: unknown category_id {a['category_id']}")
+                continue
+            x, y, w, h = (float(v) for v in a["bbox"])
+            if w <= 0 or h <= 0:
+                problems.skip(f"{ann_file}: annotation {a.get('id')} of image {img_id}: empty box {a['bbox']} skipped")
+                continue
+            rows.append([x, y, x + w, y + h])
+            labels.append(contiguous[a["category_id"]])
+        if not rows and empty == "skip":
+            problems.skip(f"{ann_file}: image {img_id} ({info['file_name']}) has no annotations; skipped")
+            continue
+        records.append(Record(id=str(img_id), image=root / f"{split}2014" / info["file_name"], labels=sorted(set(labels)),
+                              boxes=_boxes(rows), box_labels=torch.tensor(labels, dtype=torch.long)))
+    return records, classes
+
+
+# ---------------------------------------------------------------- CSV helpers
+def _csv_rows(file: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
+    """(line number, row) pairs of a CSV with a header; missing columns raise naming the file."""
+    try:
+        with open(file, newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in required if c not in cols]
+            if missing:
+                raise DataError(f"{file}: missing column(s) {missing}; found {cols}")
+            return [(reader.line_num, row) for row in reader]
+    except FileNotFoundError:
+        raise DataError(f"{file}: CSV file not found") from None
+
+
+def _int(value, file: Path, line: int, column: str, allowed=None) -> int:
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise DataError(f"{file}:{line}: column {column!r}: {value!r} is not an integer") from None
+    if allowed is not None and v not in allowed:
+        raise DataError(f"{file}:{line}: column {column!r}: {v} not in {sorted(allowed)}")
+    return v
+
+
+# ---------------------------------------------------------------- Waterbirds
+WATERBIRDS_SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def read_waterbirds(path: Path, split: str, problems: Problems) -> tuple[list[Record], list[str]]:
+    """Waterbirds: `metadata.csv` with img_filename, y (0 land, 1 water bird), split (0/1/2), place.
+
+    group = 2 * y + place. Where `segmentations/<img_filename>.png` exists (the CUB layout),
+    it becomes the mask and its bounding box the bird's box.
+    """
+    root = Path(path)
+    if split not in WATERBIRDS_SPLITS:
+        raise DataError(f"Waterbirds split {split!r} unknown; choose from {list(WATERBIRDS_SPLITS)}")
+    file = root / "metadata.csv"
+    records = []
+    for line, row in _csv_rows(file, ("img_filename", "y", "split", "place")):
+        try:
+            if _int(row["split"], file, line, "split", {0, 1, 2}) != WATERBIRDS_SPLITS[split]:
+                continue
+            y = _int(row["y"], file, line, "y", {0, 1})
+            place = _int(row["place"], file, line, "place", {0, 1})
+        except DataError as e:
+            problems.error(str(e))
+            continue
+        fname = row["img_filename"].strip()
+        seg = (root / "segmentations" / fname).with_suffix(".png")
+        records.append(Record(id=Path(fname).stem, image=root / fname, labels=[y], group=2 * y + place,
+                              segmentation=seg if seg.is_file() else None))
+    return records, ["landbird", "waterbird"]
+
+
+# ---------------------------------------------------------------- salience folder (CYBORG layout)
+def read_folder(path: Path, split: str, problems: Problems) -> tuple[list[Record], list[str]]:
+    """A folder with `<split>.csv` (or `path` is the CSV itself) and optional `classes.txt`.
+
+    Columns: `image` and `label` (required; class names joined by ';', empty = no class),
+    `human_map` (grey image of the same size, 255 = 1.0), `boxes` ("x0 y0 x1 y1 class" items
+    joined by ';', pixels of the image), `group` (int). Paths are relative to the CSV's folder.
+    Without `classes.txt` the classes are the sorted label names found in the CSV.
+    """
+    path = Path(path)
+    file = path if path.is_file() else path / f"{split}.csv"
+    base = file.parent
+    rows = _csv_rows(file, ("image", "label"))
+    names_file = base / "classes.txt"
+    if names_file.is_file():
+        classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
+    else:
+        classes = sorted({n.strip() for _, r in rows for n in (r["label"] or "").split(";") if n.strip()})
+    index = {c: i for i, c in enumerate(classes)}
+    records = []
+    for line, r in rows:
+        try:
+            names = [n.strip() for n in (r["label"] or "").split(";") if n.strip()]
+            unknown = [n for n in names if n not in index]
+            if unknown:
+                raise DataError(f"{file}:{line}: unknown label(s) {unknown}; classes are {classes}")
+            box_rows, box_labels = [], []
+            for item in (r.get("boxes") or "").split(";"):
+                if not item.strip():
+                    continue
+                parts = item.split()
+                if len(parts) != 5 or parts[4] not in index:
+                    raise DataError(f"{file}:{line}: box {item!r} is not 'x0 y0 x1 y1 class' with a known class")
+                try:
+                    box_rows.append([float(v) for v in parts[:4]])
+                except ValueError:
+                    raise DataError(f"{file}:{line}: box {item!r} has a non-numeric coordinate") from None
+                box_labels.append(index[parts[4]])
+            group = _int(r["group"], file, line, "group") if (r.get("group") or "").strip() else -1
+        except DataError as e:
+            problems.error(str(e))
+            continue
+        hm = (r.get("human_map") or "").strip()
+        img = r["image"].strip()
+        records.append(Record(id=Path(img).stem, image=base / img, labels=sorted(index[n] for n in names),
+                              boxes=_boxes(box_rows), box_labels=torch.tensor(box_labels, dtype=torch.long),
+                              human_map=base / hm if hm else None, group=group))
+    return records, classes
+
+
+READERS = {"voc": read_voc, "coco": read_coco, "waterbirds": read_waterbirds, "folder": read_folder}
+
+
+def _read(format: str, path, split: str, problems: Problems, **options):
+    if format not in FORMATS:
+        raise ValueError(f"unknown data format {format!r}; choose from {FORMATS}")
+    if format == "builtin":
+        if path is None:
+            from salience.data.builtin import builtin_dataset
+
+            ds = builtin_dataset(split, **options)
+            return ds.records, ds.classes
+        format = "folder"  # a benchmark written by make_builtin
+    if path is None:
+        raise ValueError(f"format {format!r} needs a path")
+    return READERS[format](Path(path), split, problems, **options)
+
+
+def _files(r: Record):
+    for what in ("image", "human_map", "segmentation"):
+        p = getattr(r, what)
+        if p is not None and not isinstance(p, torch.Tensor):
+            yield what, p
+
+
+def build_dataset(format: str, path, split: str, transforms=None, annotated: float = 1.0, seed: int = 0,
+                  **options) -> SalienceDataset:
+    """Read `split` of the data at `path` in `format` (builtin, voc, coco, waterbirds, folder).
+
+    `format="builtin"` with `path=None` generates the benchmark in memory (`config=` a
+    `BuiltinBenchmark`); with a path it reads a folder written by `make_builtin`.
+    `transforms`: joint transforms on each sample (see `joint_transforms`); `annotated`: the
+    fraction of images whose boxes/maps may guide training, chosen by `seed`
+    (`annotated_fraction`). Other options go to the reader (COCO: `empty`). Raises `DataError`
+    on the first bad file and when image / map files are missing (listing them).
+    """
+    if format == "builtin" and path is None:
+        from salience.data.builtin import builtin_dataset
+
+        ds = builtin_dataset(split, transforms=transforms, **options)
+        ds.annotated = annotated_fraction(len(ds), annotated, seed)
+        ds.problems = []
+        return ds
+    problems = Problems(strict=True)
+    records, classes = _read(format, path, split, problems, **options)
+    missing = [f"{p} ({what})" for r in records for what, p in _files(r) if not os.path.exists(p)]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(f"{len(missing)} file(s) missing: {', '.join(missing[:5])}{more}")
+    ds = SalienceDataset(records, classes, transforms=transforms,
+                         annotated=annotated_fraction(len(records), annotated, seed), name=f"{format}/{split}")
+    ds.problems = problems.items
+    return ds
+
+
+def inspect(format: str, path, split: str = "train", check_files: bool = True, **options) -> dict:
+    """Summary of one split as a JSON-ready dict: images, classes, boxes per class, unannotated
+    images (no box, map or segmentation), groups, difficult boxes and the problems found.
+
+    With `check_files`, every image, human map and segmentation header is opened: missing or
+    undecodable files and maps whose size differs from their image are reported.
+    """
+    problems = Problems(strict=False)
+    try:
+        records, classes = _read(format, path, split, problems, **options)
+    except DataError as e:
+        return {"format": format, "path": str(path), "split": split, "images": 0, "classes": [],
+                "problems": [{"kind": "error", "message": str(e)}], "errors": 1, "skips": 0}
+    if check_files:
+        for r in records:
+            sizes = {}
+            for what, p in _files(r):
+                try:
+                    sizes[what] = image_size(p)
+                except DataError as e:
+                    problems.error(str(e))
+            for what in ("human_map", "segmentation"):
+                if what in sizes and "image" in sizes and sizes[what] != sizes["image"]:
+                    problems.error(f"{getattr(r, what)}: {what} is {sizes[what]} but its image {r.image} "
+                                   f"is {sizes['image']} (H, W)")
+    per_class = Counter(int(c) for r in records for c in r.box_labels.tolist())
+    return {
+        "format": format,
+        "path": str(path),
+        "split": split,
+        "images": len(records),
+        "classes": classes,
+        "images_per_class": {classes[c]: n for c, n in sorted(Counter(c for r in records for c in r.labels).items())},
+        "boxes_per_class": {classes[c]: n for c, n in sorted(per_class.items())},
+        "difficult_boxes": sum(int(r.difficult.sum()) for r in records if r.difficult is not None),
+        "unannotated_images": sum(1 for r in records if not len(r.boxes) and r.human_map is None and r.segmentation is None),
+        "human_maps": sum(1 for r in records if r.human_map is not None),
+        "groups": {str(g): n for g, n in sorted(Counter(r.group for r in records if r.group >= 0).items())},
+        "problems": problems.items,
+        "errors": sum(p["kind"] == "error" for p in problems.items),
+        "skips": sum(p["kind"] == "skip" for p in problems.items),
+    }
