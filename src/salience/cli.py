@@ -115,3 +115,50 @@ def measure(
         raise typer.BadParameter("give --stores or --group")
     summary = measure_stores(groups, out, seed=seed)
     typer.echo(f"{out}: {len(summary['stores'])} stores measured, {len(summary['comparisons'])} comparisons")
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="Training config (YAML); see configs/ and docs/training.md."),
+    set_: list[str] = typer.Option([], "--set", help="key=value override, e.g. guidance.lambda=0.5 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in the config's `out` from last.pt."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train a classifier, plain or guided by explanations. Under torchrun: one process per device."""
+    from salience.training import ConfigError, TrainingError, load_config
+    from salience.training import train as run_training
+
+    try:
+        run = run_training(load_config(config, set_), resume=resume, progress=progress)
+    except (ConfigError, TrainingError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{run}: log.jsonl, checkpoints/last.pt, checkpoints/pareto.json")
+
+
+@app.command()
+def evaluate(
+    checkpoint: str = typer.Argument(..., help="Training checkpoint (.pt)."),
+    data: str = typer.Option("test", "--data", help="Split of the checkpoint's data config (test, test_shift, ...)."),
+    set_: list[str] = typer.Option([], "--set", help="key=value override of the saved config, e.g. data.root=/data."),
+    device: str = typer.Option("auto"),
+    out: str = typer.Option(None, help="Also write the metrics to this JSON file."),
+) -> None:
+    """Print task metrics, EPG, IoU and worst-group accuracy of a checkpoint on a split (JSON)."""
+    import json
+    from pathlib import Path
+
+    from salience.training import ConfigError, evaluate_checkpoint
+
+    try:
+        result = evaluate_checkpoint(checkpoint, data, set_, device=device)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    text = json.dumps(result, indent=2)
+    if out:
+        from salience.training.distributed import atomic_write_text
+
+        atomic_write_text(Path(out), text + "\n")
+    typer.echo(text)
+

@@ -2,42 +2,31 @@
 
 from __future__ import annotations
 
-import inspect
-
 from torch.utils.data import Dataset
 
-from salience import data as data_layer
-from salience.data.core import annotated_fraction, joint_transforms
+from salience.data import BuiltinBenchmark, build_dataset, joint_transforms
 from salience.training.config import ConfigError, DataConfig
 
 
 def open_split(cfg: DataConfig, split: str, train: bool = False, fraction: float = 1.0, seed: int = 0) -> Dataset:
-    """The data set of `split`; training splits get augmentation (if `cfg.augment`) and a seeded
-    subset of `fraction` of the images marked annotated (the rest train on the task loss only)."""
-    transforms = joint_transforms(cfg.size, train=train and cfg.augment, crop_padding=4 if train and cfg.augment and cfg.size else 0)
+    """The data set of `split` through `salience.data.build_dataset`. Training splits get
+    augmentation (if `cfg.augment`: 4 px padded random crop, horizontal flip) and a seeded subset of
+    `fraction` of the images marked annotated (the rest train on the task loss only)."""
+    augment = train and cfg.augment
+    transforms = joint_transforms(cfg.size, train=augment, crop_padding=4 if augment and cfg.size else 0)
+    options = dict(cfg.options)
+    if cfg.format == "builtin" and cfg.root is None:
+        try:
+            options = {"config": BuiltinBenchmark(**options)}
+        except ValueError as err:
+            raise ConfigError(f"data.options: {err}") from None
+    elif cfg.root is None:
+        raise ConfigError(f"data.root: format {cfg.format!r} needs the folder where the data lie")
     try:
-        if cfg.format == "builtin":
-            from salience.data.builtin import BuiltinBenchmark, builtin_dataset
-
-            ds = builtin_dataset(split, BuiltinBenchmark(**cfg.options), transforms=transforms)
-        else:
-            build = getattr(data_layer, "build_dataset", None)
-            if build is None:
-                raise ConfigError(f"data.format: {cfg.format!r} needs salience.data.build_dataset, which this "
-                                  f"installation lacks")
-            if cfg.root is None:
-                raise ConfigError(f"data.root: format {cfg.format!r} needs the folder where the data lie")
-            kwargs = dict(cfg.options)
-            if "transforms" in inspect.signature(build).parameters:
-                kwargs["transforms"] = transforms
-            ds = build(cfg.format, cfg.root, split=split, **kwargs)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"data: cannot open split {split!r} of {cfg.format!r}: {err}") from err
-    if train:
-        ds.annotated = annotated_fraction(len(ds), fraction, seed)
-    return ds
+        return build_dataset(cfg.format, cfg.root, split, transforms=transforms, annotated=fraction if train else 1.0,
+                             seed=seed, **options)
+    except TypeError as err:  # an option the reader does not take
+        raise ConfigError(f"data.options: {err}") from None
 
 
 def is_multi_label(cfg: DataConfig, ds) -> bool:
