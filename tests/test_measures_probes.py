@@ -249,6 +249,10 @@ def test_deletion_insertion_matches_reference_loop():
     np.testing.assert_allclose(out["insertion"].numpy(), ins, atol=1e-12)
     np.testing.assert_allclose(out["deletion_auc"].numpy(), np.trapezoid(dele, dx=1 / 9, axis=1), atol=1e-12)
     np.testing.assert_allclose(out["insertion_auc"].numpy(), np.trapezoid(ins, dx=1 / 9, axis=1), atol=1e-12)
+    only = deletion_insertion(model, x, t, maps, steps=9, curves=("deletion",))
+    assert set(only) == {"deletion", "deletion_auc"} and torch.equal(only["deletion"], out["deletion"])
+    with pytest.raises(ValueError, match="curves"):
+        deletion_insertion(model, x, t, maps, curves=("both",))
 
 
 def test_probe_input_checks():

@@ -89,18 +89,22 @@ def blur_degradation(model: nn.Module, explain: Explain, x: torch.Tensor, target
 
 @torch.no_grad()
 def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-                       steps: int = 20, batch_size: int = 64) -> dict:
+                       steps: int = 20, batch_size: int = 64,
+                       curves: Sequence[str] = ("deletion", "insertion")) -> dict:
     """Deletion and insertion curves `[B, steps + 1]` and their AUC `[B]` (trapezoid over [0, 1]).
 
     Pixels are ranked by the map (upsampled bilinearly to `(H, W)`), highest first, ties by pixel index.
     At step i the first `floor(i * H * W / steps)` pixels are changed: deletion sets them to 0,
     insertion copies them from `x` into a blurred copy of `x` (sigma 5 at 224 px). The curve holds the
     softmax probability of the target. Batched over (step, image) pairs in chunks of `batch_size`.
+    `curves` selects which of the two are computed.
     """
     check_inputs(x, target)
     check_maps(maps)
     if maps.shape[0] != x.shape[0]:
         raise ValueError(f"maps {tuple(maps.shape)} and x {tuple(x.shape)} differ in batch size")
+    if not curves or set(curves) - {"deletion", "insertion"}:
+        raise ValueError(f"curves must be a non-empty subset of ('deletion', 'insertion'), got {curves}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     b, _, h, w = x.shape
@@ -109,9 +113,11 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(b, n))
     rank = rank.view(b, 1, h, w)
     counts = torch.arange(steps + 1, device=x.device) * n // steps
-    substrates = {"deletion": (torch.zeros_like(x), x), "insertion": (x, gaussian_blur(x, 5 * min(h, w) / 224))}
+    substrates = {"deletion": lambda: (torch.zeros_like(x), x),
+                  "insertion": lambda: (x, gaussian_blur(x, 5 * min(h, w) / 224))}
     out = {}
-    for name, (changed, base) in substrates.items():
+    for name in curves:
+        changed, base = substrates[name]()
         curve = torch.empty(steps + 1, b, dtype=x.dtype, device=x.device)
         flat = curve.view(-1)
         for start in range(0, (steps + 1) * b, batch_size):

@@ -37,7 +37,8 @@ def entropy(maps: torch.Tensor, kind: str = "histogram") -> torch.Tensor:
         bits = -(p * torch.log2(torch.where(p > 0, p, torch.ones_like(p)))).sum(1)
         return bits / math.log2(min(n, 256))
     a = maps.abs().flatten(1)
-    total = a.sum(1, keepdim=True)
-    p = torch.where(total > 0, a / torch.where(total > 0, total, torch.ones_like(total)), torch.full_like(a, 1.0 / n))
-    nats = -(p * torch.log(torch.where(p > 0, p, torch.ones_like(p)))).sum(1)
-    return nats / math.log(n)
+    total = a.sum(1)
+    # H = -sum (a/T) log(a/T) = log T - sum(a log a) / T, with 0 log 0 = 0
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    nats = torch.log(safe) - torch.special.xlogy(a, a).sum(1) / safe
+    return torch.where(total > 0, nats / math.log(n), torch.ones_like(nats))

@@ -29,7 +29,9 @@ def summarise(values, seed: int = 0, n_boot: int = 2000, level: float = 0.95) ->
     out["mean"] = v.mean().item()
     out["sd"] = v.std().item() if n > 1 else math.nan
     g = torch.Generator().manual_seed(seed)
-    means = v[torch.randint(0, n, (n_boot, n), generator=g)].mean(1)
+    step = max(1, 4_000_000 // n)  # resamples per chunk: memory stays bounded for large n
+    means = torch.cat([v[torch.randint(0, n, (min(step, n_boot - s), n), generator=g)].mean(1)
+                       for s in range(0, n_boot, step)])
     alpha = (1 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     out["ci_low"], out["ci_high"] = lo, hi
