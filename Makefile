@@ -12,8 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "salience demo is not built yet; running the smallest end-to-end job: attribution vs Captum"
-	$(VENV)/bin/python benchmarks/attribution.py --batch 8 --size 64 --repeats 1
+	$(VENV)/bin/salience demo --out demo-out
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -162,3 +162,34 @@ def evaluate(
         atomic_write_text(Path(out), text + "\n")
     typer.echo(text)
 
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("demo-out", help="Results folder (reused: finished training runs are not redone)."),
+    quick: bool = typer.Option(False, help="1 seed, tiny sizes: a check that everything runs (tests use it)."),
+    seeds: int = typer.Option(None, help="Seeds per model group (default 3; 1 with --quick)."),
+) -> None:
+    """The whole study on the built-in benchmark: train CE, energy-guided and CYBORG models, measure
+    their salience with the five measures and localisation metrics, write report.html."""
+    from salience.report import StudyConfig, render, run_study
+
+    cfg = StudyConfig.quick() if quick else StudyConfig()
+    if seeds is not None:
+        cfg = cfg.model_copy(update={"seeds": seeds})
+    results = run_study(cfg, out)
+    report = render(out)
+    for line in results["findings"]:
+        typer.echo(f"- {line}")
+    typer.echo(f"report: {report} ({results['seconds']:.0f} s)")
+
+
+@app.command()
+def report(results_dir: str = typer.Argument(..., help="A folder written by `salience demo`.")) -> None:
+    """Re-render report.html from a results folder."""
+    from salience.report import render
+
+    try:
+        typer.echo(render(results_dir))
+    except FileNotFoundError as err:
+        raise typer.BadParameter(str(err)) from None

@@ -1,0 +1,287 @@
+"""Render a study's results directory (`results.json`, `gallery.pt`) into one self-contained
+`report.html`: figures are PNGs embedded as base64, so the file opens offline and can be mailed."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+COLORS = {"CE": "#7f7f7f", "Energy": "#1f77b4", "CYBORG": "#d62728"}
+LABELS = {
+    "epg": "EPG (share of positive salience in the face box; higher is better)",
+    "iou": "IoU of the thresholded map with the face box",
+    "pointing_game": "Pointing game (map maximum inside the box)",
+    "entropy_histogram": "Entropy, histogram (paper's; lower = more concentrated)",
+    "entropy_spatial": "Entropy, spatial (lower = fewer salient pixels)",
+    "noise_ssim_0.1": "Map SSIM, clean vs 10 % salt-and-pepper",
+    "transform_ssim": "Transformation consistency (mean SSIM over 12 transforms)",
+    "blur_nonsalient_score_change": "Score change, blurring non-salient regions",
+    "blur_salient_score_change": "Score change, blurring salient regions",
+    "deletion_auc": "Deletion AUC (lower = map finds what matters)",
+    "insertion_auc": "Insertion AUC (higher = map finds what matters)",
+    "test": "Accuracy on test",
+    "test_shift": "Accuracy on test_shift (cue reversed)",
+    "test_shift_worst_group": "Worst-group accuracy on test_shift",
+    "out_of_set_real_rate": "Non-faces called 'real'",
+}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _groups(results: dict) -> list[str]:
+    return [g for g, names in results["groups"].items() if names]
+
+
+def fig_gallery(gallery: dict) -> str:
+    groups = list(gallery["maps"])
+    n = len(gallery["images"])
+    cols = 2 + len(groups)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
+    for i in range(n):
+        img = gallery["images"][i].permute(1, 2, 0).clamp(0, 1).numpy()
+        panels = [("image + box, " + gallery["classes"][gallery["labels"][i]], img, None),
+                  ("human salience", gallery["human_maps"][i].numpy(), "magma")]
+        panels += [(g, gallery["maps"][g][i].clamp(min=0).numpy(), "magma") for g in groups]
+        for j, (title, data, cmap) in enumerate(panels):
+            ax = axes[i, j]
+            if cmap is None:
+                ax.imshow(data)
+                for x0, y0, x1, y1 in gallery["boxes"][i].tolist():
+                    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1.5))
+            else:
+                ax.imshow(img, alpha=1.0)
+                ax.imshow(data, cmap=cmap, alpha=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 or j == 0:
+                ax.set_title(title, fontsize=8)
+    return _png(fig)
+
+
+def fig_accuracy(results: dict) -> str:
+    groups = _groups(results)
+    keys = ["test", "test_shift", "test_shift_worst_group", "out_of_set_real_rate"]
+    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    width = 0.8 / len(groups)
+    for gi, g in enumerate(groups):
+        s = [results["summary"][k][g] for k in keys]
+        means = [v["mean"] for v in s]
+        err = [0 if v["sd"] != v["sd"] else v["sd"] for v in s]
+        ax.bar([k + gi * width for k in range(len(keys))], means, width, yerr=err, label=g, color=COLORS.get(g))
+    ax.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(keys))])
+    ax.set_xticklabels(["test", "test_shift", "worst group\n(test_shift)", "non-faces\ncalled real"])
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="k", lw=0.5, ls=":")
+    ax.set_ylabel("rate (mean ± sd over seeds)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def fig_entropy(results: dict) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for g in _groups(results):
+        ins = [v for n in results["groups"][g] for v in results["models"][n]["out_of_set"]["entropy_in"]]
+        outs = [v for n in results["groups"][g] for v in results["models"][n]["out_of_set"]["entropy_out"]]
+        axes[0].hist(ins, bins=20, range=(0, 1), histtype="step", lw=1.5, color=COLORS.get(g), label=g)
+        axes[1].hist(outs, bins=20, range=(0, 1), histtype="step", lw=1.5, color=COLORS.get(g), label=g)
+    axes[0].set_title("faces (test)", fontsize=9)
+    axes[1].set_title("non-faces (out of set)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("histogram entropy (normalised)")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def _per_group_curve(results: dict, getter) -> dict:
+    out = {}
+    for g in _groups(results):
+        curves = torch.tensor([getter(results["models"][n]) for n in results["groups"][g]], dtype=torch.float64)
+        out[g] = curves.mean(0).tolist()
+    return out
+
+
+def fig_noise(results: dict) -> str:
+    amounts = next(iter(results["models"].values()))["noise"]["amounts"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for g, curve in _per_group_curve(results, lambda m: m["noise"]["ssim"]).items():
+        axes[0].plot(amounts, curve, "o-", color=COLORS.get(g), label=g)
+    for g, curve in _per_group_curve(results, lambda m: m["noise"]["score_change"]).items():
+        axes[1].plot(amounts, curve, "o-", color=COLORS.get(g), label=g)
+    axes[0].set_ylabel("map SSIM to clean")
+    axes[1].set_ylabel("score change")
+    for ax in axes:
+        ax.set_xlabel("salt-and-pepper amount")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def fig_transforms(results: dict) -> str:
+    names = list(next(iter(results["models"].values()))["transforms"])
+    per = _per_group_curve(results, lambda m: [m["transforms"][t] for t in names])
+    fig, ax = plt.subplots(figsize=(9, 2.8))
+    width = 0.8 / len(per)
+    for gi, (g, vals) in enumerate(per.items()):
+        ax.bar([k + gi * width for k in range(len(names))], vals, width, color=COLORS.get(g), label=g)
+    ax.set_xticks([k + width * (len(per) - 1) / 2 for k in range(len(names))])
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("SSIM of T(map(x)) vs map(T(x))")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def fig_stability(results: dict) -> str | None:
+    st = results["stability"]
+    if not st:
+        return None
+    fig, axes = plt.subplots(1, len(st), figsize=(2.8 * len(st), 2.6), squeeze=False)
+    for ax, (g, s) in zip(axes[0], st.items()):
+        im = ax.imshow(s["ssim_matrix"], vmin=0, vmax=1, cmap="viridis")
+        n = len(s["ssim_matrix"])
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{s['ssim_matrix'][i][j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_title(g, fontsize=9)
+        ax.set_xlabel("seed")
+        ax.set_ylabel("seed")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
+    return _png(fig)
+
+
+def fig_blur(results: dict) -> str:
+    groups = _groups(results)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for k, key in enumerate(["score_change", "ssim"]):
+        for gi, g in enumerate(groups):
+            vals = [sum(results["models"][n]["blur"][mode][key] for n in results["groups"][g]) / len(results["groups"][g])
+                    for mode in ("nonsalient", "salient")]
+            axes[k].bar([m + gi * 0.8 / len(groups) for m in range(2)], vals, 0.8 / len(groups), color=COLORS.get(g), label=g)
+        axes[k].set_xticks([m + 0.4 - 0.4 / len(groups) for m in range(2)])
+        axes[k].set_xticklabels(["blur non-salient", "blur salient"])
+    axes[0].set_ylabel("score change")
+    axes[1].set_ylabel("map SSIM to clean")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def fig_deletion(results: dict) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for k, name in enumerate(["deletion_curve", "insertion_curve"]):
+        for g, curve in _per_group_curve(results, lambda m: m[name]).items():
+            axes[k].plot([i / (len(curve) - 1) for i in range(len(curve))], curve, color=COLORS.get(g), label=g)
+        axes[k].set_title(name.split("_")[0], fontsize=9)
+        axes[k].set_xlabel("fraction of pixels changed (most salient first)")
+    axes[0].set_ylabel("score of the true class")
+    axes[0].legend(fontsize=8)
+    return _png(fig)
+
+
+def fig_pareto(results: dict) -> str:
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for name, m in results["models"].items():
+        pts = [p for p in m["pareto"] if p["accuracy"] is not None and p["epg"] is not None]
+        color = COLORS.get(m["group"])
+        ax.plot([p["epg"] for p in pts], [p["accuracy"] for p in pts], "-", color=color, alpha=0.4, lw=0.8)
+        front = [p for p in pts if p["pareto"]]
+        ax.scatter([p["epg"] for p in front], [p["accuracy"] for p in front], color=color, s=18,
+                   label=m["group"] if m["seed"] == 0 else None)
+    ax.set_xlabel("validation EPG")
+    ax.set_ylabel("validation accuracy")
+    ax.legend(fontsize=8, title="kept (Pareto) epochs", title_fontsize=7)
+    return _png(fig)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _table(results: dict, key: str) -> str:
+    groups = _groups(results)
+    s = results["summary"][key]
+    cells = "".join(f"<td>{_fmt(s[g]['mean'])}<br><small>[{_fmt(s[g]['ci_low'])}, {_fmt(s[g]['ci_high'])}] "
+                    f"n={s[g]['n']}</small></td>" for g in groups)
+    comps = results["comparisons"].get(key, {})
+    comp = "; ".join(f"{name}: Δ {c['diff']:+.3f}, d {c['cohens_d']:.2f}, p {c['p_value']:.3g}" for name, c in comps.items())
+    return f"<tr><td>{html.escape(LABELS.get(key, key))}</td>{cells}<td><small>{comp or '–'}</small></td></tr>"
+
+
+def render(results_dir: str | Path) -> Path:
+    """Write `results_dir/report.html` from `results.json` and `gallery.pt`; return its path."""
+    d = Path(results_dir)
+    results_file = d / "results.json"
+    if not results_file.is_file():
+        raise FileNotFoundError(f"{results_file}: not found; run `salience demo --out {d}` first")
+    results = json.loads(results_file.read_text())
+    gallery = torch.load(d / "gallery.pt", weights_only=False)
+    groups = _groups(results)
+    head = "".join(f"<th>{g}</th>" for g in groups)
+    rows = "".join(_table(results, k) for k in results["summary"])
+    figures = [
+        ("Gallery", "Test images with the face box (green), the human salience map, and each group's "
+                    "salience map (seed 0, GradCAM at the final block, positive part).", fig_gallery(gallery)),
+        ("Accuracy: test, shifted test, out of set", "A model that learned the spurious cue scores high on "
+         "test and low on test_shift, where the cue is reversed. Bars: mean ± sd over seeds.", fig_accuracy(results)),
+        ("(a) Entropy distributions", "Normalised histogram entropy of the salience maps; faces (left) and "
+         "non-faces (right).", fig_entropy(results)),
+        ("(b) Response to salt-and-pepper noise", "Similarity of maps of noisy images to the clean map, and "
+         "the change of the true-class score.", fig_noise(results)),
+        ("(c) Transformation consistency", "SSIM of T(map(x)) with map(T(x)) on the valid region, per "
+         "transform. 1 = the map moves exactly with the image.", fig_transforms(results)),
+        ("(d) Stability across training runs", "Mean SSIM between the maps of models of the same group "
+         "trained with different seeds.", fig_stability(results)),
+        ("(e) Salience-guided degradation", "Spatially varying blur driven by each model's own map: blurring "
+         "non-salient regions should hurt little, blurring salient ones a lot.", fig_blur(results)),
+        ("Deletion and insertion", "True-class score as the most salient pixels are deleted (to 0) or "
+         "inserted (into a blurred copy).", fig_deletion(results)),
+        ("Training: validation accuracy vs EPG", "One line per run over epochs; dots are the epochs kept on "
+         "the Pareto front of (accuracy, EPG, IoU).", fig_pareto(results)),
+    ]
+    fig_html = "".join(
+        f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'></section>"
+        for t, cap, src in figures if src)
+    finds = "".join(f"<li>{html.escape(f)}</li>" for f in results["findings"])
+    cfg = results["config"]
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>salience study report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; width: 100%; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 6px; text-align: left; vertical-align: top; }}
+th {{ background: #f3f3f3; }} small {{ color: #555; }} img {{ max-width: 100%; }}
+section {{ margin: 1.5em 0; }} .findings li {{ margin: 0.3em 0; }}
+</style></head><body>
+<h1>salience: are the models right for the right reasons?</h1>
+<p>Built-in benchmark (real vs synthetic faces on textured backgrounds, with a spurious colour cue that
+agrees with the label in {results['benchmark']['cue_agreement']:.0%} of train/test images and is reversed in
+test_shift). Groups: {', '.join(groups)}; {cfg['seeds']} seed(s) each; model {html.escape(cfg['model'])},
+{cfg['epochs']} epochs. Salience: {html.escape(cfg['method'])} at {html.escape(str(cfg['layer']))}.
+Study time: {results.get('seconds', 0):.0f} s.</p>
+<h2>Findings</h2><ul class="findings">{finds}</ul>
+<h2>Measures per group</h2>
+<p>Mean with seeded 95 % bootstrap CI. Per-image measures pool the images of all seeds; accuracies are
+per model (n = seeds). Comparisons: difference of means (guided − CE), Cohen's d, two-sided permutation p.</p>
+<table><tr><th>measure</th>{head}<th>guided vs CE</th></tr>{rows}</table>
+{fig_html}
+<p><small>Files: results.json (every number here), per_image_test.csv, stability.csv, runs/ (training logs and
+checkpoints). Re-render with <code>salience report {html.escape(str(d))}</code>.</small></p>
+</body></html>
+"""
+    out = d / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(page)
+    os.replace(tmp, out)
+    return out
