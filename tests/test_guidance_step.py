@@ -6,7 +6,7 @@ import torch
 
 from salience.attribution import attribute
 from salience.guidance import energy, sample_classes
-from salience.guidance.step import Guide
+from salience.guidance.step import Guide, object_masks
 from salience.models import build
 
 
@@ -21,6 +21,7 @@ def _batch(n=4, size=16, classes=2, seed=0):
         "labels": labels,
         "annotated": torch.tensor([True, False, True, True][:n]),
         "human_map": human,
+        "mask": torch.zeros(n, size, size),
         "has_human_map": torch.ones(n, dtype=torch.bool),
         "boxes": [torch.tensor([[4.0, 4.0, 12.0, 12.0]])] * n,
         "box_labels": [labels[i].argmax()[None] for i in range(n)],
@@ -148,3 +149,15 @@ def test_own_forward_methods_train(name, method, depth):
 def test_bad_guidance_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         Guide(**kwargs).check(build("smallcnn", 2))
+
+
+def test_object_masks_fall_back_to_the_image_mask_without_boxes():
+    batch = _batch(n=2)
+    batch["boxes"] = [torch.tensor([[0.0, 0.0, 4.0, 2.0]]), torch.zeros(0, 4)]
+    batch["box_labels"] = [torch.tensor([1]), torch.zeros(0, dtype=torch.long)]
+    batch["mask"] = torch.zeros(2, 16, 16)
+    batch["mask"][1, 5:9, 5:9] = 1  # a segmentation
+    masks = object_masks(batch, torch.tensor([0, 1, 0]), torch.tensor([1, 0, 0]))
+    assert masks[0].sum() == 8 and masks[0, :2, :4].sum() == 8
+    assert torch.equal(masks[1], batch["mask"][1])
+    assert masks[2].sum() == 0  # class 0 has no box in image 0

@@ -77,7 +77,7 @@ def test_guided_config_on_data_without_boxes_or_human_maps():
     records = [Record(id=f"i{i}", image=torch.zeros(3, 8, 8, dtype=torch.uint8), labels=[i % 2]) for i in range(4)]
     ds = SalienceDataset(records, ["a", "b"], name="nobox")
     check_guidance_data(None, ds)
-    with pytest.raises(ConfigError, match="guidance.loss: 'energy' needs object boxes but nobox"):
+    with pytest.raises(ConfigError, match="guidance.loss: 'energy' needs object boxes .or segmentations. but nobox"):
         check_guidance_data("energy", ds)
     with pytest.raises(ConfigError, match="guidance.loss: 'cyborg' needs human salience maps"):
         check_guidance_data("cyborg", ds)

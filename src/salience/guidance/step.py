@@ -134,13 +134,21 @@ class Guide:
         return logits, torch.relu((grad.mean(dim=(2, 3), keepdim=True) * feats).sum(1))
 
     def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:
-        """Masks `[len(index), H, W]` of the sampled classes' boxes, or the human maps for `cyborg`."""
+        """Masks `[len(index), H, W]`: the sampled class's boxes (dilated), or the human maps for `cyborg`."""
         if self.loss == "cyborg":
             return batch["human_map"][index]
-        size = tuple(batch["image"].shape[-2:])
-        boxes = [box_dilation(batch["boxes"][i], self.dilation, size) for i in index.tolist()]
-        box_labels = [batch["box_labels"][i] for i in index.tolist()]
-        return class_masks(boxes, box_labels, classes.cpu(), size)
+        return object_masks(batch, index, classes, self.dilation)
+
+
+def object_masks(batch: dict, image: Tensor, classes: Tensor, dilation: float = 0.0) -> Tensor:
+    """float `[P, H, W]` for (image, class) pairs: the union of that class's boxes, each grown by
+    `dilation`·w and ·h per side; an image without boxes uses its `mask` (e.g. a segmentation)."""
+    size = tuple(batch["image"].shape[-2:])
+    boxes = [box_dilation(batch["boxes"][i], dilation, size) for i in image.tolist()]
+    masks = class_masks(boxes, [batch["box_labels"][i] for i in image.tolist()], classes.cpu(), size)
+    masks = masks.to(batch["mask"].device)
+    no_boxes = torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool, device=masks.device)
+    return torch.where(no_boxes[:, None, None], batch["mask"][image.to(masks.device)], masks)
 
 
 def _inner(model: nn.Module) -> nn.Module:

@@ -48,5 +48,6 @@ def check_guidance_data(loss: str | None, ds) -> None:
         if not any(r.human_map is not None for r in records):
             raise ConfigError(f"guidance.loss: 'cyborg' needs human salience maps but {ds.name or 'the data'} "
                               f"has none")
-    elif not any(len(r.boxes) for r in records):
-        raise ConfigError(f"guidance.loss: {loss!r} needs object boxes but {ds.name or 'the data'} has none")
+    elif not any(len(r.boxes) or r.segmentation is not None for r in records):
+        raise ConfigError(f"guidance.loss: {loss!r} needs object boxes (or segmentations) but "
+                          f"{ds.name or 'the data'} has none")

@@ -3,7 +3,7 @@
 Single-label: accuracy, ROC AUC (binary: on the softmax probability of class 1; more classes:
 macro one-vs-rest). Multi-label: micro F1 at logit >= 0. EPG and IoU: for every true class of
 every image (attribution of that class, model in eval mode), against the union of that class's
-boxes (or the image's mask when it has no boxes), averaged over pairs with a non-empty mask.
+boxes (or the image's mask, e.g. a segmentation, when it has no boxes), averaged over pairs with a non-empty mask.
 Worst-group accuracy: the lowest accuracy over groups >= 0 (single-label data with groups).
 Under torchrun each process evaluates its shard and the per-image results are gathered.
 """
@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import (
 
 from salience.attribution import attribute, expand_targets
 from salience.attribution.methods import _TAKES_LAYER
-from salience.data.core import class_masks
+from salience.guidance.step import object_masks
 from salience.measures import epg as epg_measure
 from salience.measures import iou as iou_measure
 from salience.training import distributed as dist
@@ -31,14 +31,6 @@ from salience.training import distributed as dist
 
 def task_metric_name(multi_label: bool) -> str:
     return "f1" if multi_label else "accuracy"
-
-
-def _pair_masks(batch: dict, image: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
-    size = tuple(batch["image"].shape[-2:])
-    boxes = [batch["boxes"][i] for i in image.tolist()]
-    masks = class_masks(boxes, [batch["box_labels"][i] for i in image.tolist()], cls.cpu(), size).to(batch["mask"].device)
-    no_boxes = torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool, device=masks.device)
-    return torch.where(no_boxes[:, None, None], batch["mask"][image], masks)
 
 
 def evaluate(model: nn.Module, loader, multi_label: bool, method: str = "input_x_gradient", depth: str = "input",
@@ -65,7 +57,7 @@ def evaluate(model: nn.Module, loader, multi_label: bool, method: str = "input_x
             if image.numel():
                 with autocast:
                     maps = attribute(method, model, x[image.to(device)], cls.to(device), layer=layer).float()
-                masks = _pair_masks(batch, image, cls).to(device)
+                masks = object_masks(batch, image, cls).to(device)
                 parts["epg"].append(epg_measure(maps, masks).cpu())
                 parts["iou"].append(iou_measure(maps, masks, iou_threshold).cpu())
     model.train(was_training)
