@@ -1,12 +1,15 @@
 """The trainer: config validation, resume, NaN stop, Pareto front, metrics, bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from salience.data.core import Record, SalienceDataset, collate
 from salience.training import ConfigError, TrainingError, evaluate_checkpoint, load_checkpoint, load_config, metrics, train
+from salience.guidance import Guide
+from salience.models import build
 from salience.training import loop
 from salience.training.datasets import check_guidance_data
 from salience.training.pareto import ParetoFront, dominates
@@ -176,3 +179,15 @@ def test_metrics_closed_forms():
                     torch.tensor([-1, -1]), torch.zeros(0), torch.zeros(0), True)
     # predictions (logit >= 0): {0, 2}, {1}; tp 2, fp 1, fn 2 -> F1 = 4 / (4 + 3)
     assert multi["f1"] == pytest.approx(4 / 7) and multi["epg"] is None
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate_and_fit_their_models(path):
+    cfg = load_config(path)
+    g = cfg.guidance
+    model = build(cfg.model.name, 20)
+    Guide(g.loss, g.method, g.depth, g.lam, g.ig_steps, g.box_dilation).check(model)
+    Guide("energy", cfg.eval.method or g.method, cfg.eval.depth or g.depth).check(model)
