@@ -1,0 +1,72 @@
+"""`salience demo --quick` end to end: the files it writes and what they say."""
+
+import csv
+import json
+import math
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from salience.cli import app
+from salience.report import GROUPS
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "report:" in result.output
+    return out
+
+
+def test_results_cover_every_group_and_measure(demo_dir):
+    results = json.loads((demo_dir / "results.json").read_text())
+    assert set(results["groups"]) == set(GROUPS)
+    assert all(len(names) == 1 for names in results["groups"].values())
+    for key in ["epg", "iou", "entropy_histogram", "transform_ssim", "deletion_auc", "test", "test_shift"]:
+        assert set(results["summary"][key]) == set(GROUPS), key
+    for model in results["models"].values():
+        assert 0 <= model["accuracy"]["test"] <= 1
+        assert len(model["noise"]["amounts"]) == 8 and model["noise"]["amounts"][0] == 0
+        assert len(model["transforms"]) == 12
+        assert model["pareto"] and any(p["pareto"] for p in model["pareto"])
+    assert any("EPG" in f for f in results["findings"]) and any("test_shift" in f for f in results["findings"])
+
+
+def test_csv_agrees_with_the_summaries(demo_dir):
+    results = json.loads((demo_dir / "results.json").read_text())
+    with open(demo_dir / "per_image_test.csv") as f:
+        rows = list(csv.DictReader(f))
+    n_test = results["benchmark"]["n_test"]
+    assert len(rows) == len(GROUPS) * n_test
+    for group in GROUPS:
+        epg = [float(r["epg"]) for r in rows if r["group"] == group]
+        assert all(0 <= v <= 1 for v in epg if not math.isnan(v))
+        assert abs(sum(epg) / len(epg) - results["summary"]["epg"][group]["mean"]) < 1e-5
+        s = results["summary"]["epg"][group]
+        assert s["ci_low"] <= s["mean"] <= s["ci_high"]
+
+
+def test_html_is_self_contained_and_names_the_findings(demo_dir):
+    page = (demo_dir / "report.html").read_text()
+    images = re.findall(r"<img [^>]*src='([^']*)'", page)
+    assert len(images) >= 8  # gallery, accuracy, entropy, noise, transforms, blur, deletion, Pareto
+    assert all(src.startswith("data:image/png;base64,") and len(src) > 1000 for src in images)
+    assert "http://" not in page and "https://" not in page
+    results = json.loads((demo_dir / "results.json").read_text())
+    for finding in results["findings"]:
+        assert finding.replace("'", "&#x27;") in page
+
+
+def test_report_rerenders_and_names_a_missing_folder(demo_dir, tmp_path):
+    (demo_dir / "report.html").unlink()
+    result = runner.invoke(app, ["report", str(demo_dir)])
+    assert result.exit_code == 0, result.output
+    assert (demo_dir / "report.html").is_file()
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "results.json" in result.output
