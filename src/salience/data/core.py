@@ -129,7 +129,8 @@ def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = Fa
     """Geometric transforms that move image, boxes, mask and human map together.
 
     Resize to `size` (square if an int); for training, a random crop (after zero padding of
-    `crop_padding` px) and a random horizontal flip. Boxes leaving the image are dropped.
+    `crop_padding` px) and a random horizontal flip. Boxes are clipped to the image (tv_tensors
+    clamp them) and boxes narrower or lower than 1 px are dropped.
     Only geometric transforms belong here: the human map travels as a second `Image`.
     """
     steps: list = []
@@ -142,9 +143,12 @@ def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = Fa
                 raise ValueError("joint_transforms: crop_padding needs a fixed size")
             steps.append(v2.RandomCrop(hw, padding=crop_padding, fill=0))
         steps.append(v2.RandomHorizontalFlip())
-    steps.append(v2.ClampBoundingBoxes())
     steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda s: s["box_labels"]))
     return v2.Compose(steps)
+
+
+_KEYS = ("image", "labels", "boxes", "box_labels", "mask", "human_map", "has_human_map", "annotated", "group",
+         "index", "id")
 
 
 class SalienceDataset(Dataset):
@@ -189,14 +193,13 @@ class SalienceDataset(Dataset):
         hw = tuple(img.shape[-2:])
         img_name = r.image if not isinstance(r.image, torch.Tensor) else r.id
         boxes, box_labels = r.boxes.to(torch.float32), r.box_labels.to(torch.long)
+        mask = None  # box masks are drawn after the transforms, from the moved boxes
         if r.segmentation is not None:
             mask = (self._gray(r.segmentation, hw, "segmentation", img_name) >= 0.5).to(torch.uint8)
             if not len(boxes) and mask.any() and len(r.labels) == 1:  # the object's box from its mask
                 ys, xs = torch.nonzero(mask, as_tuple=True)
                 boxes = torch.tensor([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=torch.float32)
                 box_labels = torch.tensor(r.labels, dtype=torch.long)
-        else:
-            mask = box_masks(r.boxes, hw).any(0).to(torch.uint8) if len(r.boxes) else torch.zeros(hw, dtype=torch.uint8)
         has_map = r.human_map is not None
         hmap = self._gray(r.human_map, hw, "human map", img_name) if has_map else torch.zeros(hw)
         labels = torch.zeros(len(self.classes))
@@ -206,7 +209,6 @@ class SalienceDataset(Dataset):
             "labels": labels,
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=hw),
             "box_labels": box_labels,
-            "mask": tv_tensors.Mask(mask),
             "human_map": tv_tensors.Image(hmap[None]),
             "has_human_map": has_map,
             "annotated": bool(self.annotated[index]),
@@ -214,13 +216,18 @@ class SalienceDataset(Dataset):
             "index": index,
             "id": r.id,
         }
+        if mask is not None:
+            sample["mask"] = tv_tensors.Mask(mask)
         if self.transforms is not None:
             sample = self.transforms(sample)
         sample["image"] = sample["image"].as_subclass(torch.Tensor).to(torch.float32) / 255.0
         sample["boxes"] = sample["boxes"].as_subclass(torch.Tensor).to(torch.float32)
-        sample["mask"] = sample["mask"].as_subclass(torch.Tensor).to(torch.float32)
         sample["human_map"] = sample["human_map"].as_subclass(torch.Tensor)[0].to(torch.float32)
-        return sample
+        if mask is None:
+            sample["mask"] = box_masks(sample["boxes"], tuple(sample["image"].shape[-2:])).any(0).to(torch.float32)
+        else:
+            sample["mask"] = sample["mask"].as_subclass(torch.Tensor).to(torch.float32)
+        return {k: sample[k] for k in _KEYS}
 
 
 def collate(samples: list[dict]) -> dict:
