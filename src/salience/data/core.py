@@ -9,7 +9,6 @@ column j covers [j, j + 1), so a box [x0, y0, x1, y1] contains the pixel whose c
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,9 +250,3 @@ def collate(samples: list[dict]) -> dict:
         "id": [s["id"] for s in samples],
     }
 
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary name and `os.replace`."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
