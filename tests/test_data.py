@@ -213,6 +213,13 @@ def test_transforms_move_boxes_masks_maps_exactly(tmp_path):
         assert torch.equal(white.float(), o["mask"])
 
 
+def test_transforms_pickle():
+    import pickle
+
+    t = pickle.loads(pickle.dumps(joint_transforms(32, train=True, crop_padding=2)))
+    assert len(t.transforms) == 4
+
+
 def test_random_crop_drops_or_clips_boxes(tmp_path):
     root = _square_folder(tmp_path)
     t = joint_transforms(40, train=True, crop_padding=30)

@@ -124,6 +124,10 @@ def annotated_fraction(dataset_or_n, fraction: float, seed: int) -> torch.Tensor
     return out
 
 
+def _box_labels(sample: dict) -> torch.Tensor:
+    return sample["box_labels"]  # a named function keeps the transforms picklable (spawn workers)
+
+
 def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = False, crop_padding: int = 0):
     """Geometric transforms that move image, boxes, mask and human map together.
 
@@ -142,7 +146,7 @@ def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = Fa
                 raise ValueError("joint_transforms: crop_padding needs a fixed size")
             steps.append(v2.RandomCrop(hw, padding=crop_padding, fill=0))
         steps.append(v2.RandomHorizontalFlip())
-    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda s: s["box_labels"]))
+    steps.append(v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=_box_labels))
     return v2.Compose(steps)
 
 
