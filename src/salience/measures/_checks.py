@@ -38,8 +38,22 @@ def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return masks > 0.5 if masks.dtype != torch.bool else masks
 
 
+def unit_scale(maps: torch.Tensor) -> torch.Tensor:
+    """Multiply each map `[B, ...]` by a power of two so that its largest |value| lies in [0.5, 1).
+
+    Exact in floating point (only the exponent changes), so every scale-free measure is unchanged, while
+    sums, differences and products of map values can no longer overflow (maps near the float32 limit).
+    """
+    _, exp = torch.frexp(maps.detach().abs().flatten(1).amax(1))  # peak = m * 2**exp, m in [0.5, 1)
+    shape = (-1,) + (1,) * (maps.dim() - 1)
+    e1 = (-exp // 2).to(maps.dtype).view(shape)  # two factors: 2**-exp alone may not be representable
+    e2 = (-exp).to(maps.dtype).view(shape) - e1
+    return maps * torch.pow(2.0, e1) * torch.pow(2.0, e2)
+
+
 def minmax(maps: torch.Tensor) -> torch.Tensor:
     """Per-map min-max normalisation to [0, 1]; a constant map becomes all zeros."""
+    maps = unit_scale(maps)
     flat = maps.flatten(1)
     lo = flat.min(1).values[:, None, None]
     span = flat.max(1).values[:, None, None] - lo

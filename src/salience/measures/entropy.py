@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from salience.measures._checks import check_maps, minmax
+from salience.measures._checks import check_maps, minmax, unit_scale
 
 KINDS = ("histogram", "spatial")
 
@@ -36,7 +36,7 @@ def entropy(maps: torch.Tensor, kind: str = "histogram") -> torch.Tensor:
         p = counts / n
         bits = -(p * torch.log2(torch.where(p > 0, p, torch.ones_like(p)))).sum(1)
         return bits / math.log2(min(n, 256))
-    a = maps.abs().flatten(1)
+    a = unit_scale(maps).abs().flatten(1)
     total = a.sum(1)
     # H = -sum (a/T) log(a/T) = log T - sum(a log a) / T, with 0 log 0 = 0
     safe = torch.where(total > 0, total, torch.ones_like(total))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from salience.attribution import upsample
-from salience.measures._checks import check_maps, check_masks, minmax
+from salience.measures._checks import check_maps, check_masks, minmax, unit_scale
 
 
 def epg(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -65,7 +65,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 0)
 def _prepare(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     check_maps(maps)
     m = check_masks(maps, masks)
-    return upsample(maps, tuple(m.shape[-2:])), m
+    return upsample(unit_scale(maps), tuple(m.shape[-2:])), m  # every measure here is scale-free
 
 
 def _nan_if_empty(values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

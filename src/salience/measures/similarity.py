@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from salience.measures._checks import check_pair, minmax
+from salience.measures._checks import check_pair, minmax, unit_scale
 
 SIMILARITIES = ("ssim", "pearson", "spearman", "topk_iou")
 
@@ -89,6 +89,7 @@ def _ranks(flat: torch.Tensor) -> torch.Tensor:
 
 
 def _corr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x, y = unit_scale(x), unit_scale(y)  # scale-free; keeps the products below from overflowing
     x = x - x.mean(1, keepdim=True)
     y = y - y.mean(1, keepdim=True)
     sx, sy = x.norm(dim=1), y.norm(dim=1)
