@@ -55,8 +55,8 @@ def fig_gallery(gallery: dict) -> str:
     for i in range(n):
         img = gallery["images"][i].permute(1, 2, 0).clamp(0, 1).numpy()
         panels = [("image + box, " + gallery["classes"][gallery["labels"][i]], img, None),
-                  ("human salience", gallery["human_maps"][i].numpy(), "magma")]
-        panels += [(g, gallery["maps"][g][i].clamp(min=0).numpy(), "magma") for g in groups]
+                  ("human salience", gallery["human_maps"][i].numpy(), "inferno")]
+        panels += [(g, gallery["maps"][g][i].clamp(min=0).numpy(), "inferno") for g in groups]
         for j, (title, data, cmap) in enumerate(panels):
             ax = axes[i, j]
             if cmap is None:
@@ -64,8 +64,11 @@ def fig_gallery(gallery: dict) -> str:
                 for x0, y0, x1, y1 in gallery["boxes"][i].tolist():
                     ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1.5))
             else:
-                ax.imshow(img, alpha=1.0)
-                ax.imshow(data, cmap=cmap, alpha=0.6)
+                ax.imshow(img.mean(2), cmap="gray", vmin=0, vmax=1)
+                if data.max() > 0:  # each map min-max normalised on its own; all-zero maps say so
+                    ax.imshow(data / data.max(), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
+                else:
+                    ax.text(0.5, 0.5, "all zero", transform=ax.transAxes, ha="center", color="w", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0 or j == 0:
@@ -250,9 +253,8 @@ def render(results_dir: str | Path) -> Path:
         ("Training: validation accuracy vs EPG", "One line per run over epochs; dots are the epochs kept on "
          "the Pareto front of (accuracy, EPG, IoU).", fig_pareto(results)),
     ]
-    fig_html = "".join(
-        f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'></section>"
-        for t, cap, src in figures if src)
+    sections = [f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'>"
+                f"</section>" for t, cap, src in figures if src]
     finds = "".join(f"<li>{html.escape(f)}</li>" for f in results["findings"])
     cfg = results["config"]
     page = f"""<!doctype html>
@@ -271,11 +273,12 @@ test_shift). Groups: {', '.join(groups)}; {cfg['seeds']} seed(s) each; model {ht
 {cfg['epochs']} epochs. Salience: {html.escape(cfg['method'])} at {html.escape(str(cfg['layer']))}.
 Study time: {results.get('seconds', 0):.0f} s.</p>
 <h2>Findings</h2><ul class="findings">{finds}</ul>
+{"".join(sections[:2])}
 <h2>Measures per group</h2>
 <p>Mean with seeded 95 % bootstrap CI. Per-image measures pool the images of all seeds; accuracies are
 per model (n = seeds). Comparisons: difference of means (guided − CE), Cohen's d, two-sided permutation p.</p>
 <table><tr><th>measure</th>{head}<th>guided vs CE</th></tr>{rows}</table>
-{fig_html}
+{"".join(sections[2:])}
 <p><small>Files: results.json (every number here), per_image_test.csv, stability.csv, runs/ (training logs and
 checkpoints). Re-render with <code>salience report {html.escape(str(d))}</code>.</small></p>
 </body></html>
