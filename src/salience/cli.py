@@ -88,8 +88,12 @@ def explain(
     """Write salience maps of a checkpoint on a data split into a resumable map store."""
     from salience.store.explain import explain_checkpoint
 
-    store = explain_checkpoint(checkpoint, data, method, out, layer=layer, target_policy=target, overrides=set_,
-                               chunk_size=chunk_size, batch_size=batch_size, device=device, progress=True)
+    try:
+        store = explain_checkpoint(checkpoint, data, method, out, layer=layer, target_policy=target, overrides=set_,
+                                   chunk_size=chunk_size, batch_size=batch_size, device=device, progress=True)
+    except (ValueError, OSError) as err:  # bad config, data, store or path: the message names it
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{store.path}: {store.n} maps {store.map_shape}, complete={store.is_complete()}")
 
 
@@ -113,7 +117,11 @@ def measure(
         groups.setdefault("all", []).extend(stores)
     if not groups:
         raise typer.BadParameter("give --stores or --group")
-    summary = measure_stores(groups, out, seed=seed)
+    try:
+        summary = measure_stores(groups, out, seed=seed)
+    except (ValueError, OSError) as err:  # missing, damaged or misaligned stores, unusable out
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{out}: {len(summary['stores'])} stores measured, {len(summary['comparisons'])} comparisons")
 
 

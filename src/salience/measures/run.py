@@ -20,16 +20,25 @@ from salience.store import MapStore, check_aligned
 MAP_MEASURES = ("entropy_histogram", "entropy_spatial")
 
 
-def _atomic_open(path: Path):
+def _stage(path: Path, staged: list[tuple[Path, Path]]):
+    """Open a temporary file next to `path`; `measure_stores` renames all of them into place at the end."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    return tmp, open(tmp, "w", newline="")
+    staged.append((tmp, path))
+    return open(tmp, "w", newline="")
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp, f = _atomic_open(path)
-    with f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
+    """Why `out` holds results of other stores (None when it is empty or holds these stores' results)."""
+    old = out / "summary.json"
+    if not old.exists():
+        return None
+    try:
+        stores = json.loads(old.read_text())["stores"]
+        before = sorted((v["group"], k) for k, v in stores.items())
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return f"{old} exists and is not a summary of `salience measure` ({type(err).__name__}: {err})"
+    now = sorted((g, str(Path(p))) for g, paths in groups.items() for p in paths)
+    return None if before == now else f"{old} holds results of other stores or groups"
 
 
 def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: int = 0, block: int = 1024,
@@ -41,16 +50,33 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
       for groups of two or more aligned stores (same split, images and order; else refused)
     - `summary.json`: per store, summarise() of each measure; per group, stability summaries; for each
       pair of groups, compare_groups() of the per-store means (effect size, permutation p-value).
-    Returns the summary dict.
+    Returns the summary dict. Nothing in `out` changes unless every file is written: they are staged under
+    temporary names and renamed at the end. An `out` holding results of other stores is refused.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    reason = _other_run(out, groups)
+    if reason:
+        raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
-    summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
-    per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in MAP_MEASURES} for g in groups}
+    out.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, path in staged:
+        os.replace(tmp, path)
+    return summary
 
-    tmp, f = _atomic_open(out / "per_image.csv")
-    with f:
+
+def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: int, block: int, n_boot: int,
+             n_perm: int) -> dict:
+    summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
+    per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in MAP_MEASURES} for g in opened}
+
+    with _stage(out / "per_image.csv", staged) as f:
         w = csv.writer(f)
         w.writerow(["group", "store", "index", "image_id", "target", *MAP_MEASURES])
         for g, stores in opened.items():
@@ -68,12 +94,10 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
                                                   "layer": s.meta.layer, "split": s.meta.split, "n": s.n, **stats}
                 for m in MAP_MEASURES:
                     per_store_means[g][m].append(stats[m]["mean"])
-    os.replace(tmp, out / "per_image.csv")
 
     stable_groups = {g: s for g, s in opened.items() if len(s) >= 2}
     if stable_groups:
-        tmp, f = _atomic_open(out / "stability.csv")
-        with f:
+        with _stage(out / "stability.csv", staged) as f:
             w = csv.writer(f)
             header_written = False
             for g, stores in stable_groups.items():
@@ -95,13 +119,13 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
                     w.writerows([g, i, stores[0].meta.image_ids[i], *("" if v is None else f"{v:.6g}" for v in vs)]
                                 for i, *vs in zip(range(start, stop), *cols))
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
-        os.replace(tmp, out / "stability.csv")
 
-    for a, b in itertools.combinations(groups, 2):
+    for a, b in itertools.combinations(opened, 2):
         if len(opened[a]) >= 2 and len(opened[b]) >= 2:
             summary["comparisons"][f"{a} vs {b}"] = {
                 m: compare_groups(per_store_means[a][m], per_store_means[b][m], seed=seed, n_perm=n_perm)
                 for m in MAP_MEASURES
             }
-    _write_json(out / "summary.json", summary)
+    with _stage(out / "summary.json", staged) as f:
+        json.dump(summary, f, indent=2)
     return summary

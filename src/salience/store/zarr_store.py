@@ -9,11 +9,16 @@ Layout of a store directory:
 A store is created under a temporary name and renamed into place, so a half-created store never exists.
 A chunk whose write was interrupted is not marked done and is recomputed on resume; a finished chunk
 never is. Reopening with different metadata, size, map shape or chunk size is refused.
+
+Every chunk file carries a CRC-32C checksum (zarr's `crc32c` codec, after zstd). Reading a damaged or
+missing finished chunk raises `DamagedStoreError` naming the chunk file; `MapStore.resume` checks the
+finished chunks and queues damaged ones for recomputation, logging their file names.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -24,8 +29,18 @@ import numpy as np
 import torch
 import zarr
 from pydantic import BaseModel, ConfigDict, field_validator
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
 FORMAT = 1
+log = logging.getLogger("salience")
+
+
+class DamagedStoreError(ValueError):
+    """A finished chunk of a store cannot be read back intact; the message names the chunk files."""
+
+
+def _codecs():
+    return {"compressors": (ZstdCodec(level=0), Crc32cCodec())}  # the checksum covers the compressed bytes
 
 
 class StoreMeta(BaseModel):
@@ -56,7 +71,7 @@ def model_hash(model: torch.nn.Module) -> str:
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too (BN counters)
     return h.hexdigest()[:16]
 
 
@@ -67,8 +82,11 @@ class MapStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: not a map store (no zarr.json)")
-        self._group = zarr.open_group(str(self.path), mode=mode)
-        attrs = self._group.attrs.asdict()
+        try:
+            self._group = zarr.open_group(str(self.path), mode=mode)
+            attrs = self._group.attrs.asdict()
+        except Exception as err:  # unreadable zarr.json
+            raise DamagedStoreError(f"{self.path / 'zarr.json'}: unreadable ({type(err).__name__}: {err})") from err
         if attrs.get("salience_store") != FORMAT:
             raise ValueError(f"{self.path}: not a salience map store of format {FORMAT}")
         self.meta = StoreMeta.model_validate(attrs["meta"])
@@ -90,9 +108,11 @@ class MapStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            group.create_array("maps", shape=(n, *map_shape), chunks=(chunk_size, *map_shape), dtype="float32")
-            group.create_array("targets", shape=(n,), chunks=(chunk_size,), dtype="int64", fill_value=-1)
-            group.create_array("done", shape=(-(-n // chunk_size),), chunks=(1,), dtype="bool", fill_value=False)
+            group.create_array("maps", shape=(n, *map_shape), chunks=(chunk_size, *map_shape), dtype="float32",
+                               **_codecs())
+            group.create_array("targets", shape=(n,), chunks=(chunk_size,), dtype="int64", fill_value=-1, **_codecs())
+            group.create_array("done", shape=(-(-n // chunk_size),), chunks=(1,), dtype="bool", fill_value=False,
+                               **_codecs())
             group.attrs.update({"salience_store": FORMAT, "meta": meta.model_dump(mode="json"), "n": n,
                                 "map_shape": list(map_shape), "chunk_size": chunk_size})
             os.replace(tmp, path)
@@ -104,7 +124,8 @@ class MapStore:
     @classmethod
     def resume(cls, path, meta: StoreMeta, map_shape: tuple[int, int], chunk_size: int = 256) -> MapStore:
         """Open the store at `path` for writing if it matches `meta`, `map_shape` and `chunk_size`;
-        create it if it does not exist. A mismatch raises, naming the fields that differ."""
+        create it if it does not exist. A mismatch raises, naming the fields that differ. Finished chunks
+        that fail `verify` are marked unfinished (so `fill` recomputes them) and logged by file name."""
         if not Path(path).exists():
             return cls.create(path, meta, map_shape, chunk_size)
         store = cls(path, mode="r+")
@@ -115,6 +136,9 @@ class MapStore:
             diffs.append(f"chunk_size ({store.chunk_size} stored, {chunk_size} asked)")
         if diffs:
             raise ValueError(f"{path}: existing store differs in {', '.join(diffs)}; refusing to resume into it")
+        for i, reason in store.verify().items():
+            log.warning("%s; chunk %d will be recomputed", reason, i)
+            store._group["done"][i] = False
         return store
 
     def chunk_range(self, i: int) -> tuple[int, int]:
@@ -123,9 +147,45 @@ class MapStore:
             raise IndexError(f"chunk {i} out of range [0, {self.n_chunks})")
         return i * self.chunk_size, min((i + 1) * self.chunk_size, self.n)
 
+    def chunk_files(self, i: int) -> list[Path]:
+        """The files holding chunk `i` of `maps` and `targets`."""
+        self.chunk_range(i)
+        return [self.path / "maps" / "c" / str(i) / "0" / "0", self.path / "targets" / "c" / str(i)]
+
     def done(self) -> np.ndarray:
-        """bool `[n_chunks]`: which chunks are finished."""
-        return np.asarray(self._group["done"][:], dtype=bool)
+        """bool `[n_chunks]`: which chunks are finished. An unreadable done flag counts as unfinished."""
+        try:
+            return np.asarray(self._group["done"][:], dtype=bool)
+        except Exception:  # a damaged flag file: check them one by one
+            flags = np.zeros(self.n_chunks, dtype=bool)
+            for i in range(self.n_chunks):
+                try:
+                    flags[i] = bool(self._group["done"][i])
+                except Exception as err:
+                    log.warning("%s: unreadable (%s); chunk %d counts as unfinished",
+                                self.path / "done" / "c" / str(i), err, i)
+            return flags
+
+    def verify(self) -> dict[int, str]:
+        """Read back every finished chunk; return `{chunk: reason naming the file}` for those that are
+        missing or fail their checksum (empty when the store is intact)."""
+        bad = {}
+        for i in np.flatnonzero(self.done()).tolist():
+            reason = self._check_chunk(i)
+            if reason:
+                bad[i] = reason
+        return bad
+
+    def _check_chunk(self, i: int) -> str | None:
+        start, stop = self.chunk_range(i)
+        for name, file in zip(("maps", "targets"), self.chunk_files(i)):
+            if not file.is_file():
+                return f"{file}: finished chunk {i} is missing"
+            try:
+                np.asarray(self._group[name][start:stop])
+            except Exception as err:
+                return f"{file}: chunk {i} is damaged ({type(err).__name__}: {err})"
+        return None
 
     def pending(self) -> list[int]:
         """Indices of the chunks not yet finished."""
@@ -142,8 +202,9 @@ class MapStore:
                              f"({stop - start},); got {tuple(maps.shape)} and {tuple(targets.shape)}")
         if not torch.isfinite(maps).all():
             raise ValueError(f"{self.path}: chunk {i} maps contain NaN or inf")
-        self._group["maps"][start:stop] = maps.detach().to("cpu", torch.float32).numpy()
-        self._group["targets"][start:stop] = targets.detach().to("cpu", torch.int64).numpy()
+        full = {"write_empty_chunks": True}  # a finished chunk always has its files, even an all-zero one
+        self._group["maps"].with_config(full)[start:stop] = maps.detach().to("cpu", torch.float32).numpy()
+        self._group["targets"].with_config(full)[start:stop] = targets.detach().to("cpu", torch.int64).numpy()
         self._group["done"][i] = True
 
     def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,8 +212,17 @@ class MapStore:
         first, last = start // self.chunk_size, (max(stop, start + 1) - 1) // self.chunk_size
         if not self.done()[first : last + 1].all():
             raise ValueError(f"{self.path}: images [{start}, {stop}) include unfinished chunks; run explain again")
-        maps = torch.from_numpy(np.asarray(self._group["maps"][start:stop]))
-        targets = torch.from_numpy(np.asarray(self._group["targets"][start:stop]))
+        chunks = range(first, last + 1)
+        damaged = any(not f.is_file() for i in chunks for f in self.chunk_files(i))  # zarr would read fill values
+        try:
+            maps = torch.from_numpy(np.asarray(self._group["maps"][start:stop]))
+            targets = torch.from_numpy(np.asarray(self._group["targets"][start:stop]))
+        except Exception:  # a checksum or decoding error: find the chunks at fault
+            damaged = True
+        if damaged:
+            bad = [reason for i in chunks if (reason := self._check_chunk(i))]
+            raise DamagedStoreError("; ".join(bad) + ". Run `salience explain` again with the same arguments "
+                                    "to recompute the damaged chunks")
         return maps, targets
 
     def iter_chunks(self, size: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
