@@ -138,7 +138,7 @@ def train(
 
     try:
         run = run_training(load_config(config, set_), resume=resume, progress=progress)
-    except (ConfigError, TrainingError) as err:
+    except (ConfigError, TrainingError, ValueError, OSError) as err:  # bad config, data (DataError) or out folder
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{run}: log.jsonl, checkpoints/last.pt, checkpoints/pareto.json")

@@ -31,7 +31,8 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
     """Why `out` holds results of other stores (None when it is empty or holds these stores' results)."""
     old = out / "summary.json"
     if not old.exists():
-        return None
+        found = sorted(p.name for p in out.iterdir() if ".tmp" not in p.name) if out.is_dir() else []
+        return f"{out} holds other files {found[:5]} and no summary.json of `salience measure`" if found else None
     try:
         stores = json.loads(old.read_text())["stores"]
         before = sorted((v["group"], k) for k, v in stores.items())
