@@ -161,3 +161,22 @@ def test_object_masks_fall_back_to_the_image_mask_without_boxes():
     assert masks[0].sum() == 8 and masks[0, :2, :4].sum() == 8
     assert torch.equal(masks[1], batch["mask"][1])
     assert masks[2].sum() == 0  # class 0 has no box in image 0
+
+
+@pytest.mark.parametrize("method,depth", [("input_x_gradient", "input"), ("grad_cam", "final")])
+def test_log_softmax_output_explains_the_log_probability(method, depth):
+    model = build("smallcnn", 3).eval()
+    x = torch.rand(4, 3, 16, 16)
+    index = torch.tensor([0, 1, 3])
+    classes = torch.tensor([2, 0, 1])
+    _, maps = Guide("energy", method, depth, output="log_softmax").forward_and_maps(model, x, index, classes)
+    log_prob_model = torch.nn.Sequential(model, torch.nn.LogSoftmax(1))  # its module "0.block4" is the final block
+    expected = attribute(method, log_prob_model, x[index], classes, layer=None if depth == "input" else "0.block4")
+    assert torch.allclose(maps, expected, atol=1e-5)
+    _, logit_maps = Guide("energy", method, depth).forward_and_maps(model, x, index, classes)
+    assert not torch.allclose(maps, logit_maps, atol=1e-4)
+
+
+def test_log_softmax_output_is_refused_where_it_cannot_apply():
+    with pytest.raises(ValueError, match="guidance.output: 'log_softmax' needs method input_x_gradient or grad_cam"):
+        Guide("cyborg", "cam", "final", output="log_softmax").check(build("smallcnn", 2))

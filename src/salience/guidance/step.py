@@ -42,6 +42,11 @@ class Guide:
     lam: float = 1.0
     ig_steps: int = 16
     dilation: float = 0.0
+    output: str = "logit"
+    """What the gradient-based maps explain: the sampled class's `logit`, or its `log_softmax`
+    (log-probability). In a softmax classifier a cue can count as evidence *against* the other classes,
+    which the logit's map never shows; the log-probability's gradient `∇y_c − Σ_j p_j ∇y_j` does.
+    `log_softmax` needs a shared-forward method (input_x_gradient, grad_cam)."""
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
@@ -56,6 +61,11 @@ class Guide:
             raise ValueError(f"guidance.lambda must be >= 0, got {self.lam}")
         if self.dilation < 0:
             raise ValueError(f"guidance.box_dilation must be >= 0, got {self.dilation}")
+        if self.output not in ("logit", "log_softmax"):
+            raise ValueError(f"guidance.output: {self.output!r} is unknown; accepted: logit, log_softmax")
+        if self.output == "log_softmax" and self.method not in ("input_x_gradient", "grad_cam"):
+            raise ValueError(f"guidance.output: 'log_softmax' needs method input_x_gradient or grad_cam, "
+                             f"not {self.method!r}; use output: logit")
         if self.method == "bcos" and not isinstance(model, BcosResNet):
             raise ValueError(f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), "
                              f"not {type(model).__name__}")
@@ -127,7 +137,8 @@ class Guide:
         if self.method == "cam":
             fc = inner.fc
             return logits, torch.einsum("pk,pkhw->phw", fc.weight[classes].to(feats.dtype), feats[index])
-        (grad,) = torch.autograd.grad(logits[index, classes].sum(), feats, create_graph=True)
+        explained = logits.log_softmax(1) if self.output == "log_softmax" else logits
+        (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
         feats, grad = feats[index], grad[index]
         if self.method == "input_x_gradient":
             return logits, (feats * grad).sum(1)

@@ -71,6 +71,9 @@ class GuidanceConfig(_Strict):
     annotated_fraction: float = Field(1.0, ge=0, le=1)
     box_dilation: float = Field(0.0, ge=0)
     ig_steps: int = Field(16, ge=1)
+    output: Literal["auto", "logit", "log_softmax"] = "auto"
+    """What gradient maps explain during guidance: `auto` = the log-probability (`log_softmax`) of the
+    sampled class for single-label tasks with input_x_gradient / grad_cam, else the `logit`."""
 
 
 class EvalConfig(_Strict):

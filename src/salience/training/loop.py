@@ -128,7 +128,10 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     check_guidance_data(g.loss, train_ds)
     num_classes = len(train_ds.classes)
     model = build(config.model.name, num_classes, config.model.weights).to(ctx.device)
-    guide = Guide(g.loss, g.method, g.depth, g.lam, g.ig_steps, g.box_dilation)
+    output = g.output
+    if output == "auto":
+        output = "log_softmax" if not multi_label and g.method in ("input_x_gradient", "grad_cam") else "logit"
+    guide = Guide(g.loss, g.method, g.depth, g.lam, g.ig_steps, g.box_dilation, output)
     try:
         guide.check(model)
     except ValueError as err:
