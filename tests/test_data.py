@@ -30,13 +30,7 @@ from salience.data.builtin import _identities
 TINY = BuiltinBenchmark(n_train=40, n_val=8, n_test=40, n_out_of_set=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP threads only wait on each other on the shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,7 @@ from salience.measures import entropy, epg, iou, pearson, pointing_game, spearma
 quantus = pytest.importorskip("quantus")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP waits on the shared 2-core machine; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _maps(b=6, h=12, w=10, seed=0, dtype=torch.float64):
