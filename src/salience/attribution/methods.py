@@ -36,6 +36,21 @@ def _out(maps: torch.Tensor, create_graph: bool) -> torch.Tensor:
     return maps if create_graph else maps.detach()
 
 
+def ixg_map(feats: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """`Σ_channels F ⊙ ∂y/∂F`: `[P, K, h, w]` twice -> `[P, h, w]`."""
+    return (feats * grad).sum(1)
+
+
+def grad_cam_map(acts: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """`ReLU(Σ_k mean_hw(∂y/∂A_k) · A_k)`: `[P, K, h, w]` twice -> `[P, h, w]`."""
+    return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
+
+
+def cam_map(class_weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """`Σ_k w_ck A_k`: rows of the classifier `[P, K]` and features `[P, K, h, w]` -> `[P, h, w]`."""
+    return torch.einsum("pk,pkhw->phw", class_weights.to(acts.dtype), acts)
+
+
 def gradient(model: nn.Module, x, target, reduce: str = "absmax", create_graph: bool = False):
     """`∂y_c/∂x` reduced over channels: `absmax` (max |g|) or `sum`. `[P, H, W]`."""
     if reduce not in ("absmax", "sum"):
@@ -53,7 +68,7 @@ def input_x_gradient(model: nn.Module, x, target, layer: str | None = None, crea
     with torch.enable_grad():
         logits, feats = forward_at(model, x, layer)
         g = _grad(logits, cls, feats, create_graph)
-    return _out((feats * g).sum(1), create_graph)
+    return _out(ixg_map(feats, g), create_graph)
 
 
 def integrated_gradients(model: nn.Module, x, target, steps: int = 32, baseline: torch.Tensor | None = None,
@@ -91,8 +106,7 @@ def grad_cam(model: nn.Module, x, target, layer: str = "final", create_graph: bo
     with torch.enable_grad():
         logits, acts = forward_at(model, x, layer)
         g = _grad(logits, cls, acts, create_graph)
-    weights = g.mean(dim=(2, 3), keepdim=True)
-    return _out(torch.relu((weights * acts).sum(1)), create_graph)
+    return _out(grad_cam_map(acts, g), create_graph)
 
 
 def cam(model: nn.Module, x, target, create_graph: bool = False):
@@ -111,7 +125,7 @@ def cam(model: nn.Module, x, target, create_graph: bool = False):
         if acts.shape[1] != fc.in_features:
             raise ValueError(f"cam: {type(module).__name__} gives {acts.shape[1]} channels but fc takes "
                              f"{fc.in_features}")
-        maps = torch.einsum("pk,pkhw->phw", fc.weight[cls], acts)
+        maps = cam_map(fc.weight[cls], acts)
     return _out(maps, create_graph)
 
 
@@ -129,7 +143,7 @@ def bcos(model: nn.Module, x, target, layer: str | None = None, create_graph: bo
     with torch.enable_grad(), model.explanation_mode():
         logits, feats = forward_at(model, x.detach(), layer)
         g = _grad(logits, cls, feats, create_graph)
-    return _out((feats * g).sum(1), create_graph)
+    return _out(ixg_map(feats, g), create_graph)
 
 
 METHODS = {

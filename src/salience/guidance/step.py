@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from salience.attribution import attribute
 from salience.attribution.core import forward_at, resolve_layer
+from salience.attribution.methods import cam_map, grad_cam_map, ixg_map
 from salience.data.core import box_dilation, class_masks
 from salience.guidance.losses import LOSSES
 from salience.guidance.objective import objective, sample_classes, task_loss
@@ -136,13 +137,13 @@ class Guide:
         logits, feats = forward_at(model, x, layer)
         if self.method == "cam":
             fc = inner.fc
-            return logits, torch.einsum("pk,pkhw->phw", fc.weight[classes].to(feats.dtype), feats[index])
+            return logits, cam_map(fc.weight[classes], feats[index])
         explained = logits.log_softmax(1) if self.output == "log_softmax" else logits
         (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
         feats, grad = feats[index], grad[index]
         if self.method == "input_x_gradient":
-            return logits, (feats * grad).sum(1)
-        return logits, torch.relu((grad.mean(dim=(2, 3), keepdim=True) * feats).sum(1))
+            return logits, ixg_map(feats, grad)
+        return logits, grad_cam_map(feats, grad)
 
     def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:
         """Masks `[len(index), H, W]`: the sampled class's boxes (dilated), or the human maps for `cyborg`."""
