@@ -9,6 +9,9 @@ import math
 
 import torch
 
+CHUNK = 1_000_000
+"""Elements per temporary in the bootstrap and permutation loops."""
+
 
 def _clean(values, name: str) -> torch.Tensor:
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
@@ -29,9 +32,17 @@ def summarise(values, seed: int = 0, n_boot: int = 2000, level: float = 0.95) ->
     out["mean"] = v.mean().item()
     out["sd"] = v.std().item() if n > 1 else math.nan
     g = torch.Generator().manual_seed(seed)
-    step = max(1, 4_000_000 // n)  # resamples per chunk: memory stays bounded for large n
-    means = torch.cat([v[torch.randint(0, n, (min(step, n_boot - s), n), generator=g)].mean(1)
-                       for s in range(0, n_boot, step)])
+    # chunks of resamples written into buffers allocated once: fresh large temporaries per chunk fragmented
+    # glibc's heap, and the peak RSS of `salience measure` grew with n (0.8 GB at 10k maps, 1.5 GB at 50k)
+    step = max(1, min(n_boot, CHUNK // n))
+    means = torch.empty(n_boot, dtype=torch.float64)
+    idx = torch.empty(step, n, dtype=torch.long)
+    picked = torch.empty(step * n, dtype=torch.float64)
+    for s in range(0, n_boot, step):
+        m = min(step, n_boot - s)
+        torch.randint(0, n, (m, n), generator=g, out=idx[:m])
+        torch.index_select(v, 0, idx[:m].view(-1), out=picked[: m * n])
+        means[s : s + m] = picked[: m * n].view(m, n).mean(1)
     alpha = (1 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     out["ci_low"], out["ci_high"] = lo, hi
@@ -55,7 +66,7 @@ def compare_groups(a, b, seed: int = 0, n_perm: int = 10000) -> dict:
     both = torch.cat([x, y])
     g = torch.Generator().manual_seed(seed)
     k = 0
-    step = max(1, 4_000_000 // (na + nb))  # permutations per chunk: memory stays bounded for large groups
+    step = max(1, CHUNK // (na + nb))  # permutations per chunk: memory stays bounded for large groups
     for start in range(0, n_perm, step):
         m = min(step, n_perm - start)
         shuffled = both[torch.argsort(torch.rand(m, na + nb, generator=g, dtype=torch.float64), dim=1)]
