@@ -247,3 +247,20 @@ def test_measure_on_a_damaged_store_names_the_file_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out" / "per_image.csv").exists() and not list((tmp_path / "out").glob(".*tmp*"))
     result = CliRunner().invoke(app, ["measure", "--stores", str(tmp_path / "s"), "--out", str(tmp_path / "out2")])
     assert result.exit_code != 0 and str(file) in result.output
+
+
+def test_explain_with_a_loader_worker_writes_the_same_maps(tmp_path):
+    from salience.data.core import Record, SalienceDataset
+    from salience.models import build
+    from salience.store.explain import explain_dataset
+
+    g = torch.Generator().manual_seed(0)
+    ds = SalienceDataset([Record(id=f"im{i}", labels=[i % 2], image=torch.randint(0, 256, (3, 16, 16), generator=g,
+                                                                                dtype=torch.uint8))
+                          for i in range(12)], ["a", "b"])
+    torch.manual_seed(0)
+    model = build("smallcnn", 2)
+    a = explain_dataset(model, ds, "gradient", tmp_path / "a", chunk_size=8, batch_size=4)
+    b = explain_dataset(model, ds, "gradient", tmp_path / "b", chunk_size=8, batch_size=4, workers=1)
+    (ma, ta), (mb, tb) = a.read(0, 12), b.read(0, 12)
+    assert torch.equal(ta, tb) and torch.allclose(ma, mb, rtol=0, atol=1e-6)

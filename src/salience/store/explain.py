@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Subset
 
 from salience.attribution import attribute
 from salience.data.core import collate
@@ -30,17 +31,19 @@ def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor, ids: li
 
 def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Path, *, layer: str | None = None,
                     target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
-                    batch_size: int = 64, progress: bool = False) -> MapStore:
+                    batch_size: int = 64, workers: int = 0, progress: bool = False) -> MapStore:
     """Write the maps of `method` for every image of `dataset` (items of the batch contract) into the store at
-    `out`, resuming an existing store with the same metadata (finished chunks are not recomputed)."""
+    `out`, resuming an existing store with the same metadata (finished chunks are not recomputed).
+    `workers` > 0 reads and transforms the images in that many processes while the model runs."""
     model.eval()
     device = next(model.parameters()).device
     ids = [r.id for r in dataset.records] if hasattr(dataset, "records") else [dataset[i]["id"] for i in range(len(dataset))]
 
     def compute(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         maps, targets = [], []
-        for s in range(start, stop, batch_size):
-            batch = collate([dataset[i] for i in range(s, min(s + batch_size, stop))])
+        loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, collate_fn=collate,
+                            num_workers=workers if stop - start > batch_size else 0)
+        for batch in loader:
             x = batch["image"].to(device)
             with torch.no_grad():
                 logits = model(x)
@@ -61,7 +64,8 @@ def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str
                        target_policy: str = "true", overrides: list[str] | None = None, chunk_size: int = 256,
                        batch_size: int = 64, device: str = "cpu", progress: bool = False) -> MapStore:
     """`explain_dataset` for a training checkpoint on `split` of its saved data config (`overrides`:
-    `key=value` changes to that config, e.g. `data.root=/data/VOCdevkit`)."""
+    `key=value` changes to that config, e.g. `data.root=/data/VOCdevkit`; `data.workers=1` loads images
+    in a second process)."""
     from salience.models import build
     from salience.training.checkpoint import load_checkpoint
     from salience.training.config import _set, parse_overrides, validate
@@ -78,4 +82,5 @@ def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str
     ds = open_split(config.data, split)
     data = config.data.format if config.data.root is None else f"{config.data.format}:{config.data.root}"
     return explain_dataset(model, ds, method, out, layer=layer, target_policy=target_policy, data=data, split=split,
-                           chunk_size=chunk_size, batch_size=batch_size, progress=progress)
+                           chunk_size=chunk_size, batch_size=batch_size, workers=config.data.workers,
+                           progress=progress)
