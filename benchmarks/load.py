@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/load.py [--maps 10000 50000] [--images 5000 20000] [--tmp /tmp]
 
 For each size it runs the real command in a subprocess and samples the process's resident memory
-(/proc/PID/status VmHWM, the high-water mark, read every 50 ms) and its CPU time (user + system, from getrusage of the child).
+(/proc/PID/status VmHWM, the high-water mark, read every 50 ms) and its CPU time (user + system,
+from getrusage of the child).
 CPU utilisation = CPU seconds / wall seconds (2.0 = both cores busy all the time). "Flat" memory
 means the peak does not grow with the number of maps or images beyond what the data themselves need.
 

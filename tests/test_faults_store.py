@@ -120,7 +120,8 @@ def _checkpoint(path: Path) -> Path:
     from salience.models import build
     from salience.training import load_config, save_checkpoint
 
-    cfg = load_config(None, ["data.size=32", "data.options={n_train: 8, n_val: 4, n_test: 40, n_out_of_set: 4, size: 32}"])
+    cfg = load_config(None, ["data.size=32",
+                             "data.options={n_train: 8, n_val: 4, n_test: 40, n_out_of_set: 4, size: 32}"])
     torch.manual_seed(0)
     model = build("smallcnn", 2)
     save_checkpoint({"model": model.state_dict(), "config": cfg.dump(), "epoch": 0, "classes": ["a", "b"],
@@ -129,7 +130,8 @@ def _checkpoint(path: Path) -> Path:
 
 
 def _explain_cli(ckpt, out):
-    return _start("-c", "from salience.cli import app; app()", "explain", "--checkpoint", ckpt, "--method", "gradient", "--out", out,
+    return _start("-c", "from salience.cli import app; app()", "explain", "--checkpoint", ckpt, "--method", "gradient",
+                  "--out", out,
                   "--chunk-size", "2", "--batch-size", "2")
 
 
