@@ -95,6 +95,7 @@ def world(tmp_path_factory) -> Path:
     _folder(root / "bad_group", ["img0.png,a,map0.png,,zero"])
     (root / "bad.yaml").write_text("epochs: 2\nepochz: 3\n")
     (root / "typo.yaml").write_text("epochs: two\n")
+    (root / "good.yaml").write_text("epochs: 1\ndevice: cpu\n")
     (root / "notyaml.yaml").write_text("epochs: [1,\n")
     return root
 
@@ -122,14 +123,13 @@ CLI = [
     ("train: wrong type in file", ["train", f"{R}/typo.yaml"], "epochs"),
     ("train: not YAML", ["train", f"{R}/notyaml.yaml"], "not valid YAML"),
     ("train: wrong type in --set", ["train", f"{R}/bad.yaml", "--set", "batch_size=[1]"], "batch_size"),
-    ("train: unknown --set key", ["train", "--help"][:0] + ["train", f"{R}/typo.yaml", "--set", "optim.lrr=1"],
-     "optim.lrr"),
-    ("train: out holds another run", ["train", f"{R}/typo.yaml", "--set", "epochs=1", "--set", f"out={R}/run"],
+    ("train: unknown --set key", ["train", f"{R}/good.yaml", "--set", "optim.lrr=1"], "good.yaml: optim.lrr"),
+    ("train: out holds another run", ["train", f"{R}/good.yaml", "--set", f"out={R}/run"],
      f"{R}/run already holds a run"),
-    ("train: out not writable", ["train", f"{R}/typo.yaml", "--set", "epochs=1", "--set", f"out={R}/a_file/run",
+    ("train: out not writable", ["train", f"{R}/good.yaml", "--set", f"out={R}/a_file/run",
                                  "--set", "data.options={n_train: 4, n_val: 2, n_test: 2, n_out_of_set: 0, size: 32}"],
-     f"{R}/a_file"),
-    ("train: corrupt image", ["train", f"{R}/typo.yaml", "--set", "epochs=1", "--set", f"out={R}/new_run",
+     f"{R}/a_file/run"),
+    ("train: corrupt image", ["train", f"{R}/good.yaml", "--set", f"out={R}/new_run",
                               "--set", "data.format=folder", "--set", f"data.root={R}/corrupt_image",
                               "--set", "data.train_split=test", "--set", "data.val_split=test"],
      f"{R}/corrupt_image/img2.png"),
@@ -154,7 +154,7 @@ CLI = [
     ("explain: out is another folder", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
                                         "--out", f"{R}/measured"], f"{R}/measured: not a map store"),
     ("explain: out not writable", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                   "--out", f"{R}/a_file/store"], f"{R}/a_file"),
+                                   "--out", f"{R}/a_file/store"], f"{R}/a_file/store: cannot create a store there"),
     ("explain: corrupt image", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--set",
                                 f"data.root={R}/corrupt_image", "--out", f"{R}/new_store"],
      f"{R}/corrupt_image/img2.png"),
@@ -183,7 +183,8 @@ CLI = [
     ("measure: out holds other results", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/measured"],
      f"{R}/measured/summary.json holds results of other stores"),
     ("measure: out holds a non-summary", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/run"], None),
-    ("measure: out not writable", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/a_file/out"], f"{R}/a_file"),
+    ("measure: out not writable", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/a_file/out"],
+     f"{R}/a_file/out: cannot create the output folder"),
 ]
 
 

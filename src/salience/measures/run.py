@@ -59,7 +59,10 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
     if reason:
         raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{out}: cannot create the output folder ({err.strerror}: {err.filename})") from None
     staged: list[tuple[Path, Path]] = []
     try:
         summary = _measure(opened, out, staged, seed, block, n_boot, n_perm)

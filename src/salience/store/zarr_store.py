@@ -104,7 +104,10 @@ class MapStore:
         n = len(meta.image_ids)
         if n == 0 or chunk_size < 1:
             raise ValueError(f"a store needs at least one image id and chunk_size >= 1 (got {n}, {chunk_size})")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"{path}: cannot create a store there ({err.strerror}: {err.filename})") from None
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
