@@ -43,8 +43,12 @@ def unit_scale(maps: torch.Tensor) -> torch.Tensor:
 
     Exact in floating point (only the exponent changes), so every scale-free measure is unchanged, while
     sums, differences and products of map values can no longer overflow (maps near the float32 limit).
+    Maps whose peaks all lie in [2**-40, 2**40] (or are 0) cannot overflow and are returned as they are.
     """
-    _, exp = torch.frexp(maps.detach().abs().flatten(1).amax(1))  # peak = m * 2**exp, m in [0.5, 1)
+    peak = maps.detach().abs().flatten(1).amax(1)
+    if bool(((peak >= 2.0**-40) & (peak <= 2.0**40) | (peak == 0)).all()):
+        return maps
+    _, exp = torch.frexp(peak)  # peak = m * 2**exp, m in [0.5, 1)
     shape = (-1,) + (1,) * (maps.dim() - 1)
     e1 = (-exp // 2).to(maps.dtype).view(shape)  # two factors: 2**-exp alone may not be representable
     e2 = (-exp).to(maps.dtype).view(shape) - e1
