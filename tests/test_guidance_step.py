@@ -177,6 +177,16 @@ def test_log_softmax_output_explains_the_log_probability(method, depth):
     assert not torch.allclose(maps, logit_maps, atol=1e-4)
 
 
+def test_log_softmax_cam_is_the_final_layer_ixg_of_the_log_probability():
+    model = build("smallcnn", 3).eval()
+    x = torch.rand(4, 3, 16, 16)
+    index, classes = torch.tensor([0, 2, 3]), torch.tensor([1, 1, 0])
+    _, maps = Guide("cyborg", "cam", "final", output="log_softmax").forward_and_maps(model, x, index, classes)
+    log_prob_model = torch.nn.Sequential(model, torch.nn.LogSoftmax(1))
+    ixg = attribute("input_x_gradient", log_prob_model, x[index], classes, layer="0.block4")
+    assert torch.allclose(maps / (maps.shape[-1] * maps.shape[-2]), ixg, atol=1e-6)  # GAP head: d/dA = w / hw
+
+
 def test_log_softmax_output_is_refused_where_it_cannot_apply():
-    with pytest.raises(ValueError, match="guidance.output: 'log_softmax' needs method input_x_gradient or grad_cam"):
-        Guide("cyborg", "cam", "final", output="log_softmax").check(build("smallcnn", 2))
+    with pytest.raises(ValueError, match="guidance.output: 'log_softmax' needs method input_x_gradient, grad_cam, cam"):
+        Guide("energy", "integrated_gradients", "input", output="log_softmax").check(build("smallcnn", 2))

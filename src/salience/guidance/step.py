@@ -47,7 +47,8 @@ class Guide:
     """What the gradient-based maps explain: the sampled class's `logit`, or its `log_softmax`
     (log-probability). In a softmax classifier a cue can count as evidence *against* the other classes,
     which the logit's map never shows; the log-probability's gradient `∇y_c − Σ_j p_j ∇y_j` does.
-    `log_softmax` needs a shared-forward method (input_x_gradient, grad_cam)."""
+    For `cam` the log-probability's map uses the class weights `w_c − Σ_j p_j w_j`.
+    `log_softmax` needs a shared-forward method (input_x_gradient, grad_cam, cam)."""
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
@@ -64,8 +65,8 @@ class Guide:
             raise ValueError(f"guidance.box_dilation must be >= 0, got {self.dilation}")
         if self.output not in ("logit", "log_softmax"):
             raise ValueError(f"guidance.output: {self.output!r} is unknown; accepted: logit, log_softmax")
-        if self.output == "log_softmax" and self.method not in ("input_x_gradient", "grad_cam"):
-            raise ValueError(f"guidance.output: 'log_softmax' needs method input_x_gradient or grad_cam, "
+        if self.output == "log_softmax" and self.method not in SHARED_FORWARD:
+            raise ValueError(f"guidance.output: 'log_softmax' needs method {', '.join(SHARED_FORWARD)}, "
                              f"not {self.method!r}; use output: logit")
         if self.method == "bcos" and not isinstance(model, BcosResNet):
             raise ValueError(f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), "
@@ -137,7 +138,10 @@ class Guide:
         logits, feats = forward_at(model, x, layer)
         if self.method == "cam":
             fc = inner.fc
-            return logits, cam_map(fc.weight[classes], feats[index])
+            weights = fc.weight[classes]
+            if self.output == "log_softmax":  # ∂ log p_c / ∂ pooled features
+                weights = weights - logits.softmax(1)[index].to(fc.weight.dtype) @ fc.weight
+            return logits, cam_map(weights, feats[index])
         explained = logits.log_softmax(1) if self.output == "log_softmax" else logits
         (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
         feats, grad = feats[index], grad[index]

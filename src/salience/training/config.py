@@ -73,7 +73,7 @@ class GuidanceConfig(_Strict):
     ig_steps: int = Field(16, ge=1)
     output: Literal["auto", "logit", "log_softmax"] = "auto"
     """What gradient maps explain during guidance: `auto` = the log-probability (`log_softmax`) of the
-    sampled class for single-label tasks with input_x_gradient / grad_cam, else the `logit`."""
+    sampled class for single-label tasks with input_x_gradient / grad_cam / cam, else the `logit`."""
 
 
 class EvalConfig(_Strict):

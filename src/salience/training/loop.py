@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from salience.data.core import collate
-from salience.guidance.step import Guide
+from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.models import build
 from salience.training import distributed as dist
 from salience.training.checkpoint import load_checkpoint, save_checkpoint
@@ -130,7 +130,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     model = build(config.model.name, num_classes, config.model.weights).to(ctx.device)
     output = g.output
     if output == "auto":
-        output = "log_softmax" if not multi_label and g.method in ("input_x_gradient", "grad_cam") else "logit"
+        output = "log_softmax" if not multi_label and g.method in SHARED_FORWARD else "logit"
     guide = Guide(g.loss, g.method, g.depth, g.lam, g.ig_steps, g.box_dilation, output)
     try:
         guide.check(model)
