@@ -71,11 +71,12 @@ def main() -> None:
         assert err < 1e-3, f"{name}: ours and Captum's disagree (relative error {err:.2e})"
 
     times = {"forward+backward": []} | {name: ([], []) for name in cases}
-    for _ in range(args.repeats + 1):  # the first round warms up and is dropped
+    for r in range(args.repeats + 1):  # the first round warms up and is dropped
         times["forward+backward"].append(timed(fwd_bwd, device))
         for name, (ours, ref) in cases.items():
-            times[name][0].append(timed(ours, device))
-            times[name][1].append(timed(ref, device))
+            order = (0, 1) if r % 2 else (1, 0)  # alternate who goes first: no allocator-order bias
+            for i in order:
+                times[name][i].append(timed((ours, ref)[i], device))
     fb = statistics.median(times.pop("forward+backward")[1:])
 
     print(f"{args.model}, {args.size} px, batch {n}, {device.type}, {torch.get_num_threads()} threads, "

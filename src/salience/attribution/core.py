@@ -1,6 +1,6 @@
 """Shared pieces of the attribution methods: input and target checks, layer capture, upsampling."""
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +56,19 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
 
 
 @contextmanager
-def capture(module: nn.Module):
+def capture(module: nn.Module, grad_from_here: bool = False):
     """Record `module`'s output during the block in `outputs` (a list); the hook always goes away.
 
-    An output that does not require grad (frozen parameters, detached input) is replaced by a leaf
-    that does, so gradients with respect to it exist.
+    An output that does not require grad (frozen parameters, detached input, or a forward run under
+    `no_grad`) is replaced by a leaf that does, so gradients with respect to it exist. With
+    `grad_from_here`, gradient recording is switched on at the module's output: a forward started
+    under `torch.no_grad()` builds the graph only from the layer on (the caller restores the mode).
     """
     outputs: list[torch.Tensor] = []
 
     def hook(_module, _inputs, out):
+        if grad_from_here:
+            torch.set_grad_enabled(True)
         if torch.is_grad_enabled() and not out.requires_grad:
             out = out.detach().requires_grad_(True)
         outputs.append(out)
@@ -77,14 +81,19 @@ def capture(module: nn.Module):
         handle.remove()
 
 
-def forward_at(model: nn.Module, x: torch.Tensor, layer: str | None):
-    """Run `model(x)`; return `(logits, F)`, F = the input (made differentiable) or the layer's output."""
+def forward_at(model: nn.Module, x: torch.Tensor, layer: str | None, create_graph: bool = True):
+    """Run `model(x)`; return `(logits, F)`, F = the input (made differentiable) or the layer's output.
+
+    Without `create_graph` (maps only, no parameter gradients) the part of the network before the
+    layer runs without recording a graph: less memory and time, the same gradients at the layer.
+    """
     module = resolve_layer(model, layer)
     if module is None:
         if not x.requires_grad:
             x = x.detach().requires_grad_(True)
         return model(x), x
-    with capture(module) as outputs:
+    prefix_mode = torch.no_grad() if not create_graph else nullcontext()
+    with prefix_mode, capture(module, grad_from_here=not create_graph) as outputs:
         logits = model(x)
     if len(outputs) != 1:
         raise ValueError(f"layer {layer!r} ran {len(outputs)} times in one forward; pick a module that runs once")

@@ -66,7 +66,7 @@ def input_x_gradient(model: nn.Module, x, target, layer: str | None = None, crea
     """`Σ_channels F ⊙ ∂y_c/∂F`, F = the input (`layer=None`) or a layer's output. `[P, h, w]`."""
     x, cls = _pairs(x, target)
     with torch.enable_grad():
-        logits, feats = forward_at(model, x, layer)
+        logits, feats = forward_at(model, x, layer, create_graph)
         g = _grad(logits, cls, feats, create_graph)
     return _out(ixg_map(feats, g), create_graph)
 
@@ -104,7 +104,7 @@ def grad_cam(model: nn.Module, x, target, layer: str = "final", create_graph: bo
         raise ValueError(f"layer: grad_cam needs a convolutional layer, not the input; got {layer!r}")
     x, cls = _pairs(x, target)
     with torch.enable_grad():
-        logits, acts = forward_at(model, x, layer)
+        logits, acts = forward_at(model, x, layer, create_graph)
         g = _grad(logits, cls, acts, create_graph)
     return _out(grad_cam_map(acts, g), create_graph)
 
@@ -120,8 +120,8 @@ def cam(model: nn.Module, x, target, create_graph: bool = False):
                          f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none")
     x, cls = _pairs(x, target)
     module = resolve_layer(model, layer_name(model, "final"))
-    with torch.set_grad_enabled(create_graph or torch.is_grad_enabled()):
-        _, acts = forward_at(model, x, layer_name(model, "final"))
+    with torch.set_grad_enabled(create_graph):
+        _, acts = forward_at(model, x, layer_name(model, "final"), create_graph=True)
         if acts.shape[1] != fc.in_features:
             raise ValueError(f"cam: {type(module).__name__} gives {acts.shape[1]} channels but fc takes "
                              f"{fc.in_features}")
@@ -141,7 +141,7 @@ def bcos(model: nn.Module, x, target, layer: str | None = None, create_graph: bo
     if x.shape[1] == 3:
         x = encode(x)
     with torch.enable_grad(), model.explanation_mode():
-        logits, feats = forward_at(model, x.detach(), layer)
+        logits, feats = forward_at(model, x.detach(), layer, create_graph)
         g = _grad(logits, cls, feats, create_graph)
     return _out(ixg_map(feats, g), create_graph)
 
