@@ -143,7 +143,8 @@ def fig_transforms(results: dict) -> str:
     ax.set_xticks([k + width * (len(per) - 1) / 2 for k in range(len(names))])
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("SSIM of T(map(x)) vs map(T(x))")
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.15)
+    ax.legend(fontsize=8, ncol=len(per), loc="upper center")
     return _png(fig)
 
 
@@ -151,8 +152,8 @@ def fig_stability(results: dict) -> str | None:
     st = results["stability"]
     if not st:
         return None
-    fig, axes = plt.subplots(1, len(st), figsize=(2.8 * len(st), 2.6), squeeze=False)
-    for ax, (g, s) in zip(axes[0], st.items()):
+    fig, axes = plt.subplots(1, len(st), figsize=(3.2 * len(st), 2.6), squeeze=False)
+    for k, (ax, (g, s)) in enumerate(zip(axes[0], st.items())):
         im = ax.imshow(s["ssim_matrix"], vmin=0, vmax=1, cmap="viridis")
         n = len(s["ssim_matrix"])
         for i in range(n):
@@ -160,7 +161,8 @@ def fig_stability(results: dict) -> str | None:
                 ax.text(j, i, f"{s['ssim_matrix'][i][j]:.2f}", ha="center", va="center", fontsize=7, color="w")
         ax.set_title(g, fontsize=9)
         ax.set_xlabel("seed")
-        ax.set_ylabel("seed")
+        if k == 0:
+            ax.set_ylabel("seed")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     return _png(fig)
 
