@@ -9,6 +9,7 @@ generator, the guidance class sampler and the loader from (seed, e, r), so a che
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -30,6 +31,9 @@ from salience.training.config import ConfigError, TrainConfig
 from salience.training.datasets import check_guidance_data, is_multi_label, open_split
 from salience.training.evaluate import evaluate, task_metric_name
 from salience.training.pareto import ParetoFront
+
+
+log = logging.getLogger("salience")
 
 
 class TrainingError(RuntimeError):
@@ -117,8 +121,13 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     last = ckpt_dir / "last.pt"
     if last.exists() and not resume:
         raise ConfigError(f"out: {run} already holds a run; pass --resume to continue it or choose another out")
-    if resume and not last.exists():
+    if resume and not _candidates(ckpt_dir):
         raise ConfigError(f"out: --resume given but {last} does not exist")
+    if ctx.is_main:  # an unusable out fails now, not after the data are read
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"out: cannot create {run} ({err.strerror or err})") from None
     g = config.guidance
     torch.manual_seed(config.seed)
     train_ds = open_split(config.data, config.data.train_split, train=True, fraction=g.annotated_fraction,
@@ -147,7 +156,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     front = ParetoFront(ckpt_dir)
     start = 0
     if resume:
-        state = load_checkpoint(last, map_location=ctx.device)
+        state, used = _load_resume_state(ckpt_dir, ctx.device)
         diffs = _same_run(state["config"], config.dump())
         if diffs:
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
@@ -156,6 +165,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
         scheduler.load_state_dict(state["scheduler"])
         front.load_state_dict(state["pareto"])
         start = state["epoch"]
+        if ctx.is_main:
+            _restore_front(front, ckpt_dir, start, used)
         for group in optimizer.param_groups:  # `epochs` may change on resume: follow the new schedule
             group["lr"] = group["initial_lr"] * lr_factor(config, start)
     if ctx.is_main:
@@ -219,14 +230,55 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
                      "rng": {"seed": config.seed, "epoch": epoch + 1, "derivation": "seed*1000003 + epoch*1009 + rank"}}
             keep = front.consider(epoch + 1, objectives)
             state["pareto"] = front.state_dict()
-            save_checkpoint(state, last)
-            front.commit(epoch + 1, keep, last)
+            # the log line first: a death before the checkpoint leaves a line that resume trims away
             with open(run / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            save_checkpoint(state, last, previous=ckpt_dir / "prev.pt")
+            front.commit(epoch + 1, keep, last)
         dist.barrier(ctx)
     return run
+
+
+def _restore_front(front: ParetoFront, ckpt_dir: Path, epoch: int, source: Path) -> None:
+    """Make the files match the resumed front: drop files of abandoned later epochs and temporary files
+    of a killed process, copy `source` to the resumed epoch's file if a crash came before that copy,
+    rewrite pareto.json."""
+    for p in ckpt_dir.glob("epoch_*.pt"):
+        if int(p.stem.split("_")[1]) > epoch:
+            p.unlink()
+    for p in ckpt_dir.glob("*.pt.tmp*"):  # temporary files of a killed process
+        p.unlink()
+    missing = any(e["epoch"] == epoch and not (ckpt_dir / e["file"]).exists() for e in front.entries)
+    front.commit(epoch, missing, source)
+
+
+def _candidates(ckpt_dir: Path) -> list[Path]:
+    """Checkpoints to resume from, newest first: last.pt, prev.pt, then the Pareto files by epoch."""
+    epochs = sorted(ckpt_dir.glob("epoch_*.pt"), reverse=True)
+    return [p for p in (ckpt_dir / "last.pt", ckpt_dir / "prev.pt", *epochs) if p.is_file()]
+
+
+def _load_resume_state(ckpt_dir: Path, device) -> tuple[dict, Path]:
+    """The newest checkpoint that loads and passes its checksum; says so when it is not last.pt."""
+    problems = []
+    best = None
+    for path in _candidates(ckpt_dir):
+        try:
+            state = load_checkpoint(path, map_location=device)
+        except (ValueError, FileNotFoundError) as err:  # damaged, or removed meanwhile by rank 0
+            problems.append(str(err))
+            continue
+        if best is None or state["epoch"] > best[0]["epoch"]:
+            best = (state, path)
+        if path.name == "last.pt":
+            break
+    if best is None:
+        raise ConfigError("--resume: no readable checkpoint in " + str(ckpt_dir) + ": " + "; ".join(problems))
+    if problems:
+        log.warning("--resume: %s; falling back to %s (epoch %d)", "; ".join(problems), best[1], best[0]["epoch"])
+    return best
 
 
 def _trim_log(path: Path, epochs_done: int) -> None:
