@@ -239,10 +239,8 @@ API = [
      "corrupt_image/img2.png: cannot decode image"),
     ("data: human map of the wrong size", lambda w: build_dataset("folder", w / "small_map", "test")[1], DataError,
      "small_map/map1.png: human map is (8, 8) but its image"),
-    *[pytest.param(f"data: degenerate box {box!r}", lambda w, box=box: _degenerate(w, box), DataError,
-                   "degenerate/test.csv:2: box",
-                   marks=pytest.mark.xfail(strict=True, reason="data/formats.py read_folder accepts degenerate "
-                                           "boxes; the joint transforms then drop them silently (owner: data)"))
+    *[(f"data: degenerate box {box!r}", lambda w, box=box: _degenerate(w, box), DataError,
+       "degenerate/test.csv:2: box")
       for box in ("10 12 2 3 a", "5 5 5 5 a", "nan 0 4 4 a")],
     ("config: unknown key", lambda w: load_config(w / "bad.yaml"), ConfigError, "bad.yaml: epochz"),
     ("config: wrong type", lambda w: load_config(None, ["data.size=big"]), ConfigError, "data.size"),

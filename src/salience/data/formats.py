@@ -261,9 +261,12 @@ def read_folder(path: Path, split: str, problems: Problems) -> tuple[list[Record
                 if len(parts) != 5 or parts[4] not in index:
                     raise DataError(f"{file}:{line}: box {item!r} is not 'x0 y0 x1 y1 class' with a known class")
                 try:
-                    box_rows.append([float(v) for v in parts[:4]])
+                    x0, y0, x1, y1 = (float(v) for v in parts[:4])
                 except ValueError:
                     raise DataError(f"{file}:{line}: box {item!r} has a non-numeric coordinate") from None
+                if not (x0 < x1 and y0 < y1):  # also false for NaN coordinates
+                    raise DataError(f"{file}:{line}: box {item!r} is degenerate: needs x0 < x1 and y0 < y1")
+                box_rows.append([x0, y0, x1, y1])
                 box_labels.append(index[parts[4]])
             group = _int(r["group"], file, line, "group") if (r.get("group") or "").strip() else -1
         except DataError as e:
