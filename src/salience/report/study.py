@@ -17,12 +17,15 @@ import functools
 import json
 import math
 import os
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
+from rich.progress import Progress
 from torchmetrics.functional.classification import binary_auroc
 
 from salience import attribution as A
@@ -62,6 +65,8 @@ class StudyConfig(BaseModel):
     """Test images used by the costlier probes (noise, transforms, blur, deletion/insertion)."""
     deletion_steps: int = Field(16, ge=1)
     gallery: int = Field(6, ge=1)
+    workers: int = Field(min(2, os.cpu_count() or 1), ge=1)
+    """Training processes side by side on CPU (one torch thread each)."""
 
     @classmethod
     def quick(cls, seeds: int = 1) -> StudyConfig:
@@ -73,7 +78,10 @@ def _stack(ds) -> dict:
     return collate([ds[i] for i in range(len(ds))])
 
 
-def _train_group(cfg: StudyConfig, group: str, seed: int, out: Path) -> Path:
+def _train_group(cfg: StudyConfig, group: str, seed: int, out: Path, threads: int | None = None) -> Path:
+    """Train (or reuse) one run; `threads` caps torch's threads in a worker process."""
+    if threads:
+        torch.set_num_threads(threads)
     run = out / "runs" / f"{group}_s{seed}"
     tree = {"out": str(run), "seed": seed, "device": "cpu" if not torch.cuda.is_available() else "auto",
             "epochs": cfg.epochs, "batch_size": cfg.batch_size, "model": {"name": cfg.model},
@@ -84,7 +92,33 @@ def _train_group(cfg: StudyConfig, group: str, seed: int, out: Path) -> Path:
     if (run / "log.jsonl").exists() and len((run / "log.jsonl").read_text().splitlines()) >= cfg.epochs:
         console.print(f"[dim]{run.name}: already trained, reusing it[/dim]")
         return run
-    return train(config, resume=(run / "checkpoints" / "last.pt").exists(), progress=True)
+    return train(config, resume=(run / "checkpoints" / "last.pt").exists(), progress=threads is None)
+
+
+def _train_all(cfg: StudyConfig, out: Path) -> dict:
+    """Every (group, seed) run. On CPU, `cfg.workers` processes of one thread each train side by side
+    (small nets use two single-thread processes better than one two-thread process); a progress bar
+    counts finished runs. With one worker (or CUDA) runs go one after another with per-epoch bars."""
+    todo = [(g, s) for g in GROUPS for s in range(cfg.seeds)]
+    if cfg.workers <= 1 or torch.cuda.is_available():
+        runs = {}
+        for group, seed in todo:
+            console.rule(f"training {group}, seed {seed}")
+            runs[f"{group}_s{seed}"] = (group, seed, _train_group(cfg, group, seed, out))
+        return runs
+    runs = {}
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cfg.workers, mp_context=spawn) as pool, Progress(console=console) as bar:
+        task = bar.add_task(f"training {len(todo)} runs in {cfg.workers} processes", total=len(todo))
+        futures = {pool.submit(_train_group, cfg, g, s, out, 1): (g, s) for g, s in todo}
+        for future in as_completed(futures):
+            group, seed = futures[future]
+            run = future.result()
+            last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])["val"]
+            bar.console.print(f"trained {run.name}: val accuracy {last['accuracy']:.3f}, EPG {last['epg']:.3f}")
+            runs[f"{group}_s{seed}"] = (group, seed, run)
+            bar.advance(task)
+    return {f"{g}_s{s}": runs[f"{g}_s{s}"] for g, s in todo}
 
 
 def _load(run: Path, cfg: StudyConfig, num_classes: int) -> torch.nn.Module:
@@ -110,11 +144,7 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bench = BuiltinBenchmark(**cfg.benchmark)
-    runs = {}
-    for group in GROUPS:
-        for seed in range(cfg.seeds):
-            console.rule(f"training {group}, seed {seed}")
-            runs[f"{group}_s{seed}"] = (group, seed, _train_group(cfg, group, seed, out))
+    runs = _train_all(cfg, out)
     console.rule("measuring")
     splits = {s: _stack(builtin_dataset(s, bench)) for s in ("test", "test_shift", "out_of_set")}
     classes = builtin_dataset("val", bench).classes
