@@ -190,3 +190,23 @@ def test_log_softmax_cam_is_the_final_layer_ixg_of_the_log_probability():
 def test_log_softmax_output_is_refused_where_it_cannot_apply():
     with pytest.raises(ValueError, match="guidance.output: 'log_softmax' needs method input_x_gradient, grad_cam, cam"):
         Guide("energy", "integrated_gradients", "input", output="log_softmax").check(build("smallcnn", 2))
+
+
+def test_pairs_with_an_empty_mask_get_no_guidance():
+    """An annotated image whose sampled class has no box pixel is left out of the guidance mean (the energy
+    loss would be a constant 1 there and dilute the others' gradient)."""
+    model = build("smallcnn", 2).eval()
+    batch = _batch()
+    batch["annotated"] = torch.ones(4, dtype=torch.bool)
+    batch["boxes"] = [torch.tensor([[4.0, 4.0, 12.0, 12.0]]), torch.zeros(0, 4)] * 2  # images 1, 3: no box
+    batch["box_labels"] = [torch.tensor([0]), torch.zeros(0, dtype=torch.long)] * 2   # and an empty mask
+    out = Guide("energy", "grad_cam", "final", lam=1.0)(model, batch, torch.Generator().manual_seed(0))
+    assert out["guided"] == 2
+    index = torch.tensor([0, 2])
+    _, maps = Guide("energy", "grad_cam", "final").forward_and_maps(model, batch["image"], index, torch.tensor([0, 0]))
+    masks = torch.zeros(2, 16, 16)
+    masks[:, 4:12, 4:12] = 1
+    assert out["guidance"].item() == pytest.approx(energy(maps, masks).mean().item(), rel=1e-5)
+    batch["boxes"], batch["box_labels"] = [torch.zeros(0, 4)] * 4, [torch.zeros(0, dtype=torch.long)] * 4
+    none = Guide("energy", "grad_cam", "final", lam=1.0)(model, batch, torch.Generator().manual_seed(0))
+    assert none["guided"] == 0 and none["guidance"].item() == 0.0

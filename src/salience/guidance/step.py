@@ -90,8 +90,9 @@ class Guide:
                   multi_label: bool = False) -> dict[str, Tensor]:
         """Losses for one batch (model in train mode).
 
-        Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images, 0
-        when none), `logits` `[B, C]` and `guided` (number of images that received guidance).
+        Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images whose
+        mask of the sampled class is not empty, 0 when none), `logits` `[B, C]` and `guided` (number of
+        images that received guidance).
         """
         x, labels = batch["image"], batch["labels"]
         if self.loss is None:
@@ -105,12 +106,15 @@ class Guide:
         else:
             selected = batch["annotated"] & (classes >= 0)
         index = selected.nonzero()[:, 0]
+        target = self.targets(batch, index, classes[index])
+        if self.loss != "cyborg":  # a pair whose mask is empty has nothing to guide to (energy would be 1)
+            keep = target.flatten(1).any(1)
+            index, target = index[keep.to(index.device)], target[keep]
         logits, maps = self.forward_and_maps(model, x, index, classes[index])
         task = task_loss(logits, labels, multi_label)
         if index.numel() == 0:
             guidance = task.new_zeros(())
         else:
-            target = self.targets(batch, index, classes[index])
             maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
             guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
         total = objective(task, guidance, self.lam)
