@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import itertools
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -305,6 +306,31 @@ def _files(r: Record):
             yield what, p
 
 
+def _file_problems(records):
+    """Messages for missing or undecodable image, human-map and segmentation files (headers only) and for
+    maps whose size differs from their image."""
+    for r in records:
+        sizes = {}
+        for what, p in _files(r):
+            try:
+                sizes[what] = image_size(p)
+            except DataError as e:
+                yield str(e)
+        for what in ("human_map", "segmentation"):
+            if what in sizes and "image" in sizes and sizes[what] != sizes["image"]:
+                yield f"{getattr(r, what)}: {what} is {sizes[what]} but its image {r.image} is {sizes['image']} (H, W)"
+
+
+def check_files(dataset) -> None:
+    """Open the header of every file of a `SalienceDataset` (images, human maps, segmentations) before a long
+    run reads them; a DataError names the first bad files. Pixel data are not decoded: a file that is
+    truncated after its header is still only found when it is read."""
+    bad = list(itertools.islice(_file_problems(dataset.records), 6))
+    if bad:
+        more = " (and more)" if len(bad) > 5 else ""
+        raise DataError(f"{dataset.name or 'data'}: unreadable files{more}: " + "; ".join(bad[:5]))
+
+
 def build_dataset(format: str, path, split: str, transforms=None, annotated: float = 1.0, seed: int = 0,
                   **options) -> SalienceDataset:
     """Read `split` of the data at `path` in `format` (builtin, voc, coco, waterbirds, folder).
@@ -349,17 +375,8 @@ def inspect(format: str, path, split: str = "train", check_files: bool = True, *
         return {"format": format, "path": str(path), "split": split, "images": 0, "classes": [],
                 "problems": [{"kind": "error", "message": str(e)}], "errors": 1, "skips": 0}
     if check_files:
-        for r in records:
-            sizes = {}
-            for what, p in _files(r):
-                try:
-                    sizes[what] = image_size(p)
-                except DataError as e:
-                    problems.error(str(e))
-            for what in ("human_map", "segmentation"):
-                if what in sizes and "image" in sizes and sizes[what] != sizes["image"]:
-                    problems.error(f"{getattr(r, what)}: {what} is {sizes[what]} but its image {r.image} "
-                                   f"is {sizes['image']} (H, W)")
+        for message in _file_problems(records):
+            problems.error(message)
     per_class = Counter(int(c) for r in records for c in r.box_labels.tolist())
     return {
         "format": format,

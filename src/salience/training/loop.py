@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from salience.data.core import collate
+from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.models import build
 from salience.training import distributed as dist
@@ -133,6 +134,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     train_ds = open_split(config.data, config.data.train_split, train=True, fraction=g.annotated_fraction,
                           seed=config.seed)
     val_ds = open_split(config.data, config.data.val_split)
+    for ds in (train_ds, val_ds):  # a missing or corrupt file fails now, not hours into training
+        check_files(ds)
     multi_label = is_multi_label(config.data, train_ds)
     check_guidance_data(g.loss, train_ds)
     num_classes = len(train_ds.classes)
