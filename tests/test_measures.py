@@ -225,4 +225,16 @@ def test_bad_shapes_refused():
     with pytest.raises(ValueError, match="kind"):
         entropy(torch.zeros(1, 4, 4), "bogus")
     with pytest.raises(ValueError, match="win_size"):
-        ssim(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4))
+        ssim(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), win_size=7)
+    with pytest.raises(ValueError, match="win_size"):
+        ssim(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))
+
+
+def test_ssim_of_small_maps_uses_the_largest_odd_window_that_fits():
+    from salience.measures._checks import minmax
+
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(2, 6, 5, generator=g, dtype=torch.float64), torch.rand(2, 6, 5, generator=g, dtype=torch.float64)
+    ref = [structural_similarity(minmax(a[i:i + 1])[0].numpy(), minmax(b[i:i + 1])[0].numpy(), data_range=1,
+                                 win_size=5) for i in range(2)]
+    assert torch.allclose(ssim(a, b), torch.tensor(ref, dtype=torch.float64), atol=1e-10)

@@ -102,7 +102,73 @@ def test_measure_cli(tmp_path):
     res = CliRunner().invoke(app, ["measure", "--stores", str(a.path), "--stores", str(b.path),
                                    "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
-    assert "2 stores measured" in res.output
+    assert "2 models measured" in res.output
     assert (tmp_path / "o" / "stability.csv").is_file()
     bad = CliRunner().invoke(app, ["measure", "--group", "oops", "--out", str(tmp_path / "o")])
     assert bad.exit_code != 0
+
+
+def _builtin_checkpoint(path, seed):
+    """A smallcnn checkpoint on tiny built-in data (weights from `seed`, no training)."""
+    from salience.models import build
+    from salience.training import load_config, save_checkpoint
+
+    cfg = load_config(None, ["data.size=32", "data.options={n_train: 8, n_val: 4, n_test: 12, n_out_of_set: 4, size: 32}"])
+    torch.manual_seed(seed)
+    save_checkpoint({"model": build("smallcnn", 2).state_dict(), "config": cfg.dump(), "epoch": 0,
+                     "classes": ["real", "synthetic"], "multi_label": False}, path)
+    return path
+
+
+def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
+    from salience.attribution import attribute
+    from salience.data.core import collate
+    from salience.measures import epg, pointing_game
+    from salience.measures.degradation import deletion_insertion
+    from salience.store.explain import load_run
+    from salience.training.datasets import open_split
+
+    ckpts = [_builtin_checkpoint(tmp_path / f"m{i}.pt", i) for i in range(4)]
+    args = ["measure", "--group", f"A={ckpts[0]},{ckpts[1]}", "--group", f"B={ckpts[2]},{ckpts[3]}",
+            "--method", "grad_cam", "--layer", "final", "--n-probe", "5", "--out-of-set", "out_of_set",
+            "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
+    assert len(rows) == 4 * 12
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+
+    # an independent computation for model B_1 (= m3): maps, EPG, pointing game and deletion AUC
+    model, config = load_run(ckpts[3])
+    batch = collate([open_split(config.data, "test")[i] for i in range(12)])
+    target = batch["labels"].argmax(1)
+    maps = attribute("grad_cam", model, batch["image"], target, layer="final")
+    mine = [r for r in rows if r["store"].endswith("B_1")]
+    assert [r["image_id"] for r in mine] == batch["id"]
+    assert torch.allclose(torch.tensor([float(r["epg"]) for r in mine]), epg(maps, batch["mask"]).float(), atol=1e-5)
+    assert [float(r["pointing_game"]) for r in mine] == pointing_game(maps, batch["mask"]).tolist()
+    curves = deletion_insertion(model, batch["image"][:5], target[:5], maps[:5], steps=16)
+    assert torch.allclose(torch.tensor([float(r["deletion_auc"]) for r in mine[:5]]), curves["deletion_auc"], atol=1e-5)
+    assert all(r["deletion_auc"] == "" for r in mine[5:])  # probes ran on the first 5 images only
+    store = summary["stores"][str(tmp_path / "o" / "stores" / "B_1")]
+    assert store["epg"]["n"] == 12 and store["deletion_auc"]["n"] == 5
+    assert set(store["curves"]) >= {"noise", "transforms", "blur", "deletion_curve", "out_of_set"}
+    assert set(summary["stability"]) == {"A", "B"}
+    assert {"epg", "transform_ssim", "deletion_auc"} <= set(summary["comparisons"]["A vs B"])
+
+    # a rerun resumes the finished stores (nothing rewritten) and gives the same numbers
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "stores").rglob("*") if p.is_file()}
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert list(csv.DictReader(open(tmp_path / "o" / "per_image.csv"))) == rows
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+def test_measure_refuses_a_mix_of_stores_and_checkpoints(tmp_path):
+    a, _ = _store(tmp_path / "a", 0)
+    ckpt = _builtin_checkpoint(tmp_path / "m.pt", 0)
+    res = CliRunner().invoke(app, ["measure", "--group", f"g={a.path},{ckpt}", "--method", "gradient",
+                                   "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "not a mix" in res.output
+    res = CliRunner().invoke(app, ["measure", "--checkpoints", str(ckpt), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "--method" in res.output

@@ -100,29 +100,60 @@ def explain(
 @app.command()
 def measure(
     stores: list[str] = typer.Option([], "--stores", help="Map stores, one group 'all' (repeatable)."),
-    group: list[str] = typer.Option([], "--group", help="NAME=STORE,STORE,... (repeatable); groups are compared."),
+    checkpoints: list[str] = typer.Option([], "--checkpoints", help="Training checkpoints, one group 'all' (repeatable)."),
+    group: list[str] = typer.Option([], "--group", help="NAME=PATH,PATH,... of stores or of checkpoints (repeatable); "
+                                                        "groups are compared."),
     out: str = typer.Option(..., help="Output directory for per_image.csv, stability.csv, summary.json."),
-    seed: int = typer.Option(0, help="Seed of the bootstrap CIs and permutation tests."),
+    data: str = typer.Option("test", help="Checkpoints only: split of their data config to measure on."),
+    method: str = typer.Option(None, help="Checkpoints only: attribution method (gradient, grad_cam, ...)."),
+    layer: str = typer.Option(None, help="Checkpoints only: layer name or named depth (input, mid1.., final)."),
+    target: str = typer.Option("true", help="Checkpoints only: class to explain: true, predicted or class:<k>."),
+    n_probe: int = typer.Option(128, min=0, help="Checkpoints only: images the model probes run on (0: none)."),
+    out_of_set: str = typer.Option(None, help="Checkpoints only: split whose images are the out-of-set samples."),
+    batch_size: int = typer.Option(64, min=1),
+    device: str = typer.Option("cpu"),
+    set_: list[str] = typer.Option([], "--set", help="key=value override of the checkpoints' config (repeatable)."),
+    seed: int = typer.Option(0, help="Seed of the bootstrap CIs, permutation tests and noise."),
 ) -> None:
-    """Entropy per image, stability across models and group comparisons from map stores."""
-    from salience.measures.run import measure_stores
+    """Measure map stores (entropy, stability, comparisons) or checkpoints (every measure: they are explained
+    into OUT/stores first, resumably, then also localisation and the model probes)."""
+    from pathlib import Path
+
+    from salience.measures.run import measure_checkpoints, measure_stores
 
     groups: dict[str, list[str]] = {}
     for spec in group:
         name, sep, paths = spec.partition("=")
         if not sep or not name or not paths:
-            raise typer.BadParameter(f"--group {spec!r}: expected NAME=STORE,STORE,...")
+            raise typer.BadParameter(f"--group {spec!r}: expected NAME=PATH,PATH,...")
         groups[name] = [p for p in paths.split(",") if p]
-    if stores:
-        groups.setdefault("all", []).extend(stores)
+    if stores and checkpoints:
+        raise typer.BadParameter("give --stores or --checkpoints, not both")
+    if stores or checkpoints:
+        groups.setdefault("all", []).extend(stores or checkpoints)
     if not groups:
-        raise typer.BadParameter("give --stores or --group")
+        raise typer.BadParameter("give --stores, --checkpoints or --group")
+    paths = [Path(p) for ps in groups.values() for p in ps]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        typer.echo(f"error: {missing[0]}: not found (expected a map store folder or a checkpoint file)", err=True)
+        raise typer.Exit(2)
+    is_checkpoint = {p.is_file() for p in paths}
+    if len(is_checkpoint) > 1:
+        raise typer.BadParameter("every path must be a map store (folder) or every one a checkpoint (file), not a mix")
     try:
-        summary = measure_stores(groups, out, seed=seed)
-    except (ValueError, OSError) as err:  # missing, damaged or misaligned stores, unusable out
+        if is_checkpoint == {True}:
+            if method is None:
+                raise typer.BadParameter("checkpoints need --method")
+            summary = measure_checkpoints(groups, out, method=method, split=data, layer=layer, target_policy=target,
+                                          overrides=set_, n_probe=n_probe, out_of_set=out_of_set, seed=seed,
+                                          batch_size=batch_size, device=device, progress=True)
+        else:
+            summary = measure_stores(groups, out, seed=seed)
+    except (ValueError, OSError) as err:  # missing, damaged or misaligned stores, bad checkpoints, unusable out
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{out}: {len(summary['stores'])} stores measured, {len(summary['comparisons'])} comparisons")
+    typer.echo(f"{out}: {len(summary['stores'])} models measured, {len(summary['comparisons'])} comparisons")
 
 
 @app.command()

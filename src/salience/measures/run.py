@@ -1,6 +1,7 @@
-"""`salience measure` over map stores: per-image CSV, per-model JSON summaries, stability within groups and
-comparisons between groups. Stores are streamed block by block, so memory does not grow with the data set
-(only one float per image and measure is kept, for the summaries)."""
+"""`salience measure` over map stores or checkpoints: per-image CSV, per-model JSON summaries, stability within
+groups and comparisons between groups. Stores are streamed block by block, so memory does not grow with the
+data set (only one float per image and measure is kept, for the summaries). Checkpoints are first explained
+into stores; their models and data then add localisation and the model probes (`Source`)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,36 @@ import collections
 import csv
 import itertools
 import json
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from salience.measures.entropy import entropy
+from salience.attribution import attribute
+from salience.data.core import collate
 from salience.measures.probes import seed_stability
+from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
+from salience.store.explain import data_name, dataset_ids, explain_dataset, load_run
 
-MAP_MEASURES = ("entropy_histogram", "entropy_spatial")
+
+@dataclass
+class Source:
+    """What made a store, for the measures the maps alone cannot give.
+
+    `dataset`: the explained images (items of the batch contract, in the store's order); its masks give
+    localisation. `model`: the explained model; the probes (`PROBES`) run it on the first `n_probe` images
+    (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
+    model: nn.Module
+    dataset: object
+    n_probe: int = 128
+    out_of_set: torch.Tensor | None = None
+    deletion_steps: int = 16
 
 
 def _stage(path: Path, staged: list[tuple[Path, Path]]):
@@ -33,7 +52,7 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
     """Why `out` holds results of other stores (None when it is empty or holds these stores' results)."""
     old = out / "summary.json"
     if not old.exists():
-        found = sorted(p.name for p in out.iterdir() if ".tmp" not in p.name) if out.is_dir() else []
+        found = sorted(p.name for p in out.iterdir() if ".tmp" not in p.name and p.name != "stores") if out.is_dir() else []
         return f"{out} holds other files {found[:5]} and no summary.json of `salience measure`" if found else None
     try:
         stores = json.loads(old.read_text())["stores"]
@@ -45,14 +64,17 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
 
 
 def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: int = 0, block: int = 1024,
-                   n_boot: int = 2000, n_perm: int = 10000) -> dict:
+                   n_boot: int = 2000, n_perm: int = 10000, sources: dict[str, Source] | None = None) -> dict:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
-    - `per_image.csv`: group, store, index, image_id, target, entropy_histogram, entropy_spatial
+    - `per_image.csv`: group, store, index, image_id, target, entropy_histogram, entropy_spatial, and when
+      `sources` (store path -> `Source`) are given: epg, iou, pointing_game (NaN for an empty mask) and the
+      `PROBES` (blank past a store's `n_probe` images)
     - `stability.csv`: group, index, image_id and the mean pairwise similarity per similarity function,
       for groups of two or more aligned stores (same split, images and order; else refused)
     - `summary.json`: per store, summarise() of each measure; per group, stability summaries; for each
-      pair of groups, compare_groups() of the per-store means (effect size, permutation p-value).
+      pair of groups, compare_groups() of the per-store means (effect size, permutation p-value); per store
+      with a source, the probe curves (noise, transforms, blur, deletion/insertion, out-of-set).
     Returns the summary dict. Nothing in `out` changes unless every file is written: they are staged under
     temporary names and renamed at the end. An `out` holding results of other stores is refused.
     """
@@ -67,7 +89,7 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
         raise OSError(f"{out}: cannot create the output folder ({err.strerror}: {err.filename})") from None
     staged: list[tuple[Path, Path]] = []
     try:
-        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm)
+        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources or {})
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -77,14 +99,15 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
     return summary
 
 
-def _entropies(blocks, workers: int = 2):
-    """`(start, maps, targets, [histogram, spatial])` per block, in order; up to `workers` blocks are measured
-    at once in threads (torch releases the GIL), each with one intra-op thread: per-block tensors are small,
-    and OpenMP's waits made two intra-op threads 4x slower than one on a busy 2-core machine."""
+def _map_values(blocks, workers: int = 2):
+    """`(start, maps, targets, {name: [n]})` per block of `(start, maps, targets, masks or None)`, in order
+    (see `map_values`); up to `workers` blocks are measured at once in threads (torch releases the GIL), each
+    with one intra-op thread: per-block tensors are small, and OpenMP's waits made two intra-op threads 4x
+    slower than one on a busy 2-core machine."""
     def work(item):
         torch.set_num_threads(1)
-        start, maps, targets = item
-        return start, maps, targets, [entropy(maps, "histogram"), entropy(maps, "spatial")]
+        start, maps, targets, masks = item
+        return start, maps, targets, map_values(maps, masks)
 
     threads = torch.get_num_threads()
     try:
@@ -100,27 +123,65 @@ def _entropies(blocks, workers: int = 2):
         torch.set_num_threads(threads)  # the workers' setting would otherwise become the default of new threads
 
 
+def _blocks(store: MapStore, block: int, src: Source | None):
+    """`(start, maps, targets, masks or None)` over the store; masks come from the source's data set."""
+    for start, maps, targets in store.iter_chunks(block):
+        masks = None
+        if src is not None:
+            masks = collate([src.dataset[i] for i in range(start, start + len(maps))])["mask"]
+        yield start, maps, targets, masks
+
+
+def _probe(store: MapStore, src: Source, seed: int) -> dict:
+    """`probe_suite` of the source's model on the store's first `n_probe` images, maps and targets."""
+    n = min(src.n_probe, store.n)
+    x = collate([src.dataset[i] for i in range(n)])["image"]
+    maps, targets = store.read(0, n)
+    device = next(src.model.parameters()).device
+    explain = functools.partial(attribute, store.meta.method, src.model, layer=store.meta.layer)
+    oos = None if src.out_of_set is None else src.out_of_set.to(device)
+    return probe_suite(src.model, explain, x.to(device), targets.to(device), maps.to(device), out_of_set=oos,
+                       seed=seed, deletion_steps=src.deletion_steps)
+
+
 def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: int, block: int, n_boot: int,
-             n_perm: int) -> dict:
+             n_perm: int, sources: dict[str, Source]) -> dict:
     summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
-    per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in MAP_MEASURES} for g in opened}
+    columns = ENTROPIES + (LOCALISATION + PROBES if sources else ())
+    per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in columns} for g in opened}
 
     with _stage(out / "per_image.csv", staged) as f:
         w = csv.writer(f)
-        w.writerow(["group", "store", "index", "image_id", "target", *MAP_MEASURES])
+        w.writerow(["group", "store", "index", "image_id", "target", *columns])
         for g, stores in opened.items():
             for s in stores:
-                values = {m: [] for m in MAP_MEASURES}
-                for start, maps, targets, cols in _entropies(s.iter_chunks(block)):
-                    for m, v in zip(MAP_MEASURES, cols):
-                        values[m].extend(v.tolist())
-                    rows = zip(range(start, start + len(maps)), targets.tolist(), *(c.tolist() for c in cols))
-                    w.writerows([g, str(s.path), i, s.meta.image_ids[i], t, *(f"{v:.6g}" for v in vs)]
-                                for i, t, *vs in rows)
-                stats = {m: summarise(v, seed=seed, n_boot=n_boot) for m, v in values.items()}
+                src = sources.get(str(s.path))
+                if src is not None and dataset_ids(src.dataset) != list(s.meta.image_ids):
+                    raise ValueError(f"{s.path}: its source data set holds other images or another order than the "
+                                     "store; explain it again")
+                probe = _probe(s, src, seed) if src is not None and src.n_probe > 0 else None
+                probed = probe["values"] if probe else {}
+                values = {m: [] for m in columns}
+                for start, maps, targets, measured in _map_values(_blocks(s, block, src)):
+                    n = len(maps)
+                    for m in columns:
+                        if m in measured:
+                            values[m].extend(measured[m].tolist())
+                    cells = {m: [f"{v:.6g}" for v in measured[m].tolist()] for m in measured}
+                    for m, v in probed.items():
+                        part = v[start:start + n].tolist()
+                        cells[m] = [f"{x:.6g}" for x in part] + [""] * (n - len(part))
+                    w.writerows([g, str(s.path), start + j, s.meta.image_ids[start + j], t,
+                                 *(cells[m][j] if m in cells else "" for m in columns)]
+                                for j, t in enumerate(targets.tolist()))
+                for m, v in probed.items():
+                    values[m] = v.tolist()
+                stats = {m: summarise(v, seed=seed, n_boot=n_boot) for m, v in values.items() if v}
                 summary["stores"][str(s.path)] = {"group": g, "model_hash": s.meta.model_hash, "method": s.meta.method,
                                                   "layer": s.meta.layer, "split": s.meta.split, "n": s.n, **stats}
-                for m in MAP_MEASURES:
+                if probe:
+                    summary["stores"][str(s.path)]["curves"] = probe["curves"]
+                for m in stats:
                     per_store_means[g][m].append(stats[m]["mean"])
 
     stable_groups = {g: s for g, s in opened.items() if len(s) >= 2}
@@ -130,7 +191,7 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
             header_written = False
             for g, stores in stable_groups.items():
                 check_aligned(stores)
-                sims = ("ssim", "pearson", "spearman", "topk_iou") if min(stores[0].map_shape) >= 7 else (
+                sims = ("ssim", "pearson", "spearman", "topk_iou") if min(stores[0].map_shape) >= 3 else (
                     "pearson", "spearman", "topk_iou")
                 if not header_written:
                     w.writerow(["group", "index", "image_id", *("ssim", "pearson", "spearman", "topk_iou")])
@@ -152,8 +213,44 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
         if len(opened[a]) >= 2 and len(opened[b]) >= 2:
             summary["comparisons"][f"{a} vs {b}"] = {
                 m: compare_groups(per_store_means[a][m], per_store_means[b][m], seed=seed, n_perm=n_perm)
-                for m in MAP_MEASURES
+                for m in columns if len(per_store_means[a][m]) >= 2 and len(per_store_means[b][m]) >= 2
             }
     with _stage(out / "summary.json", staged) as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *, method: str, split: str = "test",
+                        layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
+                        n_probe: int = 128, out_of_set: str | None = None, seed: int = 0, batch_size: int = 64,
+                        device: str = "cpu", progress: bool = False) -> dict:
+    """Every measure for groups of training checkpoints (name -> checkpoint paths) on `split` of their data.
+
+    Each checkpoint is explained with `method` (and `layer`, `target_policy`) into the store
+    `out/stores/<group>_<i>` (an interrupted run resumes there), then `measure_stores` measures the stores
+    with the checkpoints' models and data as sources: entropy, localisation, stability across each group's
+    checkpoints, the probes on the first `n_probe` images (with the first `n_probe` images of the split
+    `out_of_set` as out-of-set samples, when given), and the group comparisons. `overrides` change the
+    checkpoints' saved configs (see `load_run`). Returns the summary of `measure_stores`.
+    """
+    from salience.training.datasets import open_split
+
+    out = Path(out)
+    stores = {g: [out / "stores" / f"{g}_{i}" for i in range(len(paths))] for g, paths in groups.items()}
+    reason = _other_run(out, stores)  # before hours of explaining
+    if reason:
+        raise FileExistsError(f"{reason}; choose another out or delete it")
+    sources = {}
+    for g, paths in groups.items():
+        for checkpoint, store in zip(paths, stores[g]):
+            model, config = load_run(checkpoint, overrides, device)
+            data = open_split(config.data, split)
+            explain_dataset(model, data, method, store, layer=layer, target_policy=target_policy,
+                            data=data_name(config), split=split, batch_size=batch_size, workers=config.data.workers,
+                            progress=progress)
+            oos = None
+            if out_of_set is not None and n_probe > 0:
+                other = open_split(config.data, out_of_set)
+                oos = collate([other[i] for i in range(min(n_probe, len(other)))])["image"]
+            sources[str(store)] = Source(model, data, n_probe, oos)
+    return measure_stores(stores, out, seed=seed, sources=sources)

@@ -15,15 +15,20 @@ from salience.measures._checks import check_pair, minmax, unit_scale
 SIMILARITIES = ("ssim", "pearson", "spearman", "topk_iou")
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int | None = None, k1: float = 0.01,
+         k2: float = 0.03) -> torch.Tensor:
     """Mean SSIM per image of min-max-normalised maps (data range 1), uniform `win_size` x `win_size` window.
 
-    Matches `skimage.metrics.structural_similarity(minmax(a), minmax(b), data_range=1, win_size=7)`
-    (sample covariance, mean over the window positions that fit inside the map). A constant map
-    normalises to zeros, so two constant maps score 1.
+    Matches `skimage.metrics.structural_similarity(minmax(a), minmax(b), data_range=1, win_size=w)`
+    (sample covariance, mean over the window positions that fit inside the map). The default window is
+    7, or for maps smaller than 7 pixels (e.g. a final-layer map of a 32 px image) the largest odd size
+    that fits (at least 3). A constant map normalises to zeros, so two constant maps score 1.
     """
     check_pair(a, b)
-    if win_size % 2 != 1 or win_size > min(a.shape[-2:]):
+    if win_size is None:
+        side = min(a.shape[-2:])
+        win_size = min(7, side if side % 2 else side - 1)
+    if win_size < 2 or win_size % 2 != 1 or win_size > min(a.shape[-2:]):
         raise ValueError(f"win_size must be odd and at most the map side; got {win_size} for maps {tuple(a.shape)}")
     x, y = minmax(a)[:, None], minmax(b)[:, None]
     mean = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731

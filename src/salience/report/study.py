@@ -29,10 +29,9 @@ from rich.progress import Progress
 from torchmetrics.functional.classification import binary_auroc
 
 from salience import attribution as A
-from salience import measures as M
 from salience.data import BuiltinBenchmark, builtin_dataset, collate
-from salience.measures.degradation import blur_degradation, deletion_insertion
-from salience.measures.probes import noise_response, out_of_set_response, seed_stability, transform_consistency
+from salience.measures.probes import seed_stability
+from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.models import build
 from salience.training import load_checkpoint, train
@@ -177,22 +176,10 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict:
         _, _, oos_pred, _ = _accuracy(model, splits["out_of_set"]["image"],
                                       torch.zeros(len(splits["out_of_set"]["image"]), dtype=torch.long))
         acc["out_of_set_real_rate"] = (oos_pred == 0).double().mean().item()
-        per_image = {
-            "epg": M.epg(maps, masks), "iou": M.iou(maps, masks), "pointing_game": M.pointing_game(maps, masks),
-            "entropy_histogram": M.entropy(maps, "histogram"), "entropy_spatial": M.entropy(maps, "spatial"),
-        }
-        noise = noise_response(model, explain, xp, tp, seed=seed, similarities=("ssim",))
-        oos = out_of_set_response(model, explain, xp, tp, splits["out_of_set"]["image"][:cfg.n_probe], seed=seed)
-        trans = transform_consistency(model, explain, xp, tp, similarities=("ssim",))
-        blur = blur_degradation(model, explain, xp, tp, similarities=("ssim",))
-        curves = deletion_insertion(model, xp, tp, maps[probe], steps=cfg.deletion_steps)
-        probe_values = {
-            "noise_ssim_0.1": noise["similarity"]["ssim"][:, noise["amounts"].tolist().index(0.1)],
-            "transform_ssim": trans["similarity"]["ssim"].double().mean(1),
-            "blur_nonsalient_score_change": blur["nonsalient"]["score_change"],
-            "blur_salient_score_change": blur["salient"]["score_change"],
-            "deletion_auc": curves["deletion_auc"], "insertion_auc": curves["insertion_auc"],
-        }
+        per_image = map_values(maps, masks)
+        probes = probe_suite(model, explain, xp, tp, maps[probe], out_of_set=splits["out_of_set"]["image"][:cfg.n_probe],
+                             seed=seed, deletion_steps=cfg.deletion_steps)
+        probe_values = probes["values"]
         for i in range(len(x)):
             row = {"model": name, "group": group, "seed": seed, "image": test["id"][i], "label": labels[i].item(),
                    "pred": test_pred[i].item()}
@@ -202,19 +189,7 @@ def run_study(cfg: StudyConfig, out: str | Path) -> dict:
         models[name] = {
             "group": group, "seed": seed, "run": str(run.relative_to(out)), "accuracy": acc,
             "measures": {k: summarise(v, seed=seed) for k, v in (per_image | probe_values).items()},
-            "noise": {"amounts": noise["amounts"].tolist(), "ssim": noise["similarity"]["ssim"].double().mean(0).tolist(),
-                      "score_change": noise["score_change"].double().mean(0).tolist()},
-            "out_of_set": {"entropy_in": oos["in"]["entropy_histogram"].tolist(),
-                           "entropy_out": oos["out"]["entropy_histogram"].tolist(),
-                           "score_in": oos["in"]["score"].double().mean().item(),
-                           "score_out": oos["out"]["score"].double().mean().item(), "shift": oos["shift"]},
-            "transforms": dict(zip(trans["transforms"], trans["similarity"]["ssim"].double().mean(0).tolist())),
-            "blur": {mode: {"score_change": blur[mode]["score_change"].double().mean().item(),
-                            "agreement": blur[mode]["agreement"].double().mean().item(),
-                            "ssim": blur[mode]["similarity"]["ssim"].double().mean().item()}
-                     for mode in ("nonsalient", "salient")},
-            "deletion_curve": curves["deletion"].double().mean(0).tolist(),
-            "insertion_curve": curves["insertion"].double().mean(0).tolist(),
+            **probes["curves"],
             "pareto": _pareto(run),
         }
     results = {"config": cfg.model_dump(), "benchmark": bench.model_dump(mode="json"), "classes": list(classes),
@@ -264,9 +239,7 @@ def _stability(maps_by_group: dict, out: Path, ids: list[str]) -> dict:
     return result
 
 
-MEASURES = ("epg", "iou", "pointing_game", "entropy_histogram", "entropy_spatial", "noise_ssim_0.1",
-            "transform_ssim", "blur_nonsalient_score_change", "blur_salient_score_change", "deletion_auc",
-            "insertion_auc")
+MEASURES = LOCALISATION + ENTROPIES + PROBES
 MODEL_LEVEL = ("test", "test_shift", "test_shift_worst_group", "out_of_set_real_rate")
 
 

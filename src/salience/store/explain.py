@@ -29,6 +29,11 @@ def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor, ids: li
     return labels.argmax(1).to(logits.device)
 
 
+def dataset_ids(dataset) -> list[str]:
+    """Image ids of a data set of the batch contract, in order (from its records when it has them)."""
+    return [r.id for r in dataset.records] if hasattr(dataset, "records") else [dataset[i]["id"] for i in range(len(dataset))]
+
+
 def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Path, *, layer: str | None = None,
                     target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
                     batch_size: int = 64, workers: int = 0, progress: bool = False) -> MapStore:
@@ -37,7 +42,7 @@ def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Pat
     `workers` > 0 reads and transforms the images in that many processes while the model runs."""
     model.eval()
     device = next(model.parameters()).device
-    ids = [r.id for r in dataset.records] if hasattr(dataset, "records") else [dataset[i]["id"] for i in range(len(dataset))]
+    ids = dataset_ids(dataset)
 
     def compute(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         maps, targets = [], []
@@ -60,16 +65,12 @@ def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Pat
     return store
 
 
-def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str | Path, *, layer: str | None = None,
-                       target_policy: str = "true", overrides: list[str] | None = None, chunk_size: int = 256,
-                       batch_size: int = 64, device: str = "cpu", progress: bool = False) -> MapStore:
-    """`explain_dataset` for a training checkpoint on `split` of its saved data config (`overrides`:
-    `key=value` changes to that config, e.g. `data.root=/data/VOCdevkit`; `data.workers=1` loads images
-    in a second process)."""
+def load_run(checkpoint: str | Path, overrides: list[str] | None = None, device: str = "cpu"):
+    """`(model in eval mode on device, validated config)` of a training checkpoint; `overrides` are
+    `key=value` changes to its saved config, e.g. `data.root=/data/VOCdevkit`."""
     from salience.models import build
     from salience.training.checkpoint import load_checkpoint
     from salience.training.config import _set, parse_overrides, validate
-    from salience.training.datasets import open_split
 
     state = load_checkpoint(checkpoint, map_location="cpu")
     tree = state["config"]
@@ -78,9 +79,22 @@ def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str
     config = validate(tree, f"{checkpoint} (saved config)")
     model = build(config.model.name, len(state["classes"]))
     model.load_state_dict(state["model"])
-    model.to(device)
-    ds = open_split(config.data, split)
-    data = config.data.format if config.data.root is None else f"{config.data.format}:{config.data.root}"
-    return explain_dataset(model, ds, method, out, layer=layer, target_policy=target_policy, data=data, split=split,
-                           chunk_size=chunk_size, batch_size=batch_size, workers=config.data.workers,
-                           progress=progress)
+    return model.to(device).eval(), config
+
+
+def data_name(config) -> str:
+    """How a store's metadata names the data of a training config."""
+    return config.data.format if config.data.root is None else f"{config.data.format}:{config.data.root}"
+
+
+def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str | Path, *, layer: str | None = None,
+                       target_policy: str = "true", overrides: list[str] | None = None, chunk_size: int = 256,
+                       batch_size: int = 64, device: str = "cpu", progress: bool = False) -> MapStore:
+    """`explain_dataset` for a training checkpoint on `split` of its saved data config (`overrides`: see
+    `load_run`; `data.workers=1` loads images in a second process)."""
+    from salience.training.datasets import open_split
+
+    model, config = load_run(checkpoint, overrides, device)
+    return explain_dataset(model, open_split(config.data, split), method, out, layer=layer,
+                           target_policy=target_policy, data=data_name(config), split=split, chunk_size=chunk_size,
+                           batch_size=batch_size, workers=config.data.workers, progress=progress)
