@@ -94,6 +94,7 @@ class MapStore:
         self.map_shape = tuple(attrs["map_shape"])
         self.chunk_size = int(attrs["chunk_size"])
         self.n_chunks = -(-self.n // self.chunk_size)
+        self._seen_done = np.zeros(self.n_chunks, dtype=bool)  # flags read as done; `read` trusts them
 
     @classmethod
     def create(cls, path, meta: StoreMeta, map_shape: tuple[int, int], chunk_size: int = 256) -> MapStore:
@@ -142,6 +143,7 @@ class MapStore:
         for i, reason in store.verify().items():
             log.warning("%s; chunk %d will be recomputed", reason, i)
             store._group["done"][i] = False
+            store._seen_done[i] = False
         return store
 
     def chunk_range(self, i: int) -> tuple[int, int]:
@@ -158,7 +160,7 @@ class MapStore:
     def done(self) -> np.ndarray:
         """bool `[n_chunks]`: which chunks are finished. An unreadable done flag counts as unfinished."""
         try:
-            return np.asarray(self._group["done"][:], dtype=bool)
+            flags = np.asarray(self._group["done"][:], dtype=bool)
         except Exception:  # a damaged flag file: check them one by one
             flags = np.zeros(self.n_chunks, dtype=bool)
             for i in range(self.n_chunks):
@@ -167,7 +169,8 @@ class MapStore:
                 except Exception as err:
                     log.warning("%s: unreadable (%s); chunk %d counts as unfinished",
                                 self.path / "done" / "c" / str(i), err, i)
-            return flags
+        self._seen_done = flags.copy()
+        return flags
 
     def verify(self) -> dict[int, str]:
         """Read back every finished chunk; return `{chunk: reason naming the file}` for those that are
@@ -213,7 +216,9 @@ class MapStore:
     def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps `[stop - start, h, w]` (float32) and targets of images `[start, stop)`; they must be finished."""
         first, last = start // self.chunk_size, (max(stop, start + 1) - 1) // self.chunk_size
-        if not self.done()[first : last + 1].all():
+        # a flag once read as done is trusted (reading the flags is most of a small read's time); damage
+        # after that is caught by the chunk checksums below
+        if not self._seen_done[first : last + 1].all() and not self.done()[first : last + 1].all():
             raise ValueError(f"{self.path}: images [{start}, {stop}) include unfinished chunks; run explain again")
         chunks = range(first, last + 1)
         damaged = any(not f.is_file() for i in chunks for f in self.chunk_files(i))  # zarr would read fill values
