@@ -90,8 +90,12 @@ def compare(args) -> list[tuple]:
         ours_t, _ = best_of(lambda: deletion_insertion(model, x, t, dmaps, steps=steps, batch_size=256,
                                                        curves=("deletion",)))
         q_t, _ = best_of(lambda: quantus_call(q, model, x.numpy(), t.numpy(), a3))
+        # the floor for any implementation of the curve: the model's forward passes alone, same batches
+        every = x.repeat(steps + 1, 1, 1, 1)
+        with torch.no_grad():
+            floor_t, _ = best_of(lambda: [model(every[i:i + 256]) for i in range(0, len(every), 256)])
         rows.append((f"deletion curve (PixelFlipping), {label} model",
-                     f"{n_img} images 3x{img_side}x{img_side}, {steps} steps", ours_t, q_t, None))
+                     f"{n_img} images 3x{img_side}x{img_side}, {steps} steps", ours_t, q_t, None, floor_t))
     return rows
 
 
@@ -130,11 +134,13 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
-    print("| measure (Quantus metric) | inputs | ours (ms) | Quantus (ms) | speed-up | max abs diff |")
-    print("|---|---|---|---|---|---|")
-    for name, size, ours, theirs, diff in compare(args):
+    print("| measure (Quantus metric) | inputs | ours (ms) | Quantus (ms) | speed-up | max abs diff | "
+          "model forwards alone (ms) |")
+    print("|---|---|---|---|---|---|---|")
+    for name, size, ours, theirs, diff, *floor in compare(args):
         d = "n/a" if diff is None else f"{diff:.1e}"
-        print(f"| {name} | {size} | {ours * 1e3:.2f} | {theirs * 1e3:.1f} | {theirs / ours:.0f}x | {d} |")
+        f = f"{floor[0] * 1e3:.1f}" if floor else ""
+        print(f"| {name} | {size} | {ours * 1e3:.2f} | {theirs * 1e3:.1f} | {theirs / ours:.0f}x | {d} | {f} |")
     rss, base, wall, rows = stored_rss(args)
     print(f"\n`salience measure` over 2 stores x {args.stored} maps 14x14 ({rows} per-image rows, stability of the "
           f"pair): peak RSS {rss:.0f} MB (imports alone: {base:.0f} MB), {wall:.1f} s")

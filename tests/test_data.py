@@ -429,3 +429,24 @@ def test_cli_make_benchmark_and_inspect(tmp_path):
     assert res.exit_code == 1 and "missing.png: image file not found" in res.output
     res = runner.invoke(app, ["data", "make-benchmark", str(tmp_path / "x"), "--cue-agreement", "2"])
     assert res.exit_code != 0
+
+
+def test_voc_degenerate_box_is_an_error_naming_the_file(tmp_path):
+    root = _voc(tmp_path, extra=[("000003", [("dog", (30, 5, 10, 20), 0)])])  # xmax < xmin
+    with pytest.raises(DataError, match=r"000003\.xml: object 0 \(dog\): degenerate bndbox"):
+        build_dataset("voc", root, "train")
+    one_pixel = _voc(tmp_path / "b", extra=[("000003", [("dog", (10, 5, 10, 20), 0)])])  # 1-based, inclusive
+    assert build_dataset("voc", one_pixel, "train").records[2].boxes.tolist() == [[9.0, 4.0, 10.0, 20.0]]
+
+
+@pytest.mark.parametrize("bbox,message", [([4, 5, float("nan"), 20], "is not finite"),
+                                          ([4, 5, 10], r"is not \[x, y, width, height\]"),
+                                          (["a", 5, 10, 20], r"is not \[x, y, width, height\]")])
+def test_coco_malformed_bbox_is_an_error_naming_the_file(tmp_path, bbox, message):
+    root = _coco(tmp_path)
+    ann = root / "annotations" / "instances_val2014.json"
+    data = json.loads(ann.read_text())
+    data["annotations"][0]["bbox"] = bbox
+    ann.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"instances_val2014\.json: annotation 1 of image 7: bbox .*{message}"):
+        build_dataset("coco", root, "val")

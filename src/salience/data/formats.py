@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -93,6 +94,12 @@ def read_voc(path: Path, split: str, problems: Problems) -> tuple[list[Record], 
                 problems.error(f"{xml_path}: object {k} ({name}): bndbox needs numeric xmin, ymin, xmax, ymax")
                 bad = True
                 break
+            if not (xmin <= xmax and ymin <= ymax and math.isfinite(xmax) and math.isfinite(ymax)):
+                # VOC boxes are 1-based and inclusive: xmin == xmax is a one-pixel-wide box
+                problems.error(f"{xml_path}: object {k} ({name}): degenerate bndbox {(xmin, ymin, xmax, ymax)}: "
+                               "needs xmin <= xmax and ymin <= ymax")
+                bad = True
+                break
             rows.append([xmin - 1, ymin - 1, xmax, ymax])
             labels.append(VOC_CLASSES.index(name))
             difficult.append((obj.findtext("difficult") or "0").strip() == "1")
@@ -158,7 +165,15 @@ def read_coco(path: Path, split: str, problems: Problems, empty: str = "skip") -
             if a["category_id"] not in contiguous:
                 problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: unknown category_id {a['category_id']}")
                 continue
-            x, y, w, h = (float(v) for v in a["bbox"])
+            try:
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except (TypeError, ValueError):
+                problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']!r} is not "
+                               "[x, y, width, height]")
+                continue
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']} is not finite")
+                continue
             if w <= 0 or h <= 0:
                 problems.skip(f"{ann_file}: annotation {a.get('id')} of image {img_id}: empty box {a['bbox']} skipped")
                 continue
