@@ -6,7 +6,8 @@ import torch
 
 from salience.attribution import attribute
 from salience.guidance import energy, sample_classes
-from salience.guidance.step import Guide, object_masks
+from salience.data.core import object_masks
+from salience.guidance.step import Guide
 from salience.models import build
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from salience.attribution import input_x_gradient
 from salience.cli import app
 from salience.data.core import Record, SalienceDataset
-from salience.measures import entropy
+from salience.measures import entropy, epg
 from salience.measures.run import measure_stores
 from salience.store import MapStore, StoreMeta, fill
 from salience.store.explain import explain_dataset
@@ -172,3 +172,26 @@ def test_measure_refuses_a_mix_of_stores_and_checkpoints(tmp_path):
     assert res.exit_code != 0 and "not a mix" in res.output
     res = CliRunner().invoke(app, ["measure", "--checkpoints", str(ckpt), "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "--method" in res.output
+
+
+def test_localisation_uses_the_boxes_of_the_explained_class(tmp_path):
+    """Multi-label images with a class-0 box on the left and a class-1 box on the right, explained for
+    class 1: EPG is measured against the right box only, not the union of the image's boxes."""
+    from salience.measures.run import Source
+
+    g = torch.Generator().manual_seed(0)
+    records = [Record(id=f"im{i}", image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8),
+                      labels=[0, 1], boxes=torch.tensor([[0.0, 0.0, 6.0, 16.0], [10.0, 0.0, 16.0, 16.0]]),
+                      box_labels=torch.tensor([0, 1])) for i in range(5)]
+    ds = SalienceDataset(records, ["a", "b"])
+    model = Tiny().eval()
+    store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", target_policy="class:1", chunk_size=2)
+    measure_stores({"g": [store.path]}, tmp_path / "o", sources={str(store.path): Source(model, ds, n_probe=0)})
+    rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
+    maps = input_x_gradient(model, torch.stack([ds[i]["image"] for i in range(5)]), torch.ones(5, dtype=torch.long))
+    right = torch.zeros(5, 16, 16)
+    right[:, :, 10:] = 1
+    assert torch.allclose(torch.tensor([float(r["epg"]) for r in rows]), epg(maps, right).float(), atol=1e-5)
+    union = torch.stack([ds[i]["mask"] for i in range(5)])
+    assert not torch.allclose(epg(maps, right), epg(maps, union), atol=1e-3)
+    assert all(r["deletion_auc"] == "" for r in rows)  # n_probe 0: no probes

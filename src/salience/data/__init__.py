@@ -12,7 +12,8 @@ batches follow docs/contracts.md: `image` float32 [B, 3, H, W] in [0, 1], multi-
 [B, C], per-image xyxy `boxes` [N_i, 4] with `box_labels` [N_i], `mask` / `human_map`
 [B, H, W], `has_human_map`, `annotated`, `group`, `index`, `id`.
 `joint_transforms(size, train)` resizes (and crops / flips) image, boxes, mask and human map
-together; `class_masks` turns boxes of chosen classes into masks; `box_dilation` grows boxes;
+together; `class_masks` turns boxes of chosen classes into masks (`object_masks`: per (image, class)
+pair, falling back to the image's mask); `box_dilation` grows boxes;
 `annotated_fraction` picks the seeded subset of images that keep their annotation.
 Bad input raises `DataError` naming the file (and line or key); `inspect` reports instead.
 See docs/data.md.
@@ -29,6 +30,7 @@ from salience.data.core import (
     box_dilation,
     box_masks,
     class_masks,
+    object_masks,
     collate,
     joint_transforms,
     read_image,
@@ -50,6 +52,7 @@ __all__ = [
     "build_dataset",
     "builtin_dataset",
     "class_masks",
+    "object_masks",
     "collate",
     "inspect",
     "joint_transforms",

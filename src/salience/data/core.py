@@ -95,6 +95,17 @@ def class_masks(
     return out.to(boxes[0].device if boxes else "cpu")
 
 
+def object_masks(batch: dict, image: torch.Tensor, classes: torch.Tensor, dilation: float = 0.0) -> torch.Tensor:
+    """float `[P, H, W]` for (image, class) pairs: the union of that class's boxes, each grown by
+    `dilation`·w and ·h per side; an image without boxes uses its `mask` (e.g. a segmentation)."""
+    size = tuple(batch["image"].shape[-2:])
+    boxes = [box_dilation(batch["boxes"][i], dilation, size) for i in image.tolist()]
+    masks = class_masks(boxes, [batch["box_labels"][i] for i in image.tolist()], classes.cpu(), size)
+    masks = masks.to(batch["mask"].device)
+    no_boxes = torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool, device=masks.device)
+    return torch.where(no_boxes[:, None, None], batch["mask"][image.to(masks.device)], masks)
+
+
 def box_dilation(boxes: torch.Tensor, p: float, size: tuple[int, int]) -> torch.Tensor:
     """Grow each xyxy box `[N, 4]` by p*w left and right and p*h top and bottom, clipped to `(H, W)`."""
     if p < 0:

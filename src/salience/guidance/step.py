@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from salience.attribution import attribute
 from salience.attribution.core import forward_at, resolve_layer
 from salience.attribution.methods import cam_map, grad_cam_map, ixg_map
-from salience.data.core import box_dilation, class_masks
+from salience.data.core import object_masks
 from salience.guidance.losses import LOSSES
 from salience.guidance.objective import objective, sample_classes, task_loss
 from salience.models import DEPTHS, BcosResNet, layer_name
@@ -158,17 +158,6 @@ class Guide:
         if self.loss == "cyborg":
             return batch["human_map"][index]
         return object_masks(batch, index, classes, self.dilation)
-
-
-def object_masks(batch: dict, image: Tensor, classes: Tensor, dilation: float = 0.0) -> Tensor:
-    """float `[P, H, W]` for (image, class) pairs: the union of that class's boxes, each grown by
-    `dilation`·w and ·h per side; an image without boxes uses its `mask` (e.g. a segmentation)."""
-    size = tuple(batch["image"].shape[-2:])
-    boxes = [box_dilation(batch["boxes"][i], dilation, size) for i in image.tolist()]
-    masks = class_masks(boxes, [batch["box_labels"][i] for i in image.tolist()], classes.cpu(), size)
-    masks = masks.to(batch["mask"].device)
-    no_boxes = torch.tensor([len(b) == 0 for b in boxes], dtype=torch.bool, device=masks.device)
-    return torch.where(no_boxes[:, None, None], batch["mask"][image.to(masks.device)], masks)
 
 
 def _inner(model: nn.Module) -> nn.Module:

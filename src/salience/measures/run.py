@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from salience.attribution import attribute
-from salience.data.core import collate
+from salience.data.core import collate, object_masks
 from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
@@ -124,11 +124,14 @@ def _map_values(blocks, workers: int = 2):
 
 
 def _blocks(store: MapStore, block: int, src: Source | None):
-    """`(start, maps, targets, masks or None)` over the store; masks come from the source's data set."""
+    """`(start, maps, targets, masks or None)` over the store. Masks come from the source's data set: the
+    boxes of each map's explained class (empty when the image has none of that class), or the image's
+    mask when it has no boxes at all (e.g. a segmentation). The images are read again for them."""
     for start, maps, targets in store.iter_chunks(block):
         masks = None
         if src is not None:
-            masks = collate([src.dataset[i] for i in range(start, start + len(maps))])["mask"]
+            batch = collate([src.dataset[i] for i in range(start, start + len(maps))])
+            masks = object_masks(batch, torch.arange(len(maps)), targets)
         yield start, maps, targets, masks
 
 

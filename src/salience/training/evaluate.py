@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import (
 
 from salience.attribution import attribute, expand_targets
 from salience.attribution.methods import _TAKES_LAYER
-from salience.guidance.step import object_masks
+from salience.data.core import object_masks
 from salience.measures import epg as epg_measure
 from salience.measures import iou as iou_measure
 from salience.training import distributed as dist
