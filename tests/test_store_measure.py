@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -169,9 +170,14 @@ def test_measure_refuses_a_mix_of_stores_and_checkpoints(tmp_path):
     ckpt = _builtin_checkpoint(tmp_path / "m.pt", 0)
     res = CliRunner().invoke(app, ["measure", "--group", f"g={a.path},{ckpt}", "--method", "gradient",
                                    "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "not a mix" in res.output
+    assert res.exit_code != 0 and "not a mix" in re.sub(r"[\s│]+", " ", res.output)
     res = CliRunner().invoke(app, ["measure", "--checkpoints", str(ckpt), "--out", str(tmp_path / "o")])
-    assert res.exit_code != 0 and "--method" in res.output
+    assert res.exit_code != 0 and "--method" in re.sub(r"[\s│]+", " ", res.output)
+    res = CliRunner().invoke(app, ["measure", "--stores", str(ckpt), "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "--stores takes map store folders" in re.sub(r"[\s│]+", " ", res.output)
+    res = CliRunner().invoke(app, ["measure", "--stores", str(a.path), "--method", "gradient", "--out", str(tmp_path / "o")])
+    assert res.exit_code != 0 and "a store carries its method" in re.sub(r"[\s│]+", " ", res.output)
+    assert not (tmp_path / "o").exists()
 
 
 def test_localisation_uses_the_boxes_of_the_explained_class(tmp_path):

@@ -141,6 +141,10 @@ def measure(
     is_checkpoint = {p.is_file() for p in paths}
     if len(is_checkpoint) > 1:
         raise typer.BadParameter("every path must be a map store (folder) or every one a checkpoint (file), not a mix")
+    if stores and is_checkpoint == {True} or checkpoints and is_checkpoint == {False}:
+        raise typer.BadParameter("--stores takes map store folders and --checkpoints checkpoint files")
+    if is_checkpoint == {False} and (method or layer or out_of_set):
+        raise typer.BadParameter("--method, --layer and --out-of-set apply to checkpoints; a store carries its method")
     try:
         if is_checkpoint == {True}:
             if method is None:
