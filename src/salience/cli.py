@@ -1,5 +1,7 @@
 """The `salience` command. It only parses arguments and calls the library."""
 
+import contextlib
+
 import typer
 
 app = typer.Typer(help="Explain and guide image classifiers with salience maps.", no_args_is_help=True)
@@ -11,6 +13,17 @@ def version() -> None:
     from salience import __version__
 
     typer.echo(__version__)
+
+
+@contextlib.contextmanager
+def _exit_on(*errors: type[Exception]):
+    """Report `errors` raised in the block as `error: <message>` on stderr and exit with code 2 (the
+    library's messages name the file, key or value at fault)."""
+    try:
+        yield
+    except errors as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
 
 
 data_app = typer.Typer(help="Built-in benchmark and data set checks.", no_args_is_help=True)
@@ -88,12 +101,9 @@ def explain(
     """Write salience maps of a checkpoint on a data split into a resumable map store."""
     from salience.store.explain import explain_checkpoint
 
-    try:
+    with _exit_on(ValueError, OSError):  # bad config, data, store or path
         store = explain_checkpoint(checkpoint, data, method, out, layer=layer, target_policy=target, overrides=set_,
                                    chunk_size=chunk_size, batch_size=batch_size, device=device, progress=True)
-    except (ValueError, OSError) as err:  # bad config, data, store or path: the message names it
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"{store.path}: {store.n} maps {store.map_shape}, complete={store.is_complete()}")
 
 
@@ -145,18 +155,15 @@ def measure(
         raise typer.BadParameter("--stores takes map store folders and --checkpoints checkpoint files")
     if is_checkpoint == {False} and (method or layer or out_of_set):
         raise typer.BadParameter("--method, --layer and --out-of-set apply to checkpoints; a store carries its method")
-    try:
+    if is_checkpoint == {True} and method is None:
+        raise typer.BadParameter("checkpoints need --method")
+    with _exit_on(ValueError, OSError):  # missing, damaged or misaligned stores, bad checkpoints, unusable out
         if is_checkpoint == {True}:
-            if method is None:
-                raise typer.BadParameter("checkpoints need --method")
             summary = measure_checkpoints(groups, out, method=method, split=data, layer=layer, target_policy=target,
                                           overrides=set_, n_probe=n_probe, out_of_set=out_of_set, seed=seed,
                                           batch_size=batch_size, device=device, progress=True)
         else:
             summary = measure_stores(groups, out, seed=seed)
-    except (ValueError, OSError) as err:  # missing, damaged or misaligned stores, bad checkpoints, unusable out
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"{out}: {len(summary['stores'])} models measured, {len(summary['comparisons'])} comparisons")
 
 
@@ -171,11 +178,8 @@ def train(
     from salience.training import ConfigError, TrainingError, load_config
     from salience.training import train as run_training
 
-    try:
+    with _exit_on(ConfigError, TrainingError, ValueError, OSError):  # bad config, data (DataError) or out folder
         run = run_training(load_config(config, set_), resume=resume, progress=progress)
-    except (ConfigError, TrainingError, ValueError, OSError) as err:  # bad config, data (DataError) or out folder
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"{run}: log.jsonl, checkpoints/last.pt, checkpoints/pareto.json")
 
 
@@ -193,11 +197,8 @@ def evaluate(
 
     from salience.training import ConfigError, evaluate_checkpoint
 
-    try:
+    with _exit_on(ConfigError, FileNotFoundError, ValueError):
         result = evaluate_checkpoint(checkpoint, data, set_, device=device)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
     text = json.dumps(result, indent=2)
     if out:
         from salience.training.distributed import atomic_write_text
