@@ -34,23 +34,13 @@ from salience.store import MapStore, StoreMeta, fill
 SALIENCE = [sys.executable, "-c", "from salience.cli import app; app()"]
 
 
-def _hwm_mb(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM), MB."""
+def _status_mb(pid: int, key: str) -> float:
+    """A memory figure of the process from /proc/PID/status, MB: `VmHWM` (peak resident so far) or `VmRSS`
+    (resident now). 0 once the process has exited (the sampler races its exit)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -65,9 +55,9 @@ def profile(cmd: list[str], phase: Path | None = None) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples, phase_rss = [], [0.0]
     while proc.poll() is None:
-        samples.append(_hwm_mb(proc.pid))
+        samples.append(_status_mb(proc.pid, "VmHWM"))
         if phase is not None and phase.exists():
-            phase_rss.append(_rss_mb(proc.pid))
+            phase_rss.append(_status_mb(proc.pid, "VmRSS"))
         time.sleep(0.05)
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
