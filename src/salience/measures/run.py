@@ -244,16 +244,20 @@ def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *,
     if reason:
         raise FileExistsError(f"{reason}; choose another out or delete it")
     sources = {}
+    opened: dict[str, tuple] = {}  # data config -> (split, out-of-set images): the checkpoints of a study share them
     for g, paths in groups.items():
         for checkpoint, store in zip(paths, stores[g]):
             model, config = load_run(checkpoint, overrides, device)
-            data = open_split(config.data, split)
+            key = config.data.model_dump_json()
+            if key not in opened:
+                oos = None
+                if out_of_set is not None and n_probe > 0:
+                    other = open_split(config.data, out_of_set)
+                    oos = collate([other[i] for i in range(min(n_probe, len(other)))])["image"]
+                opened[key] = (open_split(config.data, split), oos)
+            data, oos = opened[key]
             explain_dataset(model, data, method, store, layer=layer, target_policy=target_policy,
                             data=data_name(config), split=split, batch_size=batch_size, workers=config.data.workers,
                             progress=progress)
-            oos = None
-            if out_of_set is not None and n_probe > 0:
-                other = open_split(config.data, out_of_set)
-                oos = collate([other[i] for i in range(min(n_probe, len(other)))])["image"]
             sources[str(store)] = Source(model, data, n_probe, oos)
     return measure_stores(stores, out, seed=seed, sources=sources)
