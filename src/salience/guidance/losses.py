@@ -4,7 +4,7 @@ Every loss takes raw attribution maps ``maps`` ``[B, h, w]`` (one class per imag
 the method is signed) and a target ``[B, H, W]`` and returns one value per image, ``[B]``.
 Box-based losses (energy, l1, ppce, rrr) upsample the maps bilinearly to the mask size
 ``(H, W)``; ``cyborg`` instead resizes the human map to the map size, as in CYBORG.
-The normalisation each loss applies is stated in its docstring (SPEC, "Guidance").
+The normalisation each loss applies is stated in its docstring (docs/definitions.md, "Guidance").
 """
 
 from __future__ import annotations

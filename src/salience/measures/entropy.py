@@ -1,4 +1,4 @@
-"""Entropy of salience maps, measure (a) of "Explain To Me" (see SPEC, "The five salience measures")."""
+"""Entropy of salience maps, measure (a) of "Explain To Me" (docs/definitions.md, "The five salience measures")."""
 
 from __future__ import annotations
 

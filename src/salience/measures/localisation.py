@@ -1,4 +1,4 @@
-"""Localisation of salience maps against binary masks: EPG, IoU, pointing game (SPEC, "Metrics").
+"""Localisation of salience maps against binary masks: EPG, IoU, pointing game (docs/definitions.md, "Metrics").
 
 `maps` `[B, h, w]` are resized bilinearly to the masks' size `[B, H, W]` when they differ. Masks are
 read as `mask > 0.5`. An image whose mask is empty gets NaN (undefined), as in Quantus.

@@ -1,5 +1,5 @@
 """Probes that run a model: measures (b) out-of-set response, (c) transformation consistency and
-(d) stability across training runs of "Explain To Me" (SPEC, "The five salience measures").
+(d) stability across training runs of "Explain To Me" (docs/definitions.md, "The five salience measures").
 
 An `explain` callable maps `(x [B, C, H, W], target long [B]) -> maps [B, h, w]`, e.g.
 `functools.partial(salience.attribution.grad_cam, model, layer="final")`. Scores are the softmax

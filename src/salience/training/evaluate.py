@@ -76,7 +76,7 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, epg
     if logits.shape[0] == 0:
         raise ValueError("evaluate: the split has no images")
     if multi_label:
-        # integer predictions skip torchmetrics' threshold (it tests p > t; SPEC says logit >= 0)
+        # integer predictions skip torchmetrics' threshold (it tests p > t; docs/definitions.md says logit >= 0)
         out["f1"] = multilabel_f1_score((logits >= 0).int(), labels.int(), num_labels=num_classes,
                                         average="micro").item()
     else:
