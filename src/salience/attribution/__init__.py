@@ -4,6 +4,7 @@ See `methods` for the definitions and `core` for targets, layers and `upsample`.
 """
 
 from salience.attribution.core import capture, expand_targets, resolve_layer, upsample
+from salience.attribution.many import attribute_many
 from salience.attribution.methods import (
     METHODS,
     attribute,
@@ -18,6 +19,7 @@ from salience.attribution.methods import (
 __all__ = [
     "METHODS",
     "attribute",
+    "attribute_many",
     "bcos",
     "cam",
     "capture",
