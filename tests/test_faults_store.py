@@ -42,12 +42,12 @@ WORKER = textwrap.dedent('''
                           for i in range(46)], ["a", "b"])
     real_fill = ex.fill
 
-    def counting_fill(store, compute, progress=False):  # log every chunk whose computation starts
+    def counting_fill(stores, compute, progress=False, **kw):  # log every chunk whose computation starts
         def logged(start, stop):
             with open(log, "a") as f:
-                f.write(f"{start // store.chunk_size}\\n")
+                f.write(f"{start // 4}\\n")
             return compute(start, stop)
-        return real_fill(store, logged, progress)
+        return real_fill(stores, logged, progress, **kw)
 
     ex.fill = counting_fill
     ex.explain_dataset(model, ds, "gradient", out, chunk_size=4, batch_size=2, split="test", data="mem")

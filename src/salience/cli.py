@@ -89,22 +89,35 @@ def data_inspect(
 def explain(
     checkpoint: str = typer.Option(..., help="Training checkpoint (.pt) whose model is explained."),
     data: str = typer.Option("test", help="Split of the checkpoint's data config to explain."),
-    method: str = typer.Option(..., help="Attribution method (gradient, input_x_gradient, grad_cam, ...)."),
-    layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final)."),
-    out: str = typer.Option(..., help="Map store directory (created, or resumed if its metadata match)."),
+    method: list[str] = typer.Option(..., help="Attribution method, NAME or NAME@LAYER (gradient, grad_cam@final, "
+                                               "input_x_gradient@mid2, ...); repeat it for several methods in one "
+                                               "pass."),
+    layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final) of a single method."),
+    out: str = typer.Option(..., help="Map store directory (created, or resumed if its metadata match); with several "
+                                      "methods a folder holding one store per method, named as written "
+                                      "(OUT/grad_cam@final)."),
     target: str = typer.Option("true", help="Class to explain: true, predicted or class:<k>."),
     chunk_size: int = typer.Option(256, min=1, help="Images per store chunk."),
     batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
     set_: list[str] = typer.Option([], "--set", help="key=value override of the saved config (repeatable)."),
 ) -> None:
-    """Write salience maps of a checkpoint on a data split into a resumable map store."""
+    """Write salience maps of a checkpoint on a data split into resumable map stores. Under torchrun the
+    processes share the stores, each computing its share of the chunks."""
     from salience.store.explain import explain_checkpoint
+    from salience.training import distributed as dist
 
-    with _exit_on(ValueError, OSError):  # bad config, data, store or path
-        store = explain_checkpoint(checkpoint, data, method, out, layer=layer, target_policy=target, overrides=set_,
-                                   chunk_size=chunk_size, batch_size=batch_size, device=device, progress=True)
-    typer.echo(f"{store.path}: {store.n} maps {store.map_shape}, complete={store.is_complete()}")
+    with _exit_on(ValueError, OSError):  # bad config, data, method, layer, store or path
+        ctx = dist.setup(device)
+        try:
+            stores = explain_checkpoint(checkpoint, data, method, out, layer=layer, target_policy=target,
+                                        overrides=set_, chunk_size=chunk_size, batch_size=batch_size, progress=True,
+                                        ctx=ctx)
+        finally:
+            dist.teardown(ctx)
+    if ctx.is_main:
+        for store in stores.values():
+            typer.echo(f"{store.path}: {store.n} maps {store.map_shape}, complete={store.is_complete()}")
 
 
 @app.command()

@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from salience.attribution import attribute
+from salience.attribution.many import attribute_many, parse_method
 from salience.data.core import collate
 from salience.store.zarr_store import MapStore, StoreMeta, fill, model_hash
 
 
-def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor, ids: list[str]) -> torch.Tensor:
-    """Long `[B]` classes to explain: `true` (single-label images only), `predicted`, or `class:<k>`."""
+def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor | None, ids: list[str]) -> torch.Tensor:
+    """Long `[B]` classes to explain: `true` (single-label images only), `predicted`, or `class:<k>`.
+    `logits` may be None for `true`."""
     if policy == "predicted":
         return logits.argmax(1)
     if policy.startswith("class:"):
@@ -26,7 +27,7 @@ def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor, ids: li
     if bad:
         raise ValueError(f"target_policy 'true' needs exactly one class per image; images {[ids[i] for i in bad[:5]]} "
                          "have none or several (use 'predicted' or 'class:<k>')")
-    return labels.argmax(1).to(logits.device)
+    return labels.argmax(1)
 
 
 def dataset_ids(dataset) -> list[str]:
@@ -36,33 +37,114 @@ def dataset_ids(dataset) -> list[str]:
 
 def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Path, *, layer: str | None = None,
                     target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
-                    batch_size: int = 64, workers: int = 0, progress: bool = False) -> MapStore:
-    """Write the maps of `method` for every image of `dataset` (items of the batch contract) into the store at
-    `out`, resuming an existing store with the same metadata (finished chunks are not recomputed).
-    `workers` > 0 reads and transforms the images in that many processes while the model runs."""
-    model.eval()
-    device = next(model.parameters()).device
+                    batch_size: int = 64, workers: int = 0, progress: bool = False, ctx=None) -> MapStore:
+    """Write the maps of `method` (a name, or `NAME@LAYER`; or the name and `layer`) for every image of
+    `dataset` (items of the batch contract) into the store at `out`, resuming an existing store with the same
+    metadata (finished chunks are not recomputed). `workers` > 0 reads and transforms the images in that many
+    processes while the model runs. `ctx`: see `explain_stores`."""
+    if layer is not None:
+        if "@" in method:
+            raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
+        method = f"{method}@{layer}"
+    return explain_stores([model], dataset, [method], [{method: out}], target_policy=target_policy, data=data,
+                          split=split, chunk_size=chunk_size, batch_size=batch_size, workers=workers,
+                          progress=progress, ctx=ctx)[0][method]
+
+
+def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], outs: list[dict[str, str | Path]], *,
+                   target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
+                   batch_size: int = 64, workers: int = 0, progress: bool = False,
+                   ctx=None) -> list[dict[str, MapStore]]:
+    """Explain every image of `dataset` with every model and method in one read of the images: the maps of
+    `models[m]` and method spec `s` (`NAME` or `NAME@LAYER`, see `attribute_many`) go to the store
+    `outs[m][s]`, created or resumed (only the chunks unfinished in some store are computed, and only for
+    the stores that lack them). The gradient-based methods of a model share one forward and one backward.
+
+    `ctx` (`salience.training.distributed.Context`, from `setup()` under torchrun): the processes share
+    the stores. Rank 0 creates or resumes them, then every process computes its share of the unfinished
+    chunks (every `world_size`-th one); no two processes write the same chunk. Returns, on every
+    process, `[{spec: store}]` per model, after all processes have finished."""
+    from salience.training import distributed as dist
+
+    ctx = ctx or dist.Context(0, 1, next(models[0].parameters()).device, False)
+    specs = {spec: parse_method(spec) for spec in methods}
+    if len(specs) != len(methods) or not specs:
+        raise ValueError(f"methods: give each method once, at least one; got {list(methods)}")
+    if len(outs) != len(models) or any(set(o) != set(specs) for o in outs):
+        raise ValueError("outs: one {method: store path} per model, with a path for every method")
+    flat = [(m, spec, Path(o[spec])) for m, o in enumerate(outs) for spec in methods]
+    paths = [p.resolve() for _, _, p in flat]
+    if len(set(paths)) != len(paths):
+        raise ValueError(f"outs: two stores at {next(p for p in paths if paths.count(p) > 1)}")
+    for model in models:
+        model.eval()
     ids = dataset_ids(dataset)
 
-    def compute(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, targets = [], []
-        loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, collate_fn=collate,
-                            num_workers=workers if stop - start > batch_size else 0)
-        for batch in loader:
-            x = batch["image"].to(device)
+    def explain(m: int, batch: dict, wanted: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        model = models[m]
+        x = batch["image"].to(next(model.parameters()).device)
+        logits = None
+        if target_policy != "true":
             with torch.no_grad():
                 logits = model(x)
-            t = targets_for(target_policy, batch["labels"].to(device), logits, batch["id"])
-            maps.append(attribute(method, model, x, t, layer=layer).cpu())
-            targets.append(t.cpu())
-        return torch.cat(maps), torch.cat(targets)
+        t = targets_for(target_policy, batch["labels"].to(x.device), logits, batch["id"])
+        return attribute_many(model, x, t, wanted), t
 
-    first, _ = compute(0, 1)
-    meta = StoreMeta(model_hash=model_hash(model), method=method, layer=layer, target_policy=target_policy,
-                     resolution=tuple(dataset[0]["image"].shape[-2:]), data=data, split=split, image_ids=tuple(ids))
-    store = MapStore.resume(out, meta, tuple(first.shape[-2:]), chunk_size)
-    fill(store, compute, progress=progress)
-    return store
+    error, pending = None, None
+    if ctx.is_main:  # one process creates the stores: a store is created exactly once
+        try:
+            first = {m: explain(m, collate([dataset[0]]), methods)[0] for m in range(len(models))}
+            resolution = tuple(dataset[0]["image"].shape[-2:])
+            stores = []
+            for m, spec, path in flat:
+                name, layer = specs[spec]
+                meta = StoreMeta(model_hash=model_hash(models[m]), method=name, layer=layer,
+                                 target_policy=target_policy, resolution=resolution, data=data, split=split,
+                                 image_ids=tuple(ids))
+                stores.append(MapStore.resume(path, meta, tuple(first[m][spec].shape[-2:]), chunk_size))
+            pending = [s.pending() for s in stores]
+        except Exception as err:
+            if ctx.world_size == 1:
+                raise
+            error = err
+    error_text, pending = dist.gather((None if error is None else str(error), pending), ctx)[0]
+    if error is not None:
+        raise error
+    if error_text is not None:
+        raise ValueError(f"{error_text} (reported by rank 0)")
+    if not ctx.is_main:
+        stores = [MapStore(path, mode="r+") for _, _, path in flat]
+
+    need: dict[int, list[int]] = {}  # chunk -> indices into `flat` of the stores that lack it
+    for k, chunks in enumerate(pending):
+        for i in chunks:
+            need.setdefault(i, []).append(k)
+    mine = sorted(need)[ctx.rank::ctx.world_size]
+
+    def compute(start: int, stop: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        wanted = need[start // chunk_size]
+        by_model: dict[int, list[str]] = {}
+        for k in wanted:
+            by_model.setdefault(flat[k][0], []).append(flat[k][1])
+        maps = {k: [] for k in wanted}
+        targets = {m: [] for m in by_model}
+        loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, collate_fn=collate,
+                            num_workers=workers if stop - start > batch_size else 0)
+        for batch in loader:  # one read of the images for every model and method
+            for m, model_specs in by_model.items():
+                out, t = explain(m, batch, model_specs)
+                targets[m].append(t.cpu())
+                for k in wanted:
+                    if flat[k][0] == m:
+                        maps[k].append(out[flat[k][1]].cpu())
+        return {k: (torch.cat(maps[k]), torch.cat(targets[flat[k][0]])) for k in wanted}
+
+    fill(stores, compute, progress=progress and ctx.is_main, chunks=mine)
+    dist.barrier(ctx)
+    result: list[dict[str, MapStore]] = [{} for _ in models]
+    for (m, spec, _), store in zip(flat, stores):
+        result[m][spec] = store
+    return result
 
 
 def load_run(checkpoint: str | Path, overrides: list[str] | None = None, device: str = "cpu"):
@@ -87,14 +169,39 @@ def data_name(config) -> str:
     return config.data.format if config.data.root is None else f"{config.data.format}:{config.data.root}"
 
 
-def explain_checkpoint(checkpoint: str | Path, split: str, method: str, out: str | Path, *, layer: str | None = None,
-                       target_policy: str = "true", overrides: list[str] | None = None, chunk_size: int = 256,
-                       batch_size: int = 64, device: str = "cpu", progress: bool = False) -> MapStore:
-    """`explain_dataset` for a training checkpoint on `split` of its saved data config (`overrides`: see
-    `load_run`; `data.workers=1` loads images in a second process)."""
+def method_outs(methods: list[str], out: str | Path, layer: str | None = None) -> dict[str, Path]:
+    """`{spec: store path}`: one method's store is `out`; several methods' stores are `out/<spec>`, named as
+    written (`out/grad_cam@final`). `layer` (one method only) is the same as writing `NAME@LAYER`."""
+    methods = list(methods)
+    if not methods:
+        raise ValueError("method: give at least one")
+    if layer is not None:
+        if len(methods) != 1 or "@" in methods[0]:
+            raise ValueError(f"--layer {layer!r} applies to one method without a layer; write each method's layer "
+                             f"as NAME@LAYER (e.g. grad_cam@{layer})")
+        methods = [f"{methods[0]}@{layer}"]
+    for spec in methods:
+        parse_method(spec)
+    out = Path(out)
+    if len(methods) == 1:
+        return {methods[0]: out}
+    if (out / "zarr.json").exists():
+        raise ValueError(f"{out} is a map store; with several methods the output is a folder holding one store "
+                         "per method")
+    return {spec: out / spec for spec in methods}
+
+
+def explain_checkpoint(checkpoint: str | Path, split: str, methods: str | list[str], out: str | Path, *,
+                       layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
+                       chunk_size: int = 256, batch_size: int = 64, device: str = "cpu", progress: bool = False,
+                       ctx=None) -> dict[str, MapStore]:
+    """`explain_stores` for a training checkpoint on `split` of its saved data config, `{spec: store}` with the
+    stores of `method_outs(methods, out, layer)` (`overrides`: see `load_run`; `data.workers=1` loads images in
+    a second process). Under torchrun pass `ctx` (its device is used)."""
     from salience.training.datasets import open_split
 
-    model, config = load_run(checkpoint, overrides, device)
-    return explain_dataset(model, open_split(config.data, split), method, out, layer=layer,
-                           target_policy=target_policy, data=data_name(config), split=split, chunk_size=chunk_size,
-                           batch_size=batch_size, workers=config.data.workers, progress=progress)
+    outs = method_outs([methods] if isinstance(methods, str) else methods, out, layer)
+    model, config = load_run(checkpoint, overrides, ctx.device if ctx else device)
+    return explain_stores([model], open_split(config.data, split), list(outs), [outs], target_policy=target_policy,
+                          data=data_name(config), split=split, chunk_size=chunk_size, batch_size=batch_size,
+                          workers=config.data.workers, progress=progress, ctx=ctx)[0]

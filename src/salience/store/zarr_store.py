@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -243,20 +243,37 @@ class MapStore:
             yield (start, *self.read(start, min(start + size, self.n)))
 
 
-def fill(store: MapStore, compute: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
-         progress: bool = False) -> int:
+def fill(stores: MapStore | Sequence[MapStore], compute: Callable, progress: bool = False,
+         chunks: Sequence[int] | None = None) -> int:
     """Compute and write every unfinished chunk: `compute(start, stop) -> (maps, targets)`.
-    Returns the number of chunks computed (0 when the store was already complete)."""
-    todo = store.pending()
+    Returns the number of chunks computed (0 when the store was already complete).
+
+    `stores` may be a list of stores of the same images and chunk size, filled from one computation per
+    chunk (one read of the images): `compute(start, stop)` then returns `{k: (maps, targets)}` for the stores
+    `stores[k]` to write, which must leave out the stores whose chunk is already finished. `chunks`: the
+    chunks to compute, e.g. one process's share when several fill the same stores (default: every chunk
+    unfinished in some store)."""
+    single = isinstance(stores, MapStore)
+    group = [stores] if single else list(stores)
+    if not group:
+        raise ValueError("fill: no stores given")
+    for s in group[1:]:
+        if (s.n, s.chunk_size) != (group[0].n, group[0].chunk_size):
+            raise ValueError(f"fill: {s.path} has {s.n} images in chunks of {s.chunk_size}, {group[0].path} "
+                             f"{group[0].n} in chunks of {group[0].chunk_size}; stores filled together must agree")
+    if chunks is None:
+        chunks = np.flatnonzero(~np.stack([s.done() for s in group]).all(0)).tolist()
+    todo = chunks
     if progress and todo:
         from rich.progress import track
 
-        todo = track(todo, description=f"explain -> {store.path.name}")
+        todo = track(todo, description=f"explain -> {group[0].path.name}" + (f" (+{len(group) - 1})" if len(group) > 1 else ""))
     count = 0
     for i in todo:
-        start, stop = store.chunk_range(i)
-        maps, targets = compute(start, stop)
-        store.write_chunk(i, maps, targets)
+        start, stop = group[0].chunk_range(i)
+        result = compute(start, stop)
+        for k, (maps, targets) in ({0: result} if single else result).items():
+            group[k].write_chunk(i, maps, targets)
         count += 1
     return count
 
