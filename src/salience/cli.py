@@ -128,21 +128,24 @@ def measure(
                                                         "groups are compared."),
     out: str = typer.Option(..., help="Output directory for per_image.csv, stability.csv, summary.json."),
     data: str = typer.Option("test", help="Checkpoints only: split of their data config to measure on."),
-    method: str = typer.Option(None, help="Checkpoints only: attribution method (gradient, grad_cam, ...)."),
+    method: str = typer.Option(None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (gradient, "
+                                          "grad_cam@final, ...)."),
     layer: str = typer.Option(None, help="Checkpoints only: layer name or named depth (input, mid1.., final)."),
     target: str = typer.Option("true", help="Checkpoints only: class to explain: true, predicted or class:<k>."),
     n_probe: int = typer.Option(128, min=0, help="Checkpoints only: images the model probes run on (0: none)."),
     out_of_set: str = typer.Option(None, help="Checkpoints only: split whose images are the out-of-set samples."),
     batch_size: int = typer.Option(64, min=1),
-    device: str = typer.Option("cpu"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
     set_: list[str] = typer.Option([], "--set", help="key=value override of the checkpoints' config (repeatable)."),
     seed: int = typer.Option(0, help="Seed of the bootstrap CIs, permutation tests and noise."),
 ) -> None:
     """Measure map stores (entropy, stability, comparisons) or checkpoints (every measure: they are explained
-    into OUT/stores first, resumably, then also localisation and the model probes)."""
+    into OUT/stores first, resumably, over one read of the images, then also localisation and the model
+    probes). Under torchrun the processes share the explaining and the probes; rank 0 writes OUT."""
     from pathlib import Path
 
     from salience.measures.run import measure_checkpoints, measure_stores
+    from salience.training import distributed as dist
 
     groups: dict[str, list[str]] = {}
     for spec in group:
@@ -171,13 +174,19 @@ def measure(
     if is_checkpoint == {True} and method is None:
         raise typer.BadParameter("checkpoints need --method")
     with _exit_on(ValueError, OSError):  # missing, damaged or misaligned stores, bad checkpoints, unusable out
-        if is_checkpoint == {True}:
-            summary = measure_checkpoints(groups, out, method=method, split=data, layer=layer, target_policy=target,
-                                          overrides=set_, n_probe=n_probe, out_of_set=out_of_set, seed=seed,
-                                          batch_size=batch_size, device=device, progress=True)
-        else:
-            summary = measure_stores(groups, out, seed=seed)
-    typer.echo(f"{out}: {len(summary['stores'])} models measured, {len(summary['comparisons'])} comparisons")
+        ctx = dist.setup(device)
+        try:
+            if is_checkpoint == {True}:
+                summary = measure_checkpoints(groups, out, method=method, split=data, layer=layer,
+                                              target_policy=target, overrides=set_, n_probe=n_probe,
+                                              out_of_set=out_of_set, seed=seed, batch_size=batch_size,
+                                              progress=True, ctx=ctx)
+            elif ctx.is_main:  # maps are read, not computed: one process does it
+                summary = measure_stores(groups, out, seed=seed)
+        finally:
+            dist.teardown(ctx)
+    if ctx.is_main:
+        typer.echo(f"{out}: {len(summary['stores'])} models measured, {len(summary['comparisons'])} comparisons")
 
 
 @app.command()

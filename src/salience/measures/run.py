@@ -24,7 +24,7 @@ from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
-from salience.store.explain import data_name, dataset_ids, explain_dataset, load_run
+from salience.store.explain import data_name, dataset_ids, explain_stores, load_run, method_outs
 
 
 @dataclass
@@ -64,7 +64,8 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
 
 
 def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: int = 0, block: int = 1024,
-                   n_boot: int = 2000, n_perm: int = 10000, sources: dict[str, Source] | None = None) -> dict:
+                   n_boot: int = 2000, n_perm: int = 10000, sources: dict[str, Source] | None = None,
+                   ctx=None) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
     - `per_image.csv`: group, store, index, image_id, target, entropy_histogram, entropy_spatial, and when
@@ -77,19 +78,27 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
       with a source, the probe curves (noise, transforms, blur, deletion/insertion, out-of-set).
     Returns the summary dict. Nothing in `out` changes unless every file is written: they are staged under
     temporary names and renamed at the end. An `out` holding results of other stores is refused.
+
+    `ctx` (`salience.training.distributed.Context`, under torchrun): the models' probes are shared out over the
+    processes, one model per process at a time, and gathered on rank 0, which writes the files and returns
+    the summary (the other processes return None). The results are those of one process.
     """
     out = Path(out)
     reason = _other_run(out, groups)
     if reason:
         raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
+    sources = sources or {}
+    probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx)
+    if ctx is not None and not ctx.is_main:
+        return None
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f"{out}: cannot create the output folder ({err.strerror}: {err.filename})") from None
     staged: list[tuple[Path, Path]] = []
     try:
-        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources or {})
+        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources, probes)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -147,8 +156,34 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
                        seed=seed, deletion_steps=src.deletion_steps)
 
 
+def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=None) -> dict[str, dict]:
+    """`{store path: _probe(...)}` for the stores with a source and `n_probe` > 0, after checking that each
+    source holds the store's images. Under torchrun each process probes every `world_size`-th store, and
+    every process gets all the results."""
+    from salience.training import distributed as dist
+
+    todo = []
+    for s in stores:
+        src = sources.get(str(s.path))
+        if src is None:
+            continue
+        if dataset_ids(src.dataset) != list(s.meta.image_ids):
+            raise ValueError(f"{s.path}: its source data set holds other images or another order than the "
+                             "store; explain it again")
+        if src.n_probe > 0:
+            todo.append(s)
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
+    mine = {str(s.path): _probe(s, sources[str(s.path)], seed) for s in todo[rank::world]}
+    if world == 1:
+        return mine
+    merged: dict[str, dict] = {}
+    for part in dist.gather(mine, ctx):
+        merged |= part
+    return merged
+
+
 def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: int, block: int, n_boot: int,
-             n_perm: int, sources: dict[str, Source]) -> dict:
+             n_perm: int, sources: dict[str, Source], probes: dict[str, dict]) -> dict:
     summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
     columns = ENTROPIES + (LOCALISATION + PROBES if sources else ())
     per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in columns} for g in opened}
@@ -159,10 +194,7 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
         for g, stores in opened.items():
             for s in stores:
                 src = sources.get(str(s.path))
-                if src is not None and dataset_ids(src.dataset) != list(s.meta.image_ids):
-                    raise ValueError(f"{s.path}: its source data set holds other images or another order than the "
-                                     "store; explain it again")
-                probe = _probe(s, src, seed) if src is not None and src.n_probe > 0 else None
+                probe = probes.get(str(s.path))
                 probed = probe["values"] if probe else {}
                 values = {m: [] for m in columns}
                 for start, maps, targets, measured in _map_values(_blocks(s, block, src)):
@@ -226,38 +258,46 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
 def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *, method: str, split: str = "test",
                         layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
                         n_probe: int = 128, out_of_set: str | None = None, seed: int = 0, batch_size: int = 64,
-                        device: str = "cpu", progress: bool = False) -> dict:
+                        device: str = "cpu", progress: bool = False, ctx=None) -> dict | None:
     """Every measure for groups of training checkpoints (name -> checkpoint paths) on `split` of their data.
 
-    Each checkpoint is explained with `method` (and `layer`, `target_policy`) into the store
-    `out/stores/<group>_<i>` (an interrupted run resumes there), then `measure_stores` measures the stores
-    with the checkpoints' models and data as sources: entropy, localisation, stability across each group's
-    checkpoints, the probes on the first `n_probe` images (with the first `n_probe` images of the split
-    `out_of_set` as out-of-set samples, when given), and the group comparisons. `overrides` change the
-    checkpoints' saved configs (see `load_run`). Returns the summary of `measure_stores`.
+    Each checkpoint is explained with `method` (`NAME` or `NAME@LAYER`, or the name and `layer`) and
+    `target_policy` into the store `out/stores/<group>_<i>` (an interrupted run resumes there); the checkpoints
+    that share a data config are explained together, over one read of its images. Then `measure_stores`
+    measures the stores with the checkpoints' models and data as sources: entropy, localisation, stability
+    across each group's checkpoints, the probes on the first `n_probe` images (with the first `n_probe` images
+    of the split `out_of_set` as out-of-set samples, when given), and the group comparisons. `overrides`
+    change the checkpoints' saved configs (see `load_run`). `ctx`: under torchrun the processes share the
+    explaining and the probes (see `explain_stores`, `measure_stores`); rank 0 writes the results and returns
+    the summary of `measure_stores`, the others None.
     """
     from salience.training.datasets import open_split
 
+    (spec,) = method_outs([method], "", layer)
     out = Path(out)
     stores = {g: [out / "stores" / f"{g}_{i}" for i in range(len(paths))] for g, paths in groups.items()}
     reason = _other_run(out, stores)  # before hours of explaining
     if reason:
         raise FileExistsError(f"{reason}; choose another out or delete it")
-    sources = {}
-    opened: dict[str, tuple] = {}  # data config -> (split, out-of-set images): the checkpoints of a study share them
+    # data config -> (split, out-of-set images, [(model, store)]): the checkpoints of a study share them
+    opened: dict[str, tuple] = {}
+    names: dict[str, tuple[str, int]] = {}  # data config -> (store's data name, loader workers)
     for g, paths in groups.items():
         for checkpoint, store in zip(paths, stores[g]):
-            model, config = load_run(checkpoint, overrides, device)
+            model, config = load_run(checkpoint, overrides, ctx.device if ctx else device)
             key = config.data.model_dump_json()
             if key not in opened:
                 oos = None
                 if out_of_set is not None and n_probe > 0:
                     other = open_split(config.data, out_of_set)
                     oos = collate([other[i] for i in range(min(n_probe, len(other)))])["image"]
-                opened[key] = (open_split(config.data, split), oos)
-            data, oos = opened[key]
-            explain_dataset(model, data, method, store, layer=layer, target_policy=target_policy,
-                            data=data_name(config), split=split, batch_size=batch_size, workers=config.data.workers,
-                            progress=progress)
-            sources[str(store)] = Source(model, data, n_probe, oos)
-    return measure_stores(stores, out, seed=seed, sources=sources)
+                opened[key] = (open_split(config.data, split), oos, [])
+                names[key] = (data_name(config), config.data.workers)
+            opened[key][2].append((model, store))
+    sources = {}
+    for key, (data, oos, jobs) in opened.items():
+        explain_stores([m for m, _ in jobs], data, [spec], [{spec: store} for _, store in jobs],
+                       target_policy=target_policy, data=names[key][0], split=split, batch_size=batch_size,
+                       workers=names[key][1], progress=progress, ctx=ctx)
+        sources |= {str(store): Source(model, data, n_probe, oos) for model, store in jobs}
+    return measure_stores(stores, out, seed=seed, sources=sources, ctx=ctx)

@@ -93,8 +93,9 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     error, pending = None, None
     if ctx.is_main:  # one process creates the stores: a store is created exactly once
         try:
-            first = {m: explain(m, collate([dataset[0]]), methods)[0] for m in range(len(models))}
-            resolution = tuple(dataset[0]["image"].shape[-2:])
+            item = dataset[0]
+            first = {m: explain(m, collate([item]), methods)[0] for m in range(len(models))}  # the map shapes
+            resolution = tuple(item["image"].shape[-2:])
             stores = []
             for m, spec, path in flat:
                 name, layer = specs[spec]
