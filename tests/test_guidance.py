@@ -139,3 +139,13 @@ def test_sample_classes_is_uniform_among_true_classes_and_seeded():
     assert torch.allclose(counts[[0, 2, 3]], torch.full((3,), 1 / 3), atol=0.04)
     assert (drawn[1::3] == 1).all()
     assert (drawn[2::3] == -1).all()
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_losses_take_bool_masks_and_refuse_integer_ones(name):
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(3, 4, 4, generator=g)
+    masks = torch.rand(3, 8, 8, generator=g) > 0.6
+    assert torch.equal(LOSSES[name](maps, masks), LOSSES[name](maps, masks.float()))
+    with pytest.raises(TypeError, match=f"{name}: masks must be bool or floating point, got torch.uint8"):
+        LOSSES[name](maps, masks.to(torch.uint8))

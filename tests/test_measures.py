@@ -238,3 +238,15 @@ def test_ssim_of_small_maps_uses_the_largest_odd_window_that_fits():
     ref = [structural_similarity(minmax(a[i:i + 1])[0].numpy(), minmax(b[i:i + 1])[0].numpy(), data_range=1,
                                  win_size=5) for i in range(2)]
     assert torch.allclose(ssim(a, b), torch.tensor(ref, dtype=torch.float64), atol=1e-10)
+
+
+def test_localisation_takes_bool_masks_and_refuses_integer_ones():
+    from salience.measures import epg, iou, pointing_game
+
+    g = torch.Generator().manual_seed(3)
+    maps = torch.randn(3, 4, 4, generator=g)
+    masks = torch.rand(3, 8, 8, generator=g) > 0.6
+    for measure in (epg, iou, pointing_game):
+        assert torch.equal(measure(maps, masks), measure(maps, masks.double()))
+        with pytest.raises(TypeError, match="masks must be bool or floating point, got torch.int64"):
+            measure(maps, masks.long())

@@ -100,4 +100,4 @@ def test_named_depths():
     with pytest.raises(ValueError, match="depth 'mid4' is unknown; accepted: input, mid1"):
         layer_name(resnet, "mid4")
     with pytest.raises(ValueError, match="pass a module name instead"):
-        layer_name(build("squeezenet1_0", 2), "final")
+        layer_name(build("shufflenet_v2_x0_5", 2), "final")

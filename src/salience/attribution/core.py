@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salience.models.build import DEPTHS, layer_name
+from salience.models.depths import DEPTHS, layer_name
 
 
 def check_input(x: torch.Tensor) -> None:
@@ -63,16 +63,23 @@ def capture(module: nn.Module, grad_from_here: bool = False):
     `no_grad`) is replaced by a leaf that does, so gradients with respect to it exist. With
     `grad_from_here`, gradient recording is switched on at the module's output: a forward started
     under `torch.no_grad()` builds the graph only from the layer on (the caller restores the mode).
+
+    The rest of the network receives a copy of the output, so an in-place op after the layer
+    (DenseNet's `F.relu(features, inplace=True)`, VGG's `ReLU(inplace=True)`) changes the copy and
+    the recorded tensor keeps the layer's own values; gradients pass through the copy unchanged.
     """
     outputs: list[torch.Tensor] = []
 
     def hook(_module, _inputs, out):
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(f"layer {type(_module).__name__} returns {type(out).__name__}, not a tensor; "
+                             "pick a module whose output is one feature tensor")
         if grad_from_here:
             torch.set_grad_enabled(True)
         if torch.is_grad_enabled() and not out.requires_grad:
             out = out.detach().requires_grad_(True)
         outputs.append(out)
-        return out
+        return out.clone()
 
     handle = module.register_forward_hook(hook)
     try:

@@ -8,12 +8,14 @@ graph so a loss on them reaches the parameters (double backward); otherwise they
 Methods leave the model's train/eval mode alone: explain in eval mode, guide in train mode.
 """
 
+import math
+
 import torch
 from torch import nn
 
 from salience.attribution.core import check_input, expand_targets, forward_at, resolve_layer, selected_logit_sum
 from salience.models.bcos import BcosResNet, encode
-from salience.models.build import layer_name
+from salience.models.depths import layer_name
 
 
 def _pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,13 +38,26 @@ def _out(maps: torch.Tensor, create_graph: bool) -> torch.Tensor:
     return maps if create_graph else maps.detach()
 
 
+def token_grid(feats: torch.Tensor) -> torch.Tensor:
+    """Layer outputs as `[P, K, h, w]`: 4-D outputs unchanged; transformer tokens `[P, N, D]` (ViT)
+    become `[P, D, s, s]` with s = ⌊√N⌋, after dropping the N − s² leading tokens (class / register)."""
+    if feats.dim() == 4:
+        return feats
+    if feats.dim() == 3:
+        side = math.isqrt(feats.shape[1])
+        if side > 0:
+            return feats[:, feats.shape[1] - side * side:].transpose(1, 2).reshape(feats.shape[0], -1, side, side)
+    raise ValueError(f"layer output {tuple(feats.shape)} is neither a feature map [B, K, h, w] nor tokens [B, N, D]")
+
+
 def ixg_map(feats: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """`Σ_channels F ⊙ ∂y/∂F`: `[P, K, h, w]` twice -> `[P, h, w]`."""
-    return (feats * grad).sum(1)
+    """`Σ_channels F ⊙ ∂y/∂F`: `[P, K, h, w]` (or tokens `[P, N, D]`, see `token_grid`) twice -> `[P, h, w]`."""
+    return (token_grid(feats) * token_grid(grad)).sum(1)
 
 
 def grad_cam_map(acts: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """`ReLU(Σ_k mean_hw(∂y/∂A_k) · A_k)`: `[P, K, h, w]` twice -> `[P, h, w]`."""
+    """`ReLU(Σ_k mean_hw(∂y/∂A_k) · A_k)`: `[P, K, h, w]` (or tokens, see `token_grid`) twice -> `[P, h, w]`."""
+    acts, grad = token_grid(acts), token_grid(grad)
     return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
 
 

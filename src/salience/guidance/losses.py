@@ -2,7 +2,7 @@
 
 Every loss takes raw attribution maps ``maps`` ``[B, h, w]`` (one class per image, signed where
 the method is signed) and a target ``[B, H, W]`` and returns one value per image, ``[B]``.
-Box-based losses (energy, l1, ppce, rrr) upsample the maps bilinearly to the mask size
+Masks are bool or floating point (other dtypes are refused). Box-based losses (energy, l1, ppce, rrr) upsample the maps bilinearly to the mask size
 ``(H, W)``; ``cyborg`` instead resizes the human map to the map size, as in CYBORG.
 The normalisation each loss applies is stated in its docstring (docs/definitions.md, "Guidance").
 """
@@ -19,12 +19,17 @@ PPCE_EPS = 1e-6
 """PPCE uses ``log(Â + PPCE_EPS)`` so that a zero pixel inside the mask costs a finite amount."""
 
 
-def _check(maps: Tensor, masks: Tensor, name: str) -> None:
+def _check(maps: Tensor, masks: Tensor, name: str) -> Tensor:
+    """The masks in the maps' dtype: bool masks become 0/1, float masks are used as they are."""
     if maps.dim() != 3 or masks.dim() != 3 or maps.shape[0] != masks.shape[0]:
         raise ValueError(
             f"{name}: expected maps [B, h, w] and masks [B, H, W] with the same B, "
             f"got maps {tuple(maps.shape)} and masks {tuple(masks.shape)}"
         )
+    if masks.dtype != torch.bool and not masks.is_floating_point():
+        raise TypeError(f"{name}: masks must be bool or floating point, got {masks.dtype} "
+                        f"(use masks.bool() for 0/1 integer masks)")
+    return masks.to(maps.dtype)
 
 
 def _to_mask_size(maps: Tensor, masks: Tensor) -> Tensor:
@@ -47,9 +52,9 @@ def _max_normalised_positive(maps: Tensor) -> Tensor:
 def energy(maps: Tensor, masks: Tensor) -> Tensor:
     """Energy loss ``1 − Σ M·A⁺ / Σ A⁺`` per image; ``1 − Σ M·A⁺`` where ``Σ A⁺ < EPS``.
 
-    maps ``[B, h, w]`` raw, masks ``[B, H, W]`` in {0, 1}; returns ``[B]`` in [0, 1].
+    maps ``[B, h, w]`` raw, masks ``[B, H, W]`` bool or float in {0, 1}; returns ``[B]`` in [0, 1].
     """
-    _check(maps, masks, "energy")
+    masks = _check(maps, masks, "energy")
     pos = _flat(_to_mask_size(maps, masks)).clamp(min=0)
     inside = (pos * _flat(masks)).sum(dim=1)
     total = pos.sum(dim=1)
@@ -59,7 +64,7 @@ def energy(maps: Tensor, masks: Tensor) -> Tensor:
 
 def l1(maps: Tensor, masks: Tensor) -> Tensor:
     """L1 loss ``mean_pixels |Â − M|`` with ``Â = A⁺ / max A⁺`` per image; returns ``[B]``."""
-    _check(maps, masks, "l1")
+    masks = _check(maps, masks, "l1")
     a = _max_normalised_positive(_to_mask_size(maps, masks))
     return (a - _flat(masks)).abs().mean(dim=1)
 
@@ -69,7 +74,7 @@ def ppce(maps: Tensor, masks: Tensor) -> Tensor:
 
     Returns ``[B]``; an image whose mask is empty gets 0 (no pixel to pull up).
     """
-    _check(maps, masks, "ppce")
+    masks = _check(maps, masks, "ppce")
     a = _max_normalised_positive(_to_mask_size(maps, masks))
     m = _flat(masks)
     count = m.sum(dim=1)
@@ -78,7 +83,7 @@ def ppce(maps: Tensor, masks: Tensor) -> Tensor:
 
 def rrr(maps: Tensor, masks: Tensor) -> Tensor:
     """RRR* ``Σ_{p∉M} Â_p²`` with the signed ``Â = A / max |A|`` per image; returns ``[B]``."""
-    _check(maps, masks, "rrr")
+    masks = _check(maps, masks, "rrr")
     a = _flat(_to_mask_size(maps, masks))
     a = a / a.abs().amax(dim=1, keepdim=True).clamp(min=EPS)
     return ((1 - _flat(masks)) * a.square()).sum(dim=1)
@@ -99,8 +104,7 @@ def cyborg(maps: Tensor, human_maps: Tensor) -> Tensor:
     is resized bilinearly to ``(h, w)``; returns ``[B]``. The CE half of CYBORG's
     ``α·CE + (1−α)·MSE`` is the task loss of the objective (see ``objective``).
     """
-    _check(maps, human_maps, "cyborg")
-    h = human_maps
+    h = _check(maps, human_maps, "cyborg")
     if h.shape[-2:] != maps.shape[-2:]:
         h = F.interpolate(h[:, None], size=maps.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     return _flat(minmax(maps) - minmax(h)).square().mean(dim=1)

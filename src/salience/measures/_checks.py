@@ -29,13 +29,18 @@ def check_pair(a: torch.Tensor, b: torch.Tensor, names: tuple[str, str] = ("a", 
 
 
 def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Check masks `[B, H, W]` against maps `[B, h, w]`; return the masks as bool (value > 0.5)."""
+    """Check masks `[B, H, W]` (bool, or float read as value > 0.5) against maps `[B, h, w]`; return them as bool."""
     if not isinstance(masks, torch.Tensor) or masks.dim() != 3:
         shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
         raise ValueError(f"masks must be a tensor of shape [B, H, W], got {shape}")
     if masks.shape[0] != maps.shape[0]:
         raise ValueError(f"maps {tuple(maps.shape)} and masks {tuple(masks.shape)} differ in batch size")
-    return masks > 0.5 if masks.dtype != torch.bool else masks
+    if masks.dtype == torch.bool:
+        return masks
+    if not masks.is_floating_point():
+        raise TypeError(f"masks must be bool or floating point, got {masks.dtype} (use masks.bool() for 0/1 "
+                        "integer masks)")
+    return masks > 0.5
 
 
 def unit_scale(maps: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,13 @@
 
 `build(name, num_classes, weights=None)` returns an `nn.Module` mapping images `[B, 3, H, W]` to
 logits `[B, num_classes]`. `layer_name(model, depth)` maps a named guidance depth
-(`input`, `mid1`, `mid2`, `mid3`, `final`) to a module name (`None` for `input`).
+(`input`, `mid1`, `mid2`, `mid3`, `final`) to a module name (`None` for `input`); `depth_table`
+gives the whole table of a model's family (see `depths`).
 """
 
 from salience.models.bcos import BcosResNet, bcos_resnet
-from salience.models.build import DEPTHS, build, layer_name, load_weights
+from salience.models.build import build, load_weights
+from salience.models.depths import DEPTHS, depth_table, layer_name
 from salience.models.layers import UncentredBatchNorm2d
 from salience.models.small import SmallCNN
 from salience.models.xresnet import xresnet
@@ -18,6 +20,7 @@ __all__ = [
     "UncentredBatchNorm2d",
     "bcos_resnet",
     "build",
+    "depth_table",
     "layer_name",
     "load_weights",
     "xresnet",

@@ -1,5 +1,5 @@
-"""`build` a classifier by name, load weights from a file or a torchvision weight name, and map
-named guidance depths to module names."""
+"""`build` a classifier by name (ours, torchvision's, or timm's as `timm:<name>`) and load weights
+from a file or a torchvision weight name."""
 
 import logging
 import re
@@ -8,7 +8,6 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import ResNet
 
 from salience.models.bcos import bcos_resnet
 from salience.models.small import SmallCNN
@@ -16,8 +15,6 @@ from salience.models.xresnet import xresnet
 
 log = logging.getLogger("salience")
 
-DEPTHS = ("input", "mid1", "mid2", "mid3", "final")
-_RESNET_DEPTHS = {"input": None, "mid1": "layer1", "mid2": "layer2", "mid3": "layer3", "final": "layer4"}
 _OWN = {"smallcnn": "small CNN for 64 px CPU runs", "xresnet18/34/50": "bias-free X-DNN ResNet",
         "bcos_resnet18/34/50": "B-cos ResNet, B=2"}
 
@@ -25,9 +22,10 @@ _OWN = {"smallcnn": "small CNN for 64 px CPU runs", "xresnet18/34/50": "bias-fre
 def build(name: str, num_classes: int, weights: str | Path | None = None) -> nn.Module:
     """A classifier `[B, 3, H, W] -> [B, num_classes]`.
 
-    `name`: `smallcnn`, `xresnet{18,34,50}`, `bcos_resnet{18,34,50}` or any torchvision
-    classification model (`resnet50`, `vit_b_16`, ...). `weights`: a local file (a state dict or a
-    salience checkpoint) or a torchvision weight name (`ResNet50_Weights.IMAGENET1K_V2`, or the short
+    `name`: `smallcnn`, `xresnet{18,34,50}`, `bcos_resnet{18,34,50}`, any torchvision
+    classification model (`resnet50`, `densenet121`, `vit_b_16`, ...) or `timm:<name>` (needs the
+    `timm` extra; e.g. `timm:legacy_xception`). `weights`: a local file (a state dict or a salience
+    checkpoint) or a torchvision weight name (`ResNet50_Weights.IMAGENET1K_V2`, or the short
     `IMAGENET1K_V2`); a classifier head of another size is left freshly initialised.
     """
     if num_classes < 1:
@@ -37,18 +35,36 @@ def build(name: str, num_classes: int, weights: str | Path | None = None) -> nn.
         model = SmallCNN(num_classes)
     elif own:
         model = (xresnet if own[1] == "xresnet" else bcos_resnet)(int(own[2]), num_classes)
+    elif name.startswith("timm:"):
+        model = _timm_model(name[5:], num_classes)
     else:
         known = torchvision.models.list_models(module=torchvision.models)
         if name not in known:
             raise ValueError(f"model name {name!r} is unknown; accepted: {', '.join(_OWN)}, "
-                             f"or a torchvision classification model such as {', '.join(known[:8])}, ...")
+                             f"a torchvision classification model such as {', '.join(known[:8])}, ..., "
+                             f"or timm:<name> for a timm model")
         model = torchvision.models.get_model(name, num_classes=num_classes)
     if weights is not None:
         load_weights(model, weights, name)
     return model
 
 
+def _timm_model(name: str, num_classes: int) -> nn.Module:
+    try:
+        import timm
+    except ImportError as err:
+        raise ValueError(f"model 'timm:{name}' needs timm: pip install 'salience[timm]'") from err
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name}*")[:8]
+        raise ValueError(f"model 'timm:{name}' is not a timm model name"
+                         + (f"; similar: {', '.join(close)}" if close else ""))
+    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+
+
 def _torchvision_state_dict(weights: str, name: str) -> dict:
+    if name.startswith("timm:"):
+        raise FileNotFoundError(f"weights {weights!r} is not a file; timm models take a local weights file "
+                                f"(a state dict saved with torch.save(model.state_dict(), path))")
     try:
         if "." in weights:
             entry = torchvision.models.get_weight(weights)
@@ -96,17 +112,3 @@ def load_weights(model: nn.Module, weights: str | Path, name: str = "") -> None:
     model.load_state_dict(kept, strict=False)
     if skipped:
         log.info("weights %s: kept fresh initialisation for %s (shape differs)", weights, skipped)
-
-
-def layer_name(model: nn.Module, depth: str) -> str | None:
-    """Module name of a named guidance depth (`None` means the input)."""
-    if depth not in DEPTHS:
-        raise ValueError(f"depth {depth!r} is unknown; accepted: {', '.join(DEPTHS)}")
-    depths = getattr(model, "guidance_depths", None)
-    if depths is None and isinstance(model, ResNet):
-        depths = _RESNET_DEPTHS
-    if depths is None:
-        raise ValueError(f"named depths are defined for ResNet-family models and SmallCNN, not "
-                         f"{type(model).__name__}; pass a module name instead (e.g. one of "
-                         f"{[n for n, _ in model.named_children()][:6]})")
-    return depths[depth]

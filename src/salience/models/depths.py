@@ -1,0 +1,104 @@
+"""Named guidance depths: `input`, `mid1`, `mid2`, `mid3`, `final` -> module names, per model family.
+
+`final` is the layer GradCAM tools pick by default: the last module with a spatial 4-D output before
+global pooling. `mid1`..`mid3` end the stages at output strides 4, 8 and 16 (ResNet's `layer1`..`layer3`):
+
+| family | mid1, mid2, mid3 | final |
+|---|---|---|
+| ResNet / ResNeXt / Wide ResNet, X-ResNet, B-cos ResNet | `layer1`, `layer2`, `layer3` | `layer4` |
+| SmallCNN | `block1`, `block2`, `block3` | `block4` |
+| DenseNet | `features.denseblock1` .. `3` | `features` (after `norm5`) |
+| VGG, AlexNet, SqueezeNet, MobileNet v2 / v3, EfficientNet v1 / v2, ConvNeXt, MNASNet | the last child of `features` (`layers` for MNASNet) at stride 4, 8, 16 | `features` (`layers`) |
+| Inception v3 | `Conv2d_4a_3x3`, `Mixed_5d`, `Mixed_6e` | `Mixed_7c` |
+| timm models | the last `feature_info` entry at reduction 4, 8, 16 | the last `feature_info` entry |
+
+Strides of `features` children are read off one forward of a 128 px zero image (eval mode, no
+gradient, train/eval flags restored), once per model. A family without a stage at some stride
+(SqueezeNet stops at 16) repeats the next deeper stage.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+DEPTHS = ("input", "mid1", "mid2", "mid3", "final")
+_STRIDES = {"mid1": 4, "mid2": 8, "mid3": 16}
+_RESNET = {"input": None, "mid1": "layer1", "mid2": "layer2", "mid3": "layer3", "final": "layer4"}
+_DENSENET = {"input": None, "mid1": "features.denseblock1", "mid2": "features.denseblock2",
+             "mid3": "features.denseblock3", "final": "features"}
+_INCEPTION = {"input": None, "mid1": "Conv2d_4a_3x3", "mid2": "Mixed_5d", "mid3": "Mixed_6e", "final": "Mixed_7c"}
+_SEQUENTIAL_FAMILIES = (tvm.VGG, tvm.AlexNet, tvm.SqueezeNet, tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet,
+                        tvm.ConvNeXt, tvm.MNASNet)
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def depth_table(model: nn.Module) -> dict[str, str | None]:
+    """`{depth: module name or None (the input)}` for the model's family; ValueError listing the
+    model's modules when the family has no table."""
+    own = getattr(model, "guidance_depths", None)
+    if own is not None:
+        return own
+    if isinstance(model, tvm.ResNet):
+        return _RESNET
+    if isinstance(model, tvm.DenseNet):
+        return _DENSENET
+    if isinstance(model, tvm.Inception3):
+        return _INCEPTION
+    if model not in _cache:
+        if isinstance(model, _SEQUENTIAL_FAMILIES):
+            container = "layers" if isinstance(model, tvm.MNASNet) else "features"
+            _cache[model] = _stage_ends(model, container)
+        elif isinstance(getattr(model, "feature_info", None), list) and model.feature_info:  # timm
+            _cache[model] = _from_feature_info(model.feature_info)
+        else:
+            names = [n for n, _ in model.named_modules() if n]
+            shown = ", ".join(names[:40]) + (f", ... ({len(names)} modules)" if len(names) > 40 else "")
+            raise ValueError(f"named depths ({', '.join(DEPTHS)}) are not defined for {type(model).__name__}; "
+                             f"pass a module name instead, one of: {shown}")
+    return _cache[model]
+
+
+def _table(ends: dict[int, str], final: str) -> dict[str, str | None]:
+    """Depth table from `{stride: module}`; a missing stride takes the next deeper stage (or `final`)."""
+    table: dict[str, str | None] = {"input": None, "final": final}
+    for depth, stride in _STRIDES.items():
+        deeper = [ends[s] for s in sorted(ends) if s >= stride]
+        table[depth] = deeper[0] if deeper else final
+    return table
+
+
+def _from_feature_info(info: list[dict]) -> dict[str, str | None]:
+    ends = {entry["reduction"]: entry["module"] for entry in info}  # later entries win: the stage's last
+    return _table(ends, info[-1]["module"])
+
+
+def _stage_ends(model: nn.Module, container: str) -> dict[str, str | None]:
+    """Run the children of `model.<container>` on a 128 px zero image and keep the last child of each stride."""
+    seq = getattr(model, container)
+    param = next(model.parameters())
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            h = torch.zeros(1, 3, 128, 128, dtype=param.dtype, device=param.device)
+            ends = {}
+            for name, child in seq.named_children():
+                h = child(h)
+                if h.dim() == 4 and h.shape[-1] > 0:
+                    ends[2 ** round(math.log2(128 / h.shape[-1]))] = f"{container}.{name}"
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+    return _table(ends, container)
+
+
+def layer_name(model: nn.Module, depth: str) -> str | None:
+    """Module name of a named depth (`None` means the input)."""
+    if depth not in DEPTHS:
+        raise ValueError(f"depth {depth!r} is unknown; accepted: {', '.join(DEPTHS)}")
+    return depth_table(model)[depth]
