@@ -213,3 +213,32 @@ def test_timm_depths_come_from_feature_info():
         build("timm:not_a_model", 2)
     with pytest.raises(FileNotFoundError, match="timm models take a local weights file"):
         build("timm:legacy_xception", 2, weights="imagenet")
+
+
+def test_cli_explain_of_a_densenet_at_features_equals_captum(tmp_path):
+    """`salience explain` of a DenseNet-121 checkpoint at `features` (where DenseNet applies
+    `F.relu(features, inplace=True)`): the stored maps equal Captum's LayerGradCam."""
+    from typer.testing import CliRunner
+
+    from salience.cli import app
+    from salience.data.core import collate
+    from salience.store import MapStore
+    from salience.store.explain import load_run
+    from salience.training import load_config, save_checkpoint
+    from salience.training.datasets import open_split
+
+    cfg = load_config(None, ["model.name=densenet121", "data.size=32",
+                             "data.options={n_train: 4, n_val: 2, n_test: 6, n_out_of_set: 2, size: 32}"])
+    torch.manual_seed(0)
+    save_checkpoint({"model": _perturb_norms(build("densenet121", 2)).state_dict(), "config": cfg.dump(),
+                     "epoch": 0, "classes": ["real", "synthetic"], "multi_label": False}, tmp_path / "d.pt")
+    res = CliRunner().invoke(app, ["explain", "--checkpoint", str(tmp_path / "d.pt"), "--method", "grad_cam",
+                                   "--layer", "features", "--target", "predicted", "--out", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    maps, targets = MapStore(tmp_path / "s").read(0, 6)
+
+    model, config = load_run(tmp_path / "d.pt")
+    x = collate([open_split(config.data, "test")[i] for i in range(6)])["image"]
+    assert torch.equal(targets, model(x).argmax(1))
+    ref = captum_attr.LayerGradCam(model, model.features).attribute(x, target=targets, relu_attributions=True)[:, 0]
+    assert maps.abs().max() > 0 and rel_err(maps, ref.detach()) <= 1e-5
