@@ -7,7 +7,8 @@ Two calls cover training::
 
 `format` is one of `builtin` (path None: generated in memory, `config=BuiltinBenchmark(...)`;
 or a folder written by `make_builtin`), `voc` (VOCdevkit), `coco` (COCO 2014 root),
-`waterbirds` (folder with metadata.csv), `folder` (salience-folder CSV layout). Items and
+`waterbirds` (folder with metadata.csv), `folder` (salience-folder CSV layout), `imagefolder`
+(one sub-folder per class, torchvision's ImageFolder layout, or a flat folder of images). Items and
 batches follow docs/contracts.md: `image` float32 [B, 3, H, W] in [0, 1], multi-hot `labels`
 [B, C], per-image xyxy `boxes` [N_i, 4] with `box_labels` [N_i], `mask` / `human_map`
 [B, H, W], `has_human_map`, `annotated`, `group`, `index`, `id`.

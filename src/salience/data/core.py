@@ -142,8 +142,10 @@ def _box_labels(sample: dict) -> torch.Tensor:
 def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = False, crop_padding: int = 0):
     """Geometric transforms that move image, boxes, mask and human map together.
 
-    Resize to `size` (square if an int); for training, a random crop (after zero padding of
-    `crop_padding` px) and a random horizontal flip. Boxes are clipped to the image (tv_tensors
+    Resize to `size` (an int n: n x n; `(H, W)`; None: no resize; bilinear with antialiasing). An
+    image that already has that size passes through untouched, bit for bit (torchvision's resize
+    returns its input then). For training, a random crop (after zero padding of `crop_padding` px)
+    and a random horizontal flip. Boxes are clipped to the image (tv_tensors
     clamp them) and boxes narrower or lower than 1 px are dropped.
     Only geometric transforms belong here: the human map travels as a second `Image`.
     """

@@ -20,10 +20,11 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from salience.data.core import DataError, Record, SalienceDataset, annotated_fraction, image_size
 
-FORMATS = ("builtin", "voc", "coco", "waterbirds", "folder")
+FORMATS = ("builtin", "voc", "coco", "waterbirds", "folder", "imagefolder")
 VOC_CLASSES = [
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -296,7 +297,52 @@ def read_folder(path: Path, split: str, problems: Problems) -> tuple[list[Record
     return records, classes
 
 
-READERS = {"voc": read_voc, "coco": read_coco, "waterbirds": read_waterbirds, "folder": read_folder}
+# ---------------------------------------------------------------- image folder (torchvision ImageFolder layout)
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
+
+
+def read_imagefolder(path: Path, split: str, problems: Problems) -> tuple[list[Record], list[str]]:
+    """`path/<class>/**/<image>`: classes are the sorted sub-folder names; or a flat folder of images.
+
+    Every image file (torchvision's `IMG_EXTENSIONS`, any case) under a class folder, at any depth,
+    is one record with `id` = its path relative to `path` (posix), labels = [class index], no boxes
+    and no human map; records are sorted by id. A flat folder (images directly in `path`, no
+    sub-folders) gives one record per image with no label and classes = [] (out-of-set images).
+    Names starting with "." are ignored; other files are ignored. `split` does not pick a
+    sub-folder: `path` itself is read (the split only names the data set).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found (imagefolder reads a folder with one sub-folder per "
+                        "class, or a flat folder of images)")
+    entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
+    class_dirs = [e for e in entries if e.is_dir()]
+    loose = [e for e in entries if e.is_file() and _is_image(e.name)]
+    if class_dirs and loose:
+        raise DataError(f"{root}: holds both images ({', '.join(e.name for e in loose[:3])}) and class folders "
+                        f"({', '.join(e.name for e in class_dirs[:3])}); put every image in a class folder, or "
+                        "use a flat folder of images only")
+    if not class_dirs and not loose:
+        raise DataError(f"{root}: no class folders and no images (extensions {', '.join(IMG_EXTENSIONS)})")
+    if loose:
+        return [Record(id=e.name, image=e, labels=[]) for e in loose], []
+    records = []
+    for index, folder in enumerate(class_dirs):
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            found += [Path(dirpath) / f for f in filenames if _is_image(f)]
+        if not found:
+            problems.error(f"{folder}: class folder {folder.name!r} has no images "
+                           f"(extensions {', '.join(IMG_EXTENSIONS)}, in it or in its sub-folders)")
+        records += [Record(id=p.relative_to(root).as_posix(), image=p, labels=[index]) for p in found]
+    records.sort(key=lambda r: r.id)
+    return records, [d.name for d in class_dirs]
+
+
+READERS = {"voc": read_voc, "coco": read_coco, "waterbirds": read_waterbirds, "folder": read_folder,
+           "imagefolder": read_imagefolder}
 
 
 def _read(format: str, path, split: str, problems: Problems, **options):
@@ -348,10 +394,11 @@ def check_files(dataset) -> None:
 
 def build_dataset(format: str, path, split: str, transforms=None, annotated: float = 1.0, seed: int = 0,
                   **options) -> SalienceDataset:
-    """Read `split` of the data at `path` in `format` (builtin, voc, coco, waterbirds, folder).
+    """Read `split` of the data at `path` in `format` (builtin, voc, coco, waterbirds, folder, imagefolder).
 
     `format="builtin"` with `path=None` generates the benchmark in memory (`config=` a
-    `BuiltinBenchmark`); with a path it reads a folder written by `make_builtin`.
+    `BuiltinBenchmark`); with a path it reads a folder written by `make_builtin`. `imagefolder`
+    reads `path` itself (one sub-folder per class, or a flat folder of images); `split` only names it.
     `transforms`: joint transforms on each sample (see `joint_transforms`); `annotated`: the
     fraction of images whose boxes/maps may guide training, chosen by `seed`
     (`annotated_fraction`). Other options go to the reader (COCO: `empty`). Raises `DataError`

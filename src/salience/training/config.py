@@ -27,7 +27,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    format: Literal["builtin", "voc", "coco", "waterbirds", "folder"] = "builtin"
+    format: Literal["builtin", "voc", "coco", "waterbirds", "folder", "imagefolder"] = "builtin"
     root: str | None = None
     """Where the data lie on disk; not used by `builtin` (generated in memory)."""
     size: int | None = Field(None, ge=8)
