@@ -223,9 +223,9 @@ def test_cli_explain_of_a_densenet_at_features_equals_captum(tmp_path):
     from salience.cli import app
     from salience.data.core import collate
     from salience.store import MapStore
-    from salience.store.explain import load_run
+    from salience.io.checkpoint import load_run
     from salience.training import load_config, save_checkpoint
-    from salience.training.datasets import open_split
+    from salience.io.datasets import open_split
 
     cfg = load_config(None, ["model.name=densenet121", "data.size=32",
                              "data.options={n_train: 4, n_val: 2, n_test: 6, n_out_of_set: 2, size: 32}"])

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from salience.attribution import attribute
 from salience.cli import app
 from salience.store import MapStore
-from salience.store.explain import explain_stores, load_run
+from salience.io.checkpoint import load_run
+from salience.store.explain import explain_stores
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 ENV = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
@@ -93,7 +94,7 @@ def test_two_processes_write_disjoint_chunks_and_the_store_of_one(tmp_path):
     assert one.exit_code == 0, one.output
     model, config = load_run(ckpt)
     from salience.data.core import collate
-    from salience.training.datasets import open_split
+    from salience.io.datasets import open_split
 
     batch = collate([open_split(config.data, "test")[i] for i in range(24)])
     for spec in METHODS:

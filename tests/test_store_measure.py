@@ -74,9 +74,12 @@ def test_measure_stores_outputs(tmp_path):
     with open(out / "per_image.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 36
-    got = torch.tensor([float(r["entropy_histogram"]) for r in rows if r["store"] == str(b1.path)])
+    got = torch.tensor([float(r["entropy_histogram"]) for r in rows if r["model"] == str(b1.path)])
     torch.testing.assert_close(got, entropy(n1, "histogram"), atol=1e-5, rtol=0)
     assert summary["stability"]["ce"]["pearson"]["mean"] == pytest.approx(1.0)
+    assert torch.allclose(torch.tensor(summary["stability"]["ce"]["ssim_matrix"]), torch.ones(2, 2))
+    pair = summary["stability"]["guided"]["ssim_matrix"][0][1]  # the two stores' mean SSIM over images
+    assert pair == pytest.approx(summary["stability"]["guided"]["ssim"]["mean"])
     assert summary["stability"]["guided"]["pearson"]["mean"] < 0.5
     cmp = summary["comparisons"]["ce vs guided"]["entropy_spatial"]
     expected = entropy(m1, "spatial").double().mean() - (entropy(n1, "spatial").double().mean()
@@ -126,8 +129,8 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
     from salience.data.core import collate
     from salience.measures import epg, pointing_game
     from salience.measures.degradation import deletion_insertion
-    from salience.store.explain import load_run
-    from salience.training.datasets import open_split
+    from salience.io.checkpoint import load_run
+    from salience.io.datasets import open_split
 
     ckpts = [_builtin_checkpoint(tmp_path / f"m{i}.pt", i) for i in range(4)]
     args = ["measure", "--group", f"A={ckpts[0]},{ckpts[1]}", "--group", f"B={ckpts[2]},{ckpts[3]}",
@@ -144,14 +147,14 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
     batch = collate([open_split(config.data, "test")[i] for i in range(12)])
     target = batch["labels"].argmax(1)
     maps = attribute("grad_cam", model, batch["image"], target, layer="final")
-    mine = [r for r in rows if r["store"].endswith("B_1")]
-    assert [r["image_id"] for r in mine] == batch["id"]
+    mine = [r for r in rows if r["model"] == "m3"]
+    assert [r["image"] for r in mine] == batch["id"] and {r["group"] for r in mine} == {"B"}
     assert torch.allclose(torch.tensor([float(r["epg"]) for r in mine]), epg(maps, batch["mask"]).float(), atol=1e-5)
     assert [float(r["pointing_game"]) for r in mine] == pointing_game(maps, batch["mask"]).tolist()
     curves = deletion_insertion(model, batch["image"][:5], target[:5], maps[:5], steps=16)
     assert torch.allclose(torch.tensor([float(r["deletion_auc"]) for r in mine[:5]]), curves["deletion_auc"], atol=1e-5)
     assert all(r["deletion_auc"] == "" for r in mine[5:])  # probes ran on the first 5 images only
-    store = summary["stores"][str(tmp_path / "o" / "stores" / "B_1")]
+    store = summary["stores"][str(tmp_path / "o" / "stores" / "m3")]
     assert store["epg"]["n"] == 12 and store["deletion_auc"]["n"] == 5
     assert set(store["curves"]) >= {"noise", "transforms", "blur", "deletion_curve", "out_of_set"}
     assert set(summary["stability"]) == {"A", "B"}

@@ -11,7 +11,7 @@ from salience.training import ConfigError, TrainingError, evaluate_checkpoint, l
 from salience.guidance import Guide
 from salience.models import build
 from salience.training import loop
-from salience.training.datasets import check_guidance_data
+from salience.io.datasets import check_guidance_data
 from salience.training.pareto import ParetoFront, dominates
 
 TINY = "data.options={n_train: 32, n_val: 16, n_test: 16, n_out_of_set: 4, size: 32}"

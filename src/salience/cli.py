@@ -105,7 +105,7 @@ def explain(
     """Write salience maps of a checkpoint on a data split into resumable map stores. Under torchrun the
     processes share the stores, each computing its share of the chunks."""
     from salience.store.explain import explain_checkpoint
-    from salience.training import distributed as dist
+    from salience import distributed as dist
 
     with _exit_on(ValueError, OSError):  # bad config, data, method, layer, store or path
         ctx = dist.setup(device)
@@ -144,8 +144,9 @@ def measure(
     probes). Under torchrun the processes share the explaining and the probes; rank 0 writes OUT."""
     from pathlib import Path
 
-    from salience.measures.run import measure_checkpoints, measure_stores
-    from salience.training import distributed as dist
+    from salience.measures.run import measure_stores
+    from salience.study import measure_checkpoints
+    from salience import distributed as dist
 
     groups: dict[str, list[str]] = {}
     for spec in group:
@@ -177,16 +178,19 @@ def measure(
         ctx = dist.setup(device)
         try:
             if is_checkpoint == {True}:
-                summary = measure_checkpoints(groups, out, method=method, split=data, layer=layer,
+                results = measure_checkpoints(groups, out, method=method, split=data, layer=layer,
                                               target_policy=target, overrides=set_, n_probe=n_probe,
                                               out_of_set=out_of_set, seed=seed, batch_size=batch_size,
-                                              progress=True, ctx=ctx)
+                                              device=device, progress=True, ctx=ctx)
+                counts = (len(results["models"]), len(results["comparisons"].get("entropy_histogram", {}))) \
+                    if ctx.is_main else None
             elif ctx.is_main:  # maps are read, not computed: one process does it
                 summary = measure_stores(groups, out, seed=seed)
+                counts = len(summary["stores"]), len(summary["comparisons"])
         finally:
             dist.teardown(ctx)
     if ctx.is_main:
-        typer.echo(f"{out}: {len(summary['stores'])} models measured, {len(summary['comparisons'])} comparisons")
+        typer.echo(f"{out}: {counts[0]} models measured, {counts[1]} comparisons")
 
 
 @app.command()
@@ -223,11 +227,23 @@ def evaluate(
         result = evaluate_checkpoint(checkpoint, data, set_, device=device)
     text = json.dumps(result, indent=2)
     if out:
-        from salience.training.distributed import atomic_write_text
+        from salience.distributed import atomic_write_text
 
         atomic_write_text(Path(out), text + "\n")
     typer.echo(text)
 
+
+
+@app.command()
+def study(
+    study_file: str = typer.Argument(..., help="Study file (YAML); see docs/study.md."),
+    out: str = typer.Option(None, help="Results folder (default: the file's `out`); a rerun recomputes nothing finished."),
+    set_: list[str] = typer.Option([], "--set", help="key=value override, e.g. explain.layer=mid3 (repeatable)."),
+) -> None:
+    """Explain and measure groups of models (weights trained elsewhere, or trained here) on one set of
+    images: per-image measures, stability, group comparisons, report.html. Under torchrun the
+    processes share the explaining and the probes."""
+    _run_study(study_file, out, set_)
 
 
 @app.command()
@@ -236,22 +252,36 @@ def demo(
     quick: bool = typer.Option(False, help="1 seed, tiny sizes: a check that everything runs (tests use it)."),
     seeds: int = typer.Option(None, help="Seeds per model group (default 3; 1 with --quick)."),
 ) -> None:
-    """The whole study on the built-in benchmark: train CE, energy-guided and CYBORG models, measure
-    their salience with the five measures and localisation metrics, write report.html."""
-    from salience.report import StudyConfig, render, run_study
+    """The study shipped with salience, on the built-in benchmark: train CE, energy-guided and CYBORG
+    models, measure their salience with the five measures and localisation metrics, write report.html."""
+    from salience.study import demo_study
 
-    cfg = StudyConfig.quick() if quick else StudyConfig()
-    if seeds is not None:
-        cfg = cfg.model_copy(update={"seeds": seeds})
-    results = run_study(cfg, out)
-    report = render(out)
-    for line in results["findings"]:
-        typer.echo(f"- {line}")
-    typer.echo(f"report: {report} ({results['seconds']:.0f} s)")
+    overrides = [f"groups.{g}.seeds={list(range(seeds))}" for g in ("CE", "Energy", "CYBORG")] if seeds else []
+    _run_study(str(demo_study(quick)), out, overrides)
+
+
+def _run_study(study_file: str, out: str | None, overrides: list[str]) -> None:
+    from pathlib import Path
+
+    from salience import distributed as dist
+    from salience.io.config import ConfigError
+    from salience.study import load_study, run
+
+    with _exit_on(ConfigError, ValueError, OSError):  # bad study file, weights, data or out folder
+        cfg = load_study(study_file, overrides)
+        ctx = dist.setup(cfg.device)
+        try:
+            results = run(cfg, out, ctx=ctx)
+        finally:
+            dist.teardown(ctx)
+    if results is not None:
+        for line in results["findings"]:
+            typer.echo(f"- {line}")
+        typer.echo(f"report: {Path(out or cfg.out) / 'report.html'} ({results['seconds']:.0f} s)")
 
 
 @app.command()
-def report(results_dir: str = typer.Argument(..., help="A folder written by `salience demo`.")) -> None:
+def report(results_dir: str = typer.Argument(..., help="A folder written by `salience study` or `salience demo`.")) -> None:
     """Re-render report.html from a results folder."""
     from salience.report import render
 

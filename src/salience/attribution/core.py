@@ -44,6 +44,10 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
     """The module for a module name or named depth; `None` (or `"input"`) means the input."""
     if layer is None:
         return None
+    if getattr(model, "salience_opaque", False) and layer != "input":
+        raise ValueError(f"layer {layer!r}: {type(model).__name__} was loaded from a TorchScript / torch.export "
+                         "file, whose layers cannot be hooked; use an input method (gradient, input_x_gradient or "
+                         "integrated_gradients without a layer) or load the weights into `build(name, ...)`")
     name = layer_name(model, layer) if layer in DEPTHS else layer
     if name is None:
         return None

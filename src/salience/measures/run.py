@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import hashlib
 import itertools
 import json
 import functools
@@ -24,7 +25,8 @@ from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
-from salience.store.explain import data_name, dataset_ids, explain_stores, load_run, method_outs
+from salience.io.checkpoint import load_run
+from salience.store.explain import data_name, dataset_ids, explain_stores, method_outs
 
 
 @dataclass
@@ -48,11 +50,13 @@ def _stage(path: Path, staged: list[tuple[Path, Path]]):
     return open(tmp, "w", newline="")
 
 
-def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
-    """Why `out` holds results of other stores (None when it is empty or holds these stores' results)."""
+def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, ...] = ()) -> str | None:
+    """Why `out` holds results of other stores (None when it is empty or holds these stores' results);
+    `own`: other names the caller writes there."""
     old = out / "summary.json"
     if not old.exists():
-        found = sorted(p.name for p in out.iterdir() if ".tmp" not in p.name and p.name != "stores") if out.is_dir() else []
+        found = sorted(p.name for p in out.iterdir() if ".tmp" not in p.name and p.name not in ("stores",) + own) \
+            if out.is_dir() else []
         return f"{out} holds other files {found[:5]} and no summary.json of `salience measure`" if found else None
     try:
         stores = json.loads(old.read_text())["stores"]
@@ -65,29 +69,32 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]]) -> str | None:
 
 def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: int = 0, block: int = 1024,
                    n_boot: int = 2000, n_perm: int = 10000, sources: dict[str, Source] | None = None,
-                   ctx=None) -> dict | None:
+                   ctx=None, names: dict[str, str] | None = None, own: tuple[str, ...] = ()) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
-    - `per_image.csv`: group, store, index, image_id, target, entropy_histogram, entropy_spatial, and when
+    - `per_image.csv`: group, model (`names[store path]`, default the store's path), image (its id), class
+      (the class its map explains), entropy_histogram, entropy_spatial, and when
       `sources` (store path -> `Source`) are given: epg, iou, pointing_game (NaN for an empty mask) and the
       `PROBES` (blank past a store's `n_probe` images)
-    - `stability.csv`: group, index, image_id and the mean pairwise similarity per similarity function,
+    - `stability.csv`: group, image and the mean pairwise similarity per similarity function,
       for groups of two or more aligned stores (same split, images and order; else refused)
     - `summary.json`: per store, summarise() of each measure; per group, stability summaries; for each
       pair of groups, compare_groups() of the per-store means (effect size, permutation p-value); per store
       with a source, the probe curves (noise, transforms, blur, deletion/insertion, out-of-set).
     Returns the summary dict. Nothing in `out` changes unless every file is written: they are staged under
-    temporary names and renamed at the end. An `out` holding results of other stores is refused.
+    temporary names and renamed at the end. An `out` holding results of other stores (or files other than
+    `own` names) is refused.
 
-    `ctx` (`salience.training.distributed.Context`, under torchrun): the models' probes are shared out over the
+    `ctx` (`salience.distributed.Context`, under torchrun): the models' probes are shared out over the
     processes, one model per process at a time, and gathered on rank 0, which writes the files and returns
     the summary (the other processes return None). The results are those of one process.
     """
     out = Path(out)
-    reason = _other_run(out, groups)
+    reason = _other_run(out, groups, own)
     if reason:
         raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
+    names = names or {}
     sources = sources or {}
     probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx)
     if ctx is not None and not ctx.is_main:
@@ -98,7 +105,7 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
         raise OSError(f"{out}: cannot create the output folder ({err.strerror}: {err.filename})") from None
     staged: list[tuple[Path, Path]] = []
     try:
-        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources, probes)
+        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources, probes, names)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -156,11 +163,34 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
                        seed=seed, deletion_steps=src.deletion_steps)
 
 
+def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
+    """`_probe`, kept in `<store>/probes.json` with what it depends on, so a rerun does not probe again."""
+    oos = None if src.out_of_set is None else hashlib.sha256(src.out_of_set.cpu().numpy().tobytes()).hexdigest()[:16]
+    key = {"model_hash": store.meta.model_hash, "n_probe": src.n_probe, "seed": seed,
+           "deletion_steps": src.deletion_steps, "out_of_set": oos}
+    cache = store.path / "probes.json"
+    if cache.exists():
+        try:
+            saved = json.loads(cache.read_text())
+        except ValueError:
+            saved = {}  # a damaged cache is recomputed
+        if saved.get("key") == key:
+            return {"values": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["values"].items()},
+                    "curves": saved["curves"]}
+    result = _probe(store, src, seed)
+    text = json.dumps({"key": key, "values": {k: v.double().tolist() for k, v in result["values"].items()},
+                       "curves": result["curves"]}, allow_nan=True)
+    tmp = cache.with_name(f".probes.json.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, cache)
+    return result
+
+
 def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=None) -> dict[str, dict]:
     """`{store path: _probe(...)}` for the stores with a source and `n_probe` > 0, after checking that each
     source holds the store's images. Under torchrun each process probes every `world_size`-th store, and
     every process gets all the results."""
-    from salience.training import distributed as dist
+    from salience import distributed as dist
 
     todo = []
     for s in stores:
@@ -173,7 +203,7 @@ def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=N
         if src.n_probe > 0:
             todo.append(s)
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    mine = {str(s.path): _probe(s, sources[str(s.path)], seed) for s in todo[rank::world]}
+    mine = {str(s.path): _cached_probe(s, sources[str(s.path)], seed) for s in todo[rank::world]}
     if world == 1:
         return mine
     merged: dict[str, dict] = {}
@@ -183,14 +213,14 @@ def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=N
 
 
 def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: int, block: int, n_boot: int,
-             n_perm: int, sources: dict[str, Source], probes: dict[str, dict]) -> dict:
+             n_perm: int, sources: dict[str, Source], probes: dict[str, dict], names: dict[str, str]) -> dict:
     summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
     columns = ENTROPIES + (LOCALISATION + PROBES if sources else ())
     per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in columns} for g in opened}
 
     with _stage(out / "per_image.csv", staged) as f:
         w = csv.writer(f)
-        w.writerow(["group", "store", "index", "image_id", "target", *columns])
+        w.writerow(["group", "model", "image", "class", *columns])
         for g, stores in opened.items():
             for s in stores:
                 src = sources.get(str(s.path))
@@ -206,13 +236,14 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
                     for m, v in probed.items():
                         part = v[start:start + n].tolist()
                         cells[m] = [f"{x:.6g}" for x in part] + [""] * (n - len(part))
-                    w.writerows([g, str(s.path), start + j, s.meta.image_ids[start + j], t,
+                    w.writerows([g, names.get(str(s.path), str(s.path)), s.meta.image_ids[start + j], t,
                                  *(cells[m][j] if m in cells else "" for m in columns)]
                                 for j, t in enumerate(targets.tolist()))
                 for m, v in probed.items():
                     values[m] = v.tolist()
                 stats = {m: summarise(v, seed=seed, n_boot=n_boot) for m, v in values.items() if v}
-                summary["stores"][str(s.path)] = {"group": g, "model_hash": s.meta.model_hash, "method": s.meta.method,
+                summary["stores"][str(s.path)] = {"group": g, "model": names.get(str(s.path), str(s.path)),
+                                                  "model_hash": s.meta.model_hash, "method": s.meta.method,
                                                   "layer": s.meta.layer, "split": s.meta.split, "n": s.n, **stats}
                 if probe:
                     summary["stores"][str(s.path)]["curves"] = probe["curves"]
@@ -229,20 +260,28 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
                 sims = ("ssim", "pearson", "spearman", "topk_iou") if min(stores[0].map_shape) >= 3 else (
                     "pearson", "spearman", "topk_iou")
                 if not header_written:
-                    w.writerow(["group", "index", "image_id", *("ssim", "pearson", "spearman", "topk_iou")])
+                    w.writerow(["group", "image", *("ssim", "pearson", "spearman", "topk_iou")])
                     header_written = True
                 values = {k: [] for k in sims}
+                pair_sums = None
                 for start in range(0, stores[0].n, block):
                     stop = min(start + block, stores[0].n)
                     maps = torch.stack([s.read(start, stop)[0] for s in stores])
-                    mean = seed_stability(maps, sims)["mean"]
+                    st = seed_stability(maps, sims)
+                    mean = st["mean"]
+                    sums = st["similarity"][sims[0]].double().sum(0)  # per pair of stores
+                    pair_sums = sums if pair_sums is None else pair_sums + sums
                     for k in sims:
                         values[k].extend(mean[k].tolist())
                     cols = [mean[k].tolist() if k in mean else [None] * (stop - start)
                             for k in ("ssim", "pearson", "spearman", "topk_iou")]
-                    w.writerows([g, i, stores[0].meta.image_ids[i], *("" if v is None else f"{v:.6g}" for v in vs)]
+                    w.writerows([g, stores[0].meta.image_ids[i], *("" if v is None else f"{v:.6g}" for v in vs)]
                                 for i, *vs in zip(range(start, stop), *cols))
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
+                matrix = torch.eye(len(stores), dtype=torch.float64)
+                for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist()):
+                    matrix[i, j] = matrix[j, i] = v
+                summary["stability"][g][f"{sims[0]}_matrix"] = matrix.tolist()  # mean over images, per pair
 
     for a, b in itertools.combinations(opened, 2):
         if len(opened[a]) >= 2 and len(opened[b]) >= 2:
@@ -253,51 +292,3 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
     with _stage(out / "summary.json", staged) as f:
         json.dump(summary, f, indent=2)
     return summary
-
-
-def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *, method: str, split: str = "test",
-                        layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
-                        n_probe: int = 128, out_of_set: str | None = None, seed: int = 0, batch_size: int = 64,
-                        device: str = "cpu", progress: bool = False, ctx=None) -> dict | None:
-    """Every measure for groups of training checkpoints (name -> checkpoint paths) on `split` of their data.
-
-    Each checkpoint is explained with `method` (`NAME` or `NAME@LAYER`, or the name and `layer`) and
-    `target_policy` into the store `out/stores/<group>_<i>` (an interrupted run resumes there); the checkpoints
-    that share a data config are explained together, over one read of its images. Then `measure_stores`
-    measures the stores with the checkpoints' models and data as sources: entropy, localisation, stability
-    across each group's checkpoints, the probes on the first `n_probe` images (with the first `n_probe` images
-    of the split `out_of_set` as out-of-set samples, when given), and the group comparisons. `overrides`
-    change the checkpoints' saved configs (see `load_run`). `ctx`: under torchrun the processes share the
-    explaining and the probes (see `explain_stores`, `measure_stores`); rank 0 writes the results and returns
-    the summary of `measure_stores`, the others None.
-    """
-    from salience.training.datasets import open_split
-
-    (spec,) = method_outs([method], "", layer)
-    out = Path(out)
-    stores = {g: [out / "stores" / f"{g}_{i}" for i in range(len(paths))] for g, paths in groups.items()}
-    reason = _other_run(out, stores)  # before hours of explaining
-    if reason:
-        raise FileExistsError(f"{reason}; choose another out or delete it")
-    # data config -> (split, out-of-set images, [(model, store)]): the checkpoints of a study share them
-    opened: dict[str, tuple] = {}
-    names: dict[str, tuple[str, int]] = {}  # data config -> (store's data name, loader workers)
-    for g, paths in groups.items():
-        for checkpoint, store in zip(paths, stores[g]):
-            model, config = load_run(checkpoint, overrides, ctx.device if ctx else device)
-            key = config.data.model_dump_json()
-            if key not in opened:
-                oos = None
-                if out_of_set is not None and n_probe > 0:
-                    other = open_split(config.data, out_of_set)
-                    oos = collate([other[i] for i in range(min(n_probe, len(other)))])["image"]
-                opened[key] = (open_split(config.data, split), oos, [])
-                names[key] = (data_name(config), config.data.workers)
-            opened[key][2].append((model, store))
-    sources = {}
-    for key, (data, oos, jobs) in opened.items():
-        explain_stores([m for m, _ in jobs], data, [spec], [{spec: store} for _, store in jobs],
-                       target_policy=target_policy, data=names[key][0], split=split, batch_size=batch_size,
-                       workers=names[key][1], progress=progress, ctx=ctx)
-        sources |= {str(store): Source(model, data, n_probe, oos) for model, store in jobs}
-    return measure_stores(stores, out, seed=seed, sources=sources, ctx=ctx)

@@ -1,6 +1,6 @@
-"""Report: the demo study (`run_study`) and its self-contained HTML report (`render`)."""
+"""Report: renders a study's results folder (`results.json`, `gallery.pt`) into one self-contained
+`report.html`. It reads results; it never trains, explains or measures (see `salience.study`)."""
 
 from salience.report.render import render
-from salience.report.study import GROUPS, StudyConfig, findings, run_study
 
-__all__ = ["GROUPS", "StudyConfig", "findings", "render", "run_study"]
+__all__ = ["render"]

@@ -17,10 +17,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 COLORS = {"CE": "#7f7f7f", "Energy": "#1f77b4", "CYBORG": "#d62728"}
+PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#1f77b4", "#d62728"]
 LABELS = {
-    "epg": "EPG (share of positive salience in the face box; higher is better)",
-    "iou": "IoU of the thresholded map with the face box",
-    "pointing_game": "Pointing game (map maximum inside the box)",
+    "epg": "EPG (share of positive salience in the boxes; higher is better)",
+    "iou": "IoU of the thresholded map with the boxes",
+    "pointing_game": "Pointing game (map maximum inside the boxes)",
     "entropy_histogram": "Entropy, histogram (paper's; lower = more concentrated)",
     "entropy_spatial": "Entropy, spatial (lower = fewer salient pixels)",
     "noise_ssim_0.1": "Map SSIM, clean vs 10 % salt-and-pepper",
@@ -29,11 +30,30 @@ LABELS = {
     "blur_salient_score_change": "Score change, blurring salient regions",
     "deletion_auc": "Deletion AUC (lower = map finds what matters)",
     "insertion_auc": "Insertion AUC (higher = map finds what matters)",
-    "test": "Accuracy on test",
-    "test_shift": "Accuracy on test_shift (cue reversed)",
-    "test_shift_worst_group": "Worst-group accuracy on test_shift",
-    "out_of_set_real_rate": "Non-faces called 'real'",
+    "accuracy": "Accuracy",
+    "auc": "ROC AUC",
+    "f1": "F1 (micro)",
+    "worst_group_accuracy": "Worst-group accuracy",
 }
+
+
+def _label(key: str) -> str:
+    """Table label of a measure or accuracy key (`test_shift_accuracy` -> `Accuracy on test_shift`)."""
+    if key in LABELS:
+        return LABELS[key]
+    if key.startswith("out_of_set_called_"):
+        return f"Out-of-set images called '{key[18:]}'"
+    for base in ("worst_group_accuracy", "accuracy", "auc", "f1"):
+        if key.endswith("_" + base):
+            return f"{LABELS[base]} on {key[:-len(base) - 1]}"
+    return key
+
+
+def _color(results: dict, group: str) -> str:
+    if group in COLORS:
+        return COLORS[group]
+    others = [g for g in results["groups"] if g not in COLORS]
+    return PALETTE[others.index(group) % len(PALETTE)]
 
 
 def _png(fig) -> str:
@@ -47,20 +67,28 @@ def _groups(results: dict) -> list[str]:
     return [g for g, names in results["groups"].items() if names]
 
 
-def fig_gallery(gallery: dict) -> str:
+def fig_gallery(gallery: dict, results: dict) -> str | None:
+    """Images with their boxes (and human maps, where the data have them) and each group's map."""
     groups = list(gallery["maps"])
     n = len(gallery["images"])
-    cols = 2 + len(groups)
+    if n == 0:
+        return None
+    human = bool(torch.as_tensor(gallery["has_human_map"]).any())
+    cols = 1 + human + len(groups)
     fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 1.9 * n), squeeze=False)
     for i in range(n):
         img = gallery["images"][i].permute(1, 2, 0).clamp(0, 1).numpy()
-        panels = [("image + box, " + gallery["classes"][gallery["labels"][i]], img, None),
-                  ("human salience", gallery["human_maps"][i].numpy(), "inferno")]
-        panels += [(g, gallery["maps"][g][i].clamp(min=0).numpy(), "inferno") for g in groups]
+        label = gallery["labels"][i]
+        name = gallery["classes"][label] if 0 <= label < len(gallery["classes"]) else "image"
+        panels = [(name + (" + boxes" if len(gallery["boxes"][i]) else ""), img, None)]
+        if human:
+            panels.append(("human salience", gallery["human_maps"][i].numpy(), "inferno"))
+        panels += [(g, gallery["maps"][g][i].clamp(min=0).numpy(), "inferno") for g in groups
+                   if i < len(gallery["maps"][g])]
         for j, (title, data, cmap) in enumerate(panels):
             ax = axes[i, j]
             if cmap is None:
-                ax.imshow(data)
+                ax.imshow(img)
                 for x0, y0, x1, y1 in gallery["boxes"][i].tolist():
                     ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="lime", lw=1.5))
             else:
@@ -69,41 +97,49 @@ def fig_gallery(gallery: dict) -> str:
                     ax.imshow(data / data.max(), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
                 else:
                     ax.text(0.5, 0.5, "all zero", transform=ax.transAxes, ha="center", color="w", fontsize=8)
+            ax.set_title(title, fontsize=8) if i == 0 or j == 0 else None
+        for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-            if i == 0 or j == 0:
-                ax.set_title(title, fontsize=8)
     return _png(fig)
 
 
-def fig_accuracy(results: dict) -> str:
+def fig_accuracy(results: dict) -> str | None:
     groups = _groups(results)
-    keys = ["test", "test_shift", "test_shift_worst_group", "out_of_set_real_rate"]
-    fig, ax = plt.subplots(figsize=(7.5, 3.2))
+    keys = [k for k in results["accuracy_keys"] if not k.endswith("auc")]
+    if not keys:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(keys) + 2), 3.2))
     width = 0.8 / len(groups)
     for gi, g in enumerate(groups):
         s = [results["summary"][k][g] for k in keys]
         means = [v["mean"] for v in s]
         err = [0 if v["sd"] != v["sd"] else v["sd"] for v in s]
-        ax.bar([k + gi * width for k in range(len(keys))], means, width, yerr=err, label=g, color=COLORS.get(g))
+        ax.bar([k + gi * width for k in range(len(keys))], means, width, yerr=err, label=g, color=_color(results, g))
     ax.set_xticks([k + width * (len(groups) - 1) / 2 for k in range(len(keys))])
-    ax.set_xticklabels(["test", "test_shift", "worst group\n(test_shift)", "non-faces\ncalled real"])
+    ax.set_xticklabels([_label(k).replace(" on ", "\non ").replace("called", "\ncalled") for k in keys], fontsize=8)
     ax.set_ylim(0, 1)
     ax.axhline(0.5, color="k", lw=0.5, ls=":")
-    ax.set_ylabel("rate (mean ± sd over seeds)")
+    ax.set_ylabel("rate (mean ± sd over models)")
     ax.legend(fontsize=8)
     return _png(fig)
 
 
-def fig_entropy(results: dict) -> str:
+def _has(results: dict, curve: str) -> bool:
+    return all(curve in m for m in results["models"].values())
+
+
+def fig_entropy(results: dict) -> str | None:
+    if not _has(results, "out_of_set"):
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     for g in _groups(results):
         ins = [v for n in results["groups"][g] for v in results["models"][n]["out_of_set"]["entropy_in"]]
         outs = [v for n in results["groups"][g] for v in results["models"][n]["out_of_set"]["entropy_out"]]
-        axes[0].hist(ins, bins=20, range=(0, 1), histtype="step", lw=1.5, color=COLORS.get(g), label=g)
-        axes[1].hist(outs, bins=20, range=(0, 1), histtype="step", lw=1.5, color=COLORS.get(g), label=g)
-    axes[0].set_title("faces (test)", fontsize=9)
-    axes[1].set_title("non-faces (out of set)", fontsize=9)
+        axes[0].hist(ins, bins=20, range=(0, 1), histtype="step", lw=1.5, color=_color(results, g), label=g)
+        axes[1].hist(outs, bins=20, range=(0, 1), histtype="step", lw=1.5, color=_color(results, g), label=g)
+    axes[0].set_title("in-set images", fontsize=9)
+    axes[1].set_title("out-of-set images", fontsize=9)
     for ax in axes:
         ax.set_xlabel("histogram entropy (normalised)")
     axes[0].legend(fontsize=8)
@@ -118,13 +154,15 @@ def _per_group_curve(results: dict, getter) -> dict:
     return out
 
 
-def fig_noise(results: dict) -> str:
+def fig_noise(results: dict) -> str | None:
+    if not _has(results, "noise"):
+        return None
     amounts = next(iter(results["models"].values()))["noise"]["amounts"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     for g, curve in _per_group_curve(results, lambda m: m["noise"]["ssim"]).items():
-        axes[0].plot(amounts, curve, "o-", color=COLORS.get(g), label=g)
+        axes[0].plot(amounts, curve, "o-", color=_color(results, g), label=g)
     for g, curve in _per_group_curve(results, lambda m: m["noise"]["score_change"]).items():
-        axes[1].plot(amounts, curve, "o-", color=COLORS.get(g), label=g)
+        axes[1].plot(amounts, curve, "o-", color=_color(results, g), label=g)
     axes[0].set_ylabel("map SSIM to clean")
     axes[1].set_ylabel("score change")
     for ax in axes:
@@ -133,13 +171,15 @@ def fig_noise(results: dict) -> str:
     return _png(fig)
 
 
-def fig_transforms(results: dict) -> str:
+def fig_transforms(results: dict) -> str | None:
+    if not _has(results, "transforms"):
+        return None
     names = list(next(iter(results["models"].values()))["transforms"])
     per = _per_group_curve(results, lambda m: [m["transforms"][t] for t in names])
     fig, ax = plt.subplots(figsize=(9, 2.8))
     width = 0.8 / len(per)
     for gi, (g, vals) in enumerate(per.items()):
-        ax.bar([k + gi * width for k in range(len(names))], vals, width, color=COLORS.get(g), label=g)
+        ax.bar([k + gi * width for k in range(len(names))], vals, width, color=_color(results, g), label=g)
     ax.set_xticks([k + width * (len(per) - 1) / 2 for k in range(len(names))])
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     ax.set_ylabel("SSIM of T(map(x)) vs map(T(x))")
@@ -149,7 +189,7 @@ def fig_transforms(results: dict) -> str:
 
 
 def fig_stability(results: dict) -> str | None:
-    st = results["stability"]
+    st = {g: s for g, s in results["stability"].items() if "ssim_matrix" in s}
     if not st:
         return None
     fig, axes = plt.subplots(1, len(st), figsize=(3.2 * len(st), 2.6), squeeze=False)
@@ -159,22 +199,29 @@ def fig_stability(results: dict) -> str | None:
         for i in range(n):
             for j in range(n):
                 ax.text(j, i, f"{s['ssim_matrix'][i][j]:.2f}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_xticks(range(n))  # one tick per model, at the cell centres
+        ax.set_yticks(range(n))
+        names = [str(i + 1) for i in range(n)]
+        ax.set_xticklabels(names, fontsize=7)
+        ax.set_yticklabels(names, fontsize=7)
         ax.set_title(g, fontsize=9)
-        ax.set_xlabel("seed")
+        ax.set_xlabel("model")
         if k == 0:
-            ax.set_ylabel("seed")
+            ax.set_ylabel("model")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     return _png(fig)
 
 
-def fig_blur(results: dict) -> str:
+def fig_blur(results: dict) -> str | None:
+    if not _has(results, "blur"):
+        return None
     groups = _groups(results)
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     for k, key in enumerate(["score_change", "ssim"]):
         for gi, g in enumerate(groups):
             vals = [sum(results["models"][n]["blur"][mode][key] for n in results["groups"][g]) / len(results["groups"][g])
                     for mode in ("nonsalient", "salient")]
-            axes[k].bar([m + gi * 0.8 / len(groups) for m in range(2)], vals, 0.8 / len(groups), color=COLORS.get(g), label=g)
+            axes[k].bar([m + gi * 0.8 / len(groups) for m in range(2)], vals, 0.8 / len(groups), color=_color(results, g), label=g)
         axes[k].set_xticks([m + 0.4 - 0.4 / len(groups) for m in range(2)])
         axes[k].set_xticklabels(["blur non-salient", "blur salient"])
     axes[0].set_ylabel("score change")
@@ -183,11 +230,13 @@ def fig_blur(results: dict) -> str:
     return _png(fig)
 
 
-def fig_deletion(results: dict) -> str:
+def fig_deletion(results: dict) -> str | None:
+    if not _has(results, "deletion_curve"):
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     for k, name in enumerate(["deletion_curve", "insertion_curve"]):
         for g, curve in _per_group_curve(results, lambda m: m[name]).items():
-            axes[k].plot([i / (len(curve) - 1) for i in range(len(curve))], curve, color=COLORS.get(g), label=g)
+            axes[k].plot([i / (len(curve) - 1) for i in range(len(curve))], curve, color=_color(results, g), label=g)
         axes[k].set_title(name.split("_")[0], fontsize=9)
         axes[k].set_xlabel("fraction of pixels changed (most salient first)")
     axes[0].set_ylabel("score of the true class")
@@ -195,15 +244,21 @@ def fig_deletion(results: dict) -> str:
     return _png(fig)
 
 
-def fig_pareto(results: dict) -> str:
+def fig_pareto(results: dict) -> str | None:
+    if not any("pareto" in m for m in results["models"].values()):
+        return None
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    labelled = set()
     for name, m in results["models"].items():
+        if "pareto" not in m:
+            continue
         pts = [p for p in m["pareto"] if p["accuracy"] is not None and p["epg"] is not None]
-        color = COLORS.get(m["group"])
+        color = _color(results, m["group"])
         ax.plot([p["epg"] for p in pts], [p["accuracy"] for p in pts], "-", color=color, alpha=0.4, lw=0.8)
         front = [p for p in pts if p["pareto"]]
         ax.scatter([p["epg"] for p in front], [p["accuracy"] for p in front], color=color, s=18,
-                   label=m["group"] if m["seed"] == 0 else None)
+                   label=None if m["group"] in labelled else m["group"])
+        labelled.add(m["group"])
     ax.set_xlabel("validation EPG")
     ax.set_ylabel("validation accuracy")
     ax.legend(fontsize=8, title="kept (Pareto) epochs", title_fontsize=7)
@@ -221,7 +276,25 @@ def _table(results: dict, key: str) -> str:
                     f"n={s[g]['n']}</small></td>" for g in groups)
     comps = results["comparisons"].get(key, {})
     comp = "; ".join(f"{name}: Δ {c['diff']:+.3f}, d {c['cohens_d']:.2f}, p {c['p_value']:.3g}" for name, c in comps.items())
-    return f"<tr><td>{html.escape(LABELS.get(key, key))}</td>{cells}<td><small>{comp or '–'}</small></td></tr>"
+    return f"<tr><td>{html.escape(_label(key))}</td>{cells}<td><small>{comp or '–'}</small></td></tr>"
+
+
+def _provenance(results: dict) -> str:
+    """Where the models and the images came from."""
+    data = results["data"]
+    lines = [f"Images: {html.escape(data['description'])}, {data['images']} images"
+             + (f", classes {html.escape(', '.join(data['classes']))}" if data["classes"] else "") + "."]
+    if data["out_of_set"]:
+        lines.append(f"Out-of-set images: {html.escape(data['out_of_set'])}.")
+    for name, what in data["evaluate"].items():
+        lines.append(f"Also evaluated on {html.escape(name)}: {html.escape(what)}.")
+    ex = results["explain"]
+    lines.append(f"Salience: {html.escape(ex['method'])} at {html.escape(str(ex['layer']))}, explaining the "
+                 f"{html.escape(ex['target'])} class.")
+    items = "".join(f"<li><b>{html.escape(g)}</b>: " + "; ".join(
+        f"{html.escape(n)} ({html.escape(results['models'][n]['source'])})" for n in names) + "</li>"
+        for g, names in results["groups"].items())
+    return "<p>" + " ".join(lines) + f"</p><p>Models, by group (compared with {html.escape(results['reference'])}):</p><ul>{items}</ul>"
 
 
 def render(results_dir: str | Path) -> Path:
@@ -229,36 +302,41 @@ def render(results_dir: str | Path) -> Path:
     d = Path(results_dir)
     results_file = d / "results.json"
     if not results_file.is_file():
-        raise FileNotFoundError(f"{results_file}: not found; run `salience demo --out {d}` first")
+        raise FileNotFoundError(f"{results_file}: not found; run `salience study` (or `salience demo`) with "
+                                f"--out {d} first")
     results = json.loads(results_file.read_text())
-    gallery = torch.load(d / "gallery.pt", weights_only=False)
+    gallery_file = d / "gallery.pt"
+    gallery = torch.load(gallery_file, weights_only=False) if gallery_file.is_file() else None
     groups = _groups(results)
-    head = "".join(f"<th>{g}</th>" for g in groups)
+    ref = results["reference"]
+    head = "".join(f"<th>{html.escape(g)}</th>" for g in groups)
     rows = "".join(_table(results, k) for k in results["summary"])
+    method = f"{results['explain']['method']} at {results['explain']['layer']}"
     figures = [
-        ("Gallery", "Test images with the face box (green), the human salience map, and each group's "
-                    "salience map (seed 0, GradCAM at the final block, positive part).", fig_gallery(gallery)),
-        ("Accuracy: test, shifted test, out of set", "A model that learned the spurious cue scores high on "
-         "test and low on test_shift, where the cue is reversed. Bars: mean ± sd over seeds.", fig_accuracy(results)),
-        ("(a) Entropy distributions", "Normalised histogram entropy of the salience maps; faces (left) and "
-         "non-faces (right).", fig_entropy(results)),
+        ("Gallery", f"Images with their boxes (green), the human salience map where the data have one, and the "
+                    f"map of each group's first model ({method}, positive part).",
+         fig_gallery(gallery, results) if gallery else None),
+        ("Accuracy", "Task metrics per group on each labelled split, and how out-of-set images are classified. "
+                     "Bars: mean ± sd over models.", fig_accuracy(results)),
+        ("(a) Entropy distributions", "Normalised histogram entropy of the salience maps of in-set (left) and "
+         "out-of-set (right) images.", fig_entropy(results)),
         ("(b) Response to salt-and-pepper noise", "Similarity of maps of noisy images to the clean map, and "
-         "the change of the true-class score.", fig_noise(results)),
+         "the change of the explained class's score.", fig_noise(results)),
         ("(c) Transformation consistency", "SSIM of T(map(x)) with map(T(x)) on the valid region, per "
          "transform. 1 = the map moves exactly with the image.", fig_transforms(results)),
-        ("(d) Stability across training runs", "Mean SSIM between the maps of models of the same group "
-         "trained with different seeds.", fig_stability(results)),
+        ("(d) Stability across models", "Mean SSIM between the maps of the models of one group (e.g. trained "
+         "with different seeds).", fig_stability(results)),
         ("(e) Salience-guided degradation", "Spatially varying blur driven by each model's own map: blurring "
          "non-salient regions should hurt little, blurring salient ones a lot.", fig_blur(results)),
-        ("Deletion and insertion", "True-class score as the most salient pixels are deleted (to 0) or "
-         "inserted (into a blurred copy).", fig_deletion(results)),
-        ("Training: validation accuracy vs EPG", "One line per run over epochs; dots are the epochs kept on "
-         "the Pareto front of (accuracy, EPG, IoU).", fig_pareto(results)),
+        ("Deletion and insertion", "Score of the explained class as the most salient pixels are deleted (to 0) "
+         "or inserted (into a blurred copy).", fig_deletion(results)),
+        ("Training: validation accuracy vs EPG", "One line per training run over epochs; dots are the epochs "
+         "kept on the Pareto front of (accuracy, EPG, IoU).", fig_pareto(results)),
     ]
     sections = [f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'>"
                 f"</section>" for t, cap, src in figures if src]
+    left_out = [t for t, _, src in figures if not src]
     finds = "".join(f"<li>{html.escape(f)}</li>" for f in results["findings"])
-    cfg = results["config"]
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>salience study report</title>
 <style>
@@ -269,20 +347,19 @@ th {{ background: #f3f3f3; }} small {{ color: #555; }} img {{ max-width: 100%; }
 section {{ margin: 1.5em 0; }} .findings li {{ margin: 0.3em 0; }}
 </style></head><body>
 <h1>salience: are the models right for the right reasons?</h1>
-<p>Built-in benchmark (real vs synthetic faces on textured backgrounds, with a spurious colour cue that
-agrees with the label in {results['benchmark']['cue_agreement']:.0%} of train/test images and is reversed in
-test_shift). Groups: {', '.join(groups)}; {cfg['seeds']} seed(s) each; model {html.escape(cfg['model'])},
-{cfg['epochs']} epochs. Salience: {html.escape(cfg['method'])} at {html.escape(str(cfg['layer']))}.
-Study time: {results.get('seconds', 0):.0f} s.</p>
+{_provenance(results)}
+<p>Study time: {results.get('seconds', 0):.0f} s.</p>
 <h2>Findings</h2><ul class="findings">{finds}</ul>
 {"".join(sections[:2])}
 <h2>Measures per group</h2>
-<p>Mean with seeded 95 % bootstrap CI. Per-image measures pool the images of all seeds; accuracies are
-per model (n = seeds). Comparisons: difference of means (guided − CE), Cohen's d, two-sided permutation p.</p>
-<table><tr><th>measure</th>{head}<th>guided vs CE</th></tr>{rows}</table>
+<p>Mean with seeded 95 % bootstrap CI. Per-image measures pool the images of all models of a group;
+accuracies are per model (n = models). Comparisons: difference of means (group − {html.escape(ref)}),
+Cohen's d, two-sided permutation p.</p>
+<table><tr><th>measure</th>{head}<th>vs {html.escape(ref)}</th></tr>{rows}</table>
 {"".join(sections[2:])}
-<p><small>Files: results.json (every number here), per_image_test.csv, stability.csv, runs/ (training logs and
-checkpoints). Re-render with <code>salience report {html.escape(str(d))}</code>.</small></p>
+<p><small>Left out, for want of data (no boxes, no out-of-set images, no probes or no training runs):
+{html.escape(", ".join(left_out)) or "nothing"}. Files: results.json (every number here), per_image.csv,
+stability.csv, summary.json, stores/ (the maps). Re-render with <code>salience report {html.escape(str(d))}</code>.</small></p>
 </body></html>
 """
     out = d / "report.html"

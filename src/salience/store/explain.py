@@ -60,11 +60,11 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     `outs[m][s]`, created or resumed (only the chunks unfinished in some store are computed, and only for
     the stores that lack them). The gradient-based methods of a model share one forward and one backward.
 
-    `ctx` (`salience.training.distributed.Context`, from `setup()` under torchrun): the processes share
+    `ctx` (`salience.distributed.Context`, from `setup()` under torchrun): the processes share
     the stores. Rank 0 creates or resumes them, then every process computes its share of the unfinished
     chunks (every `world_size`-th one); no two processes write the same chunk. Returns, on every
     process, `[{spec: store}]` per model, after all processes have finished."""
-    from salience.training import distributed as dist
+    from salience import distributed as dist
 
     ctx = ctx or dist.Context(0, 1, next(models[0].parameters()).device, False)
     specs = {spec: parse_method(spec) for spec in methods}
@@ -148,23 +148,6 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     return result
 
 
-def load_run(checkpoint: str | Path, overrides: list[str] | None = None, device: str = "cpu"):
-    """`(model in eval mode on device, validated config)` of a training checkpoint; `overrides` are
-    `key=value` changes to its saved config, e.g. `data.root=/data/VOCdevkit`."""
-    from salience.models import build
-    from salience.training.checkpoint import load_checkpoint
-    from salience.training.config import _set, parse_overrides, validate
-
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    tree = state["config"]
-    for key, value in parse_overrides(overrides or []):
-        _set(tree, key, value)
-    config = validate(tree, f"{checkpoint} (saved config)")
-    model = build(config.model.name, len(state["classes"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), config
-
-
 def data_name(config) -> str:
     """How a store's metadata names the data of a training config."""
     return config.data.format if config.data.root is None else f"{config.data.format}:{config.data.root}"
@@ -199,7 +182,8 @@ def explain_checkpoint(checkpoint: str | Path, split: str, methods: str | list[s
     """`explain_stores` for a training checkpoint on `split` of its saved data config, `{spec: store}` with the
     stores of `method_outs(methods, out, layer)` (`overrides`: see `load_run`; `data.workers=1` loads images in
     a second process). Under torchrun pass `ctx` (its device is used)."""
-    from salience.training.datasets import open_split
+    from salience.io.checkpoint import load_run
+    from salience.io.datasets import open_split
 
     outs = method_outs([methods] if isinstance(methods, str) else methods, out, layer)
     model, config = load_run(checkpoint, overrides, ctx.device if ctx else device)

@@ -4,8 +4,8 @@
 `evaluate_checkpoint(path, split)` scores a saved model on a split.
 """
 
-from salience.training.checkpoint import load_checkpoint, save_checkpoint
-from salience.training.config import ConfigError, TrainConfig, load_config
+from salience.io.checkpoint import load_checkpoint, save_checkpoint
+from salience.io.config import ConfigError, TrainConfig, load_config
 from salience.training.evaluate import evaluate, metrics
 from salience.training.loop import TrainingError, train
 from salience.training.run import evaluate_checkpoint

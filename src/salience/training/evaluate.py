@@ -26,7 +26,7 @@ from salience.attribution.methods import _TAKES_LAYER
 from salience.data.core import object_masks
 from salience.measures import epg as epg_measure
 from salience.measures import iou as iou_measure
-from salience.training import distributed as dist
+from salience import distributed as dist
 
 
 def task_metric_name(multi_label: bool) -> str:

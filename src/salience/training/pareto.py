@@ -8,7 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
-from salience.training.distributed import atomic_write_text
+from salience.distributed import atomic_write_text
 
 
 def _value(x) -> float:

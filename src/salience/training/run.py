@@ -8,10 +8,10 @@ from torch.utils.data import DataLoader
 
 from salience.data.core import collate
 from salience.models import build
-from salience.training import distributed as dist
-from salience.training.checkpoint import load_checkpoint
-from salience.training.config import _set, parse_overrides, validate
-from salience.training.datasets import open_split
+from salience import distributed as dist
+from salience.io.checkpoint import load_checkpoint
+from salience.io.config import _set, parse_overrides, validate
+from salience.io.datasets import open_split
 from salience.training.evaluate import evaluate
 
 

@@ -1,7 +1,9 @@
-"""The typed training config: a YAML file validated on load; errors name the file and the key."""
+"""The typed training config (and its data section, shared with studies): a YAML file validated on
+load; errors name the file and the key."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,11 +150,13 @@ def validate(tree: dict, source: str = "config") -> TrainConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config, apply `--set key=value` overrides, validate."""
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or take a mapping), apply `--set key=value` overrides, validate."""
     tree: dict = {}
     source = "config"
-    if path is not None:
+    if isinstance(path, dict):
+        tree = copy.deepcopy(path)
+    elif path is not None:
         path = Path(path)
         source = str(path)
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from salience.data import BuiltinBenchmark, build_dataset, joint_transforms
-from salience.training.config import ConfigError, DataConfig
+from salience.io.config import ConfigError, DataConfig
 
 
 def open_split(cfg: DataConfig, split: str, train: bool = False, fraction: float = 1.0, seed: int = 0) -> Dataset:

@@ -1,0 +1,21 @@
+"""Studies: groups of models (trained elsewhere, or trained here) explained and measured on one set of
+images, compared with a reference group, written as results files and a report.
+
+    results = salience.study.run("study.yaml")          # or a StudyConfig, or a mapping
+
+`demo_study(quick=False)` is the path of the study file behind `salience demo`.
+"""
+
+from pathlib import Path
+
+from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
+from salience.study.pipeline import findings, measure_checkpoints, run
+
+
+def demo_study(quick: bool = False) -> Path:
+    """The study file of `salience demo` (shipped in the package)."""
+    return Path(__file__).with_name("demo_quick.yaml" if quick else "demo.yaml")
+
+
+__all__ = ["StudyConfig", "TrainGroup", "WeightsGroup", "demo_study", "findings", "load_study", "measure_checkpoints",
+           "run"]

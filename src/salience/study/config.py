@@ -1,0 +1,192 @@
+"""The typed study file: which models (trained elsewhere, or trained by the study), on which images,
+explained how, measured how. Validated on load; unknown keys are refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+
+from salience.io.config import ConfigError, DataConfig, _set, parse_overrides
+
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MeanStd(_Strict):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v):
+        if min(v) <= 0:
+            raise ValueError(f"std must be > 0 per channel, got {v}")
+        return v
+
+
+class StudyData(_Strict):
+    """Images of a study: any format `salience train` reads, or `imagefolder` (one sub-folder per
+    class; a flat folder of images for `out_of_set`)."""
+
+    format: Literal["builtin", "voc", "coco", "waterbirds", "folder", "imagefolder"] = "builtin"
+    root: str | None = None
+    split: str = "test"
+    """The split of `format` to read (`imagefolder` reads `root` itself; the split only names it)."""
+    size: int | None = Field(None, ge=8)
+    """Resize to size x size (nothing happens to an image that already has that size)."""
+    normalize: Literal["none", "imagenet"] | MeanStd = "none"
+    """What the models expect: images stay in [0, 1] (probes perturb them there) and each model
+    normalises its input itself (a forward pre-hook). `imagenet` = torchvision's mean and std."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    workers: int = Field(0, ge=0)
+
+    def data_config(self) -> DataConfig:
+        return DataConfig(format=self.format, root=self.root, size=self.size, options=self.options,
+                          workers=self.workers, augment=False)
+
+    def mean_std(self) -> tuple[tuple, tuple] | None:
+        if self.normalize == "none":
+            return None
+        if self.normalize == "imagenet":
+            return IMAGENET["mean"], IMAGENET["std"]
+        return self.normalize.mean, self.normalize.std
+
+    def describe(self) -> str:
+        where = "generated in memory" if self.root is None else self.root
+        return f"{self.format} {self.split} ({where})"
+
+
+class ExplainConfig(_Strict):
+    method: str = "grad_cam"
+    """One attribution method for every model, so groups are comparable."""
+    layer: str | None = "final"
+    """A named depth (input, mid1..mid3, final) or a module name; null for input methods."""
+    target: str = "true"
+    """`true` (every present class; (image, class) pairs on multi-label data), `predicted` or `class:<k>`."""
+    batch_size: int = Field(64, ge=1)
+    chunk_size: int = Field(256, ge=1)
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if v not in ("true", "predicted") and not (v.startswith("class:") and v[6:].isdigit()):
+            raise ValueError(f"must be 'true', 'predicted' or 'class:<k>', got {v!r}")
+        return v
+
+
+class MeasuresConfig(_Strict):
+    n_probe: int = Field(64, ge=0)
+    """Images the model probes (noise, transforms, blur, deletion / insertion, out of set) run on; 0: none."""
+    deletion_steps: int = Field(16, ge=1)
+    seed: int = 0
+    """Seed of the noise, bootstrap CIs and permutation tests."""
+    n_boot: int = Field(2000, ge=100)
+    n_perm: int = Field(2000, ge=100)
+    gallery: int = Field(6, ge=0)
+    """Images drawn in the report with each group's map."""
+
+
+class WeightsGroup(_Strict):
+    """Models trained elsewhere: one architecture, one weights file per model."""
+
+    model: str | None = None
+    """Any name `salience.models.build` knows (`densenet121`, `timm:legacy_xception`, ...); null when every
+    file is a salience checkpoint (its saved config names the model)."""
+    num_classes: int | None = Field(None, ge=1)
+    weights: list[str] = Field(min_length=1)
+    """State dicts or salience checkpoints (TorchScript / torch.export files: input-level methods only)."""
+
+    @model_validator(mode="after")
+    def _model_named(self):
+        if (self.model is None) != (self.num_classes is None):
+            raise ValueError("give both model and num_classes, or neither (salience checkpoints name their model)")
+        return self
+    allow_pickle: bool = False
+    """Load whole pickled models (`torch.save(model)`): runs code from the files; only for files you trust."""
+
+
+class TrainGroup(_Strict):
+    """Models the study trains (and resumes on a rerun): a training config and its seeds."""
+
+    train: str | dict
+    """A training config file, or the config itself as a mapping."""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    set: list[str] = Field(default_factory=list)
+    """`key=value` overrides of the training config."""
+
+
+def _group_kind(value) -> str:
+    keys = value if isinstance(value, dict) else vars(value)
+    return "train" if "train" in keys else "weights"
+
+
+Group = Annotated[Annotated[WeightsGroup, Tag("weights")] | Annotated[TrainGroup, Tag("train")],
+                  Discriminator(_group_kind)]
+"""A group with a `train` key is trained by the study; any other is a group of weights files."""
+
+
+class StudyConfig(_Strict):
+    out: str = "study-out"
+    device: str = "cpu"
+    data: StudyData
+    out_of_set: StudyData | None = None
+    evaluate: dict[str, StudyData] = Field(default_factory=dict)
+    """More labelled splits on which each model's accuracy is reported (e.g. a shifted test set)."""
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    measures: MeasuresConfig = Field(default_factory=MeasuresConfig)
+    groups: dict[str, Group] = Field(min_length=1)
+    reference: str | None = None
+    """The group the others are compared with (default: the first)."""
+    train_workers: int = Field(1, ge=1)
+    """Training processes side by side on CPU (one torch thread each)."""
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.reference is not None and self.reference not in self.groups:
+            raise ValueError(f"reference {self.reference!r} is not a group; groups: {', '.join(self.groups)}")
+        for name, g in self.groups.items():
+            if "/" in name or name.startswith("."):
+                raise ValueError(f"groups: {name!r}: a group name is used in file names; no '/' or leading '.'")
+            if isinstance(g, TrainGroup) and self.data.normalize != "none":
+                raise ValueError(f"groups.{name}: models trained by salience see images in [0, 1]; "
+                                 f"data.normalize must be none for a study that trains")
+        return self
+
+    @property
+    def reference_group(self) -> str:
+        return self.reference or next(iter(self.groups))
+
+
+def load_study(source: str | Path | dict, overrides: list[str] | None = None) -> StudyConfig:
+    """A study file (YAML path) or mapping, with `key=value` overrides, validated; errors name the key."""
+    name = "study"
+    if isinstance(source, dict):
+        tree = dict(source)
+    else:
+        path = Path(source)
+        name = str(path)
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: study file not found") from None
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for key, value in parse_overrides(overrides or []):
+        _set(tree, key, value)
+    try:
+        return StudyConfig.model_validate(tree)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+            lines.append(f"{name}: {key}: {e['msg']}{got}")
+        raise ConfigError("\n".join(lines)) from None

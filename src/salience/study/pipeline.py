@@ -1,0 +1,465 @@
+"""A study: groups of models (weights trained elsewhere, or trained here) -> explain -> measure ->
+compare -> results files and the report.
+
+`run(study)` writes into the study's `out`:
+- `runs/<group>_s<seed>/`: the training runs of `train` groups (reused or resumed on a rerun);
+- `stores/<model>/`: each model's maps (resumable map stores; a rerun recomputes no finished chunk);
+- `per_image.csv`: one row per (model, image): group, model (the weights file's stem, or `<group>_<i>`
+  when stems repeat, or `<group>_s<seed>`), image (its id), class (the class explained) and every
+  per-image measure;
+- `stability.csv`: per (group, image), the mean pairwise map similarity between the group's models;
+- `summary.json`: per model and group, the summaries of `salience measure`;
+- `results.json`: every number the report shows, and where the models and images came from;
+- `gallery.pt` and `report.html`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+from torch.utils.data import DataLoader
+
+from salience import attribution as A
+from salience.data.core import collate
+from salience.io.checkpoint import load_run
+from salience.io.config import ConfigError, load_config, validate
+from salience.io.datasets import open_split
+from salience.measures.run import Source, measure_stores
+from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES
+from salience.measures.summary import compare_groups, summarise
+from salience.models import load_model
+from salience.store import model_hash
+from salience.store.explain import explain_stores
+from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
+
+console = Console(stderr=True)
+OWN_FILES = ("runs", "stores", "models", "results.json", "report.html", "gallery.pt")
+"""What a study writes besides the files of `salience measure`."""
+
+
+@dataclass
+class Member:
+    """One model of a study: its group, name (the weights file's stem, or `<group>_s<seed>`), where it came from."""
+    group: str
+    name: str
+    model: nn.Module
+    source: str
+    seed: int | None = None
+    run: Path | None = None
+
+
+def run(study: StudyConfig | str | Path | dict, out: str | Path | None = None, overrides: list[str] | None = None,
+        progress: bool = True, ctx=None) -> dict | None:
+    """Run a study (a `StudyConfig`, a study file or a mapping; `overrides`: `key=value`) and return its
+    results (also in `out/results.json`). Under torchrun (`ctx`) the processes share explaining and probes;
+    rank 0 writes the results and returns them, the others return None."""
+    cfg = study if isinstance(study, StudyConfig) else load_study(study, overrides)
+    out = Path(out or cfg.out)
+    main = ctx is None or ctx.is_main
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"{out}: cannot create the study folder ({err.strerror})") from None
+    t0 = time.perf_counter()
+    device = ctx.device if ctx is not None else torch.device(cfg.device)
+    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
+    data = open_split(cfg.data.data_config(), cfg.data.split)
+    if len(data) == 0:
+        raise ValueError(f"data: {cfg.data.describe()} holds no images")
+    _check_explainable(cfg, members, data)
+    oos = None
+    if cfg.out_of_set is not None and cfg.measures.n_probe > 0:
+        other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
+        oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
+
+    spec = cfg.explain.method if cfg.explain.layer is None else f"{cfg.explain.method}@{cfg.explain.layer}"
+    stores = {m.name: out / "stores" / m.name for m in members}
+    if progress and main:
+        console.rule(f"explaining {len(members)} models on {len(data)} images ({spec})")
+    explain_stores([m.model for m in members], data, [spec], [{spec: stores[m.name]} for m in members],
+                   target_policy=cfg.explain.target, data=cfg.data.describe(), split=cfg.data.split,
+                   chunk_size=cfg.explain.chunk_size, batch_size=cfg.explain.batch_size, workers=cfg.data.workers,
+                   progress=progress and main, ctx=ctx)
+    groups = {g: [stores[m.name] for m in members if m.group == g] for g in cfg.groups}
+    sources = {str(stores[m.name]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
+               for m in members}
+    summary = measure_stores(groups, out, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot,
+                             n_perm=cfg.measures.n_perm, sources=sources, ctx=ctx,
+                             names={str(stores[m.name]): m.name for m in members}, own=OWN_FILES)
+    if not main:
+        return None
+    accuracy = _accuracies(cfg, members, out)
+    results = _results(cfg, members, summary, accuracy, out)
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    _gallery(cfg, members, data, stores, out)
+    _write_json(out / "results.json", results)
+    from salience.report import render
+
+    render(out)
+    return results
+
+
+def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool) -> list[Member]:
+    """Every model of the study, in eval mode on `device`, normalising its input as the data say."""
+    members: list[Member] = []
+    trained = _train_all(cfg, out, progress, distributed)
+    stems = [Path(w).stem for g in cfg.groups.values() if isinstance(g, WeightsGroup) for w in g.weights]
+    for group, g in cfg.groups.items():
+        if isinstance(g, WeightsGroup):
+            for i, w in enumerate(g.weights):
+                if not Path(w).is_file():
+                    raise ConfigError(f"groups.{group}.weights: {w}: file not found")
+                name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
+                if g.model is None:
+                    model, config = load_run(w)
+                    members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
+                else:
+                    model = load_model(w, g.model, g.num_classes, allow_pickle=g.allow_pickle)
+                    members.append(Member(group, name, model, f"{g.model} weights {w}"))
+        else:
+            for seed in g.seeds:
+                run_dir = trained[(group, seed)]
+                model, _ = load_run(run_dir / "checkpoints" / "last.pt")
+                members.append(Member(group, f"{group}_s{seed}", model, f"trained here: {run_dir}", seed, run_dir))
+    names = [m.name for m in members]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
+    norm = cfg.data.mean_std()
+    for m in members:
+        m.model = m.model.to(device).eval()
+        if norm is not None:
+            _normalise_input(m.model, *norm)
+    return members
+
+
+def _normalise_input(model: nn.Module, mean, std) -> None:
+    """Make `model` take images in [0, 1]: `(x - mean) / std` per channel before its forward."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+
+    def pre(_module, args):
+        x = args[0]
+        return ((x - mean_t.to(x)) / std_t.to(x),) + tuple(args[1:])
+
+    model.register_forward_pre_hook(pre)
+
+
+def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
+    """Fail before any work when a model cannot give this study's maps."""
+    needs_layer = cfg.explain.layer not in (None, "input") or cfg.explain.method == "cam"
+    for m in members:
+        if needs_layer and getattr(m.model, "salience_opaque", False):
+            raise ConfigError(f"explain: {m.name} ({m.source}) is a TorchScript / torch.export model; its layers "
+                              f"cannot be hooked, so only input methods (gradient, input_x_gradient, "
+                              f"integrated_gradients with layer: null) work for it")
+        if cfg.explain.layer not in (None, "input"):
+            try:
+                A.resolve_layer(m.model, cfg.explain.layer)
+            except ValueError as err:
+                raise ConfigError(f"explain.layer: {m.name}: {err}") from None
+
+
+def _train_one(tree: dict, run_dir: Path, epochs: int, threads: int | None = None) -> Path:
+    from salience.training import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    log = run_dir / "log.jsonl"
+    if log.exists() and len(log.read_text().splitlines()) >= epochs:
+        return run_dir
+    return train(validate(tree, f"training run {run_dir.name}"), resume=(run_dir / "checkpoints" / "last.pt").exists(),
+                 progress=threads is None)
+
+
+def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -> dict[tuple[str, int], Path]:
+    """Train (or reuse, or resume) every (train group, seed) run: `train_workers` processes side by side on
+    CPU, else one run after another (under torchrun each run is trained by all the processes together)."""
+    todo = []
+    for group, g in cfg.groups.items():
+        if not isinstance(g, TrainGroup):
+            continue
+        for seed in g.seeds:
+            base = load_config(g.train, g.set)
+            tree = base.dump() | {"out": str(out / "runs" / f"{group}_s{seed}"), "seed": seed}
+            if cfg.device == "cpu":
+                tree["device"] = "cpu"
+            todo.append(((group, seed), tree, Path(tree["out"]), base.epochs))
+    if not todo:
+        return {}
+    runs = {}
+    if cfg.train_workers <= 1 or torch.cuda.is_available() or distributed:
+        for key, tree, run_dir, epochs in todo:
+            if progress:
+                console.rule(f"training {run_dir.name}")
+            runs[key] = _train_one(tree, run_dir, epochs)
+        return runs
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(cfg.train_workers, mp_context=spawn) as pool:
+        futures = {pool.submit(_train_one, tree, run_dir, epochs, 1): key for key, tree, run_dir, epochs in todo}
+        for future in as_completed(futures):
+            runs[futures[future]] = future.result()
+            if progress:
+                console.print(f"trained {runs[futures[future]].name}")
+    return runs
+
+
+def _accuracies(cfg: StudyConfig, members: list[Member], out: Path) -> dict[str, dict]:
+    """Per model: task metrics on the study's data and on every `evaluate` split, and the share of
+    out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
+    rerun recomputes only changed models."""
+    from salience.training.evaluate import evaluate
+
+    splits = {"data": cfg.data} | dict(cfg.evaluate)
+    result = {}
+    opened: dict = {}
+    key = json.dumps({k: v.model_dump(mode="json") for k, v in splits.items()}
+                     | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
+                     sort_keys=True)
+    (out / "models").mkdir(exist_ok=True)
+    for m in members:
+        cache = out / "models" / f"{m.name}.json"
+        digest = model_hash(m.model)
+        if cache.exists():
+            saved = json.loads(cache.read_text())
+            if saved.get("model_hash") == digest and saved.get("key") == key:
+                result[m.name] = saved["accuracy"]
+                continue
+        acc = {}
+        device = next(m.model.parameters()).device
+        for name, d in splits.items():
+            if name not in opened:
+                opened[name] = open_split(d.data_config(), d.split)
+            ds = opened[name]
+            labels = torch.stack([torch.as_tensor(ds[i]["labels"]) for i in range(min(len(ds), 1))])
+            if labels.shape[-1] == 0:
+                continue  # unlabelled images
+            multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
+            loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
+            from salience.distributed import Context
+
+            metrics = evaluate(m.model, loader, multi, localisation=False, ctx=Context(0, 1, device, False))
+            prefix = "" if name == "data" else f"{name}_"
+            for k in ("accuracy", "auc", "f1", "worst_group_accuracy"):
+                if metrics.get(k) is not None:
+                    acc[prefix + k] = metrics[k]
+        if cfg.out_of_set is not None:
+            if "out_of_set" not in opened:
+                opened["out_of_set"] = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
+            preds = []
+            with torch.no_grad():
+                for batch in DataLoader(opened["out_of_set"], batch_size=cfg.explain.batch_size, collate_fn=collate):
+                    preds.append(m.model(batch["image"].to(device)).argmax(1).cpu())
+            pred = torch.cat(preds)
+            classes = getattr(opened.setdefault("data_ds", open_split(cfg.data.data_config(), cfg.data.split)),
+                              "classes", None) or [str(k) for k in range(int(pred.max()) + 1)]
+            acc["out_of_set_called_" + classes[0]] = (pred == 0).double().mean().item()
+        result[m.name] = acc
+        _write_json(cache, {"model_hash": digest, "key": key, "accuracy": acc})
+    return result
+
+
+def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
+    """The rows of `per_image.csv` and its measure columns."""
+    with open(out / "per_image.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = [c for c in reader.fieldnames if c in ENTROPIES + LOCALISATION + PROBES]
+    return rows, columns
+
+
+def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path) -> dict:
+    ref = cfg.reference_group
+    rows, columns = _pooled_values(out)
+    by_store = {s["model"]: s for s in summary["stores"].values()}
+    models = {}
+    for m in members:
+        s = by_store[m.name]
+        models[m.name] = {"group": m.group, "seed": m.seed, "source": m.source, "model_hash": s["model_hash"],
+                          "accuracy": accuracy[m.name], "measures": {c: s[c] for c in columns if c in s},
+                          **s.get("curves", {})}
+        if m.run is not None:
+            models[m.name]["pareto"] = _pareto(m.run)
+    groups = {g: [m.name for m in members if m.group == g] for g in cfg.groups}
+    table, comparisons = {}, {}
+    for c in columns:  # per-image values pooled over the models of a group
+        values = {g: torch.tensor([float(r[c]) for r in rows if r["group"] == g and r[c] != ""], dtype=torch.float64)
+                  for g in groups}
+        values = {g: v[~torch.isnan(v)] for g, v in values.items()}
+        if not any(len(v) for v in values.values()):
+            continue
+        table[c] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
+        comparisons[c] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
+                                                         n_perm=cfg.measures.n_perm)
+                          for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
+    keys = sorted({k for a in accuracy.values() for k in a}, key=_accuracy_order)
+    for k in keys:  # per-model values
+        values = {g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
+                  for g, names in groups.items()}
+        table[k] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
+        comparisons[k] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
+                                                         n_perm=cfg.measures.n_perm)
+                          for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
+    data = open_split(cfg.data.data_config(), cfg.data.split)
+    results = {
+        "study": cfg.model_dump(mode="json"),
+        "data": {"description": cfg.data.describe(), "images": len(data), "classes": list(getattr(data, "classes", [])),
+                 "out_of_set": cfg.out_of_set.describe() if cfg.out_of_set else None,
+                 "evaluate": {k: v.describe() for k, v in cfg.evaluate.items()}},
+        "explain": {"method": cfg.explain.method, "layer": cfg.explain.layer, "target": cfg.explain.target},
+        "reference": ref, "models": models, "groups": groups, "summary": table, "comparisons": comparisons,
+        "accuracy_keys": keys, "measure_keys": [c for c in columns if c in table],
+        "stability": summary["stability"],
+    }
+    results["findings"] = findings(results)
+    return results
+
+
+def _accuracy_order(key: str) -> tuple:
+    base = ("accuracy", "auc", "f1", "worst_group_accuracy")
+    prefix = next((key[:-len(b)] for b in base if key.endswith(b)), key)
+    return (prefix != "", prefix, next((i for i, b in enumerate(base) if key.endswith(b)), 9))
+
+
+def _pareto(run_dir: Path) -> list[dict]:
+    """Validation (accuracy, EPG, IoU) per epoch of a training run, and whether the epoch is on the kept Pareto front."""
+    kept_file = run_dir / "checkpoints" / "pareto.json"
+    kept = {e["epoch"] for e in json.loads(kept_file.read_text())["front"]} if kept_file.exists() else set()
+    points = []
+    for line in (run_dir / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        val = rec["val"]
+        points.append({"epoch": rec["epoch"], "accuracy": val.get("accuracy", val.get("f1")), "epg": val.get("epg"),
+                       "iou": val.get("iou"), "pareto": rec["epoch"] in kept})
+    return points
+
+
+def _gallery(cfg: StudyConfig, members: list[Member], data, stores: dict, out: Path) -> None:
+    """The first images with their boxes, human maps and the first model's map of each group, for the report."""
+    from salience.store import MapStore
+
+    n = min(cfg.measures.gallery, len(data))
+    if n == 0:
+        (out / "gallery.pt").unlink(missing_ok=True)
+        return
+    batch = collate([data[i] for i in range(n)])
+    first = {}
+    for m in members:
+        if m.group not in first:
+            store = MapStore(stores[m.name])
+            rows = [i for i, image in enumerate(store.meta.image_ids) if image in set(batch["id"])][:n]
+            maps, targets = store.read(rows[0], rows[-1] + 1) if rows else (torch.zeros(0, 1, 1), torch.zeros(0))
+            first[m.group] = A.upsample(maps[: len(rows)], tuple(batch["image"].shape[-2:]))
+    classes = list(getattr(data, "classes", []))
+    labels = [int(row.argmax()) if row.numel() and row.any() else -1 for row in batch["labels"]]
+    torch.save({"images": batch["image"], "boxes": batch["boxes"], "human_maps": batch["human_map"],
+                "has_human_map": batch["has_human_map"], "labels": labels, "classes": classes, "maps": first,
+                "ids": batch["id"]}, out / "gallery.pt.tmp")
+    os.replace(out / "gallery.pt.tmp", out / "gallery.pt")
+
+
+def findings(results: dict) -> list[str]:
+    """Plain sentences generated from the numbers: how each group compares with the reference group."""
+    s, c, ref = results["summary"], results["comparisons"], results["reference"]
+    groups = [g for g, names in results["groups"].items() if names]
+    out = []
+    about = {"epg": "EPG (share of positive salience inside the objects' boxes)", "accuracy": "accuracy",
+             **{f"{k}_accuracy": f"accuracy on {k}" for k in results["data"]["evaluate"]}}
+    for g in groups:
+        if g == ref:
+            continue
+        for key, what in about.items():
+            if key not in s:
+                continue
+            a, b = s[key][g]["mean"], s[key][ref]["mean"]
+            if a != a or b != b:
+                continue
+            sentence = f"{g} models {'beat' if a > b else 'did not beat'} {ref} on {what}: {a:.3f} vs {b:.3f}"
+            cmp = c.get(key, {}).get(f"{g} vs {ref}")
+            if cmp:
+                sentence += f" (difference {cmp['diff']:+.3f}, Cohen's d {cmp['cohens_d']:.2f}, permutation p = {cmp['p_value']:.3g})"
+            elif key in results["accuracy_keys"]:
+                sentence += " (one model per group: no test of the difference)"
+            out.append(sentence + ".")
+    for g in groups:
+        for split in results["data"]["evaluate"]:
+            key = f"{split}_accuracy"
+            if "accuracy" in s and key in s:
+                gap = s["accuracy"][g]["mean"] - s[key][g]["mean"]
+                if gap > 0.2:
+                    out.append(f"{g} models lose {gap:.2f} accuracy on {split}: they follow something that "
+                               f"{split} changes.")
+    if "accuracy" in s and s["accuracy"][ref]["mean"] < 0.75:
+        out.append(f"{ref} models barely learned the task (accuracy {s['accuracy'][ref]['mean']:.2f}): the "
+                   f"comparisons above mean little.")
+    sizes = [len(results["groups"][g]) for g in groups]
+    if min(sizes) >= 2 and results["accuracy_keys"]:
+        n = min(sizes)
+        out.append(f"Accuracies are compared per model ({n} per group): the smallest p-value a permutation test "
+                   f"can give is {2 / math.comb(2 * n, n):.2g}.")
+    if "entropy_histogram" in s:
+        lowest = min(groups, key=lambda g: s["entropy_histogram"][g]["mean"])
+        out.append(f"Lowest histogram entropy (most concentrated salience): {lowest} "
+                   f"({s['entropy_histogram'][lowest]['mean']:.3f}).")
+    if results["stability"]:
+        most = max(results["stability"], key=lambda g: results["stability"][g]["ssim"]["mean"]
+                   if "ssim" in results["stability"][g] else results["stability"][g]["pearson"]["mean"])
+        sim = "ssim" if "ssim" in results["stability"][most] else "pearson"
+        out.append(f"Most stable across models of a group (mean pairwise {sim.upper() if sim == 'ssim' else 'Pearson'}): "
+                   f"{most} ({results['stability'][most][sim]['mean']:.3f}).")
+    if "transform_ssim" in s:
+        best = max(groups, key=lambda g: s["transform_ssim"][g]["mean"])
+        out.append(f"Most consistent under flips, rotations and shifts (mean SSIM): {best} "
+                   f"({s['transform_ssim'][best]['mean']:.3f}).")
+    return out
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
+    os.replace(tmp, path)
+
+
+def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *, method: str, split: str = "test",
+                        layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
+                        n_probe: int = 128, out_of_set: str | None = None, seed: int = 0, batch_size: int = 64,
+                        device: str = "cpu", progress: bool = False, ctx=None) -> dict | None:
+    """`salience measure --checkpoints / --group`: a study of salience checkpoints (group -> paths) on `split`
+    of their (shared) data config, explained with `method` (`NAME`, `NAME@LAYER`, or the name and `layer`),
+    with the first `n_probe` images of the split `out_of_set` as out-of-set samples. `overrides` change the
+    checkpoints' saved configs (e.g. `data.root=/data`). Returns the study's results (None off rank 0)."""
+    name, _, at = method.partition("@")
+    if at and layer is not None:
+        raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
+    data = None
+    for paths in groups.values():
+        for path in paths:
+            _, config = load_run(path, overrides)
+            if data is None:
+                data, first = config.data, path
+            elif config.data != data:
+                raise ValueError(f"{path}: its data config differs from that of {first}; measure checkpoints of "
+                                 f"one data set together (or align them with --set data.<key>=...)")
+    section = {"format": data.format, "root": data.root, "size": data.size, "options": data.options,
+               "workers": data.workers}
+    study = {
+        "out": str(out), "device": device, "data": section | {"split": split},
+        "explain": {"method": name, "layer": at or layer, "target": target_policy, "batch_size": batch_size},
+        "measures": {"n_probe": n_probe, "seed": seed},
+        "groups": {g: {"weights": [str(p) for p in paths]} for g, paths in groups.items()},
+    }
+    if out_of_set is not None:
+        study["out_of_set"] = section | {"split": out_of_set}
+    cfg = load_study(study)
+    return run(cfg, ctx=ctx, progress=progress)
