@@ -10,6 +10,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -212,10 +213,23 @@ def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=N
     return merged
 
 
+def _finite(values: list[float]) -> int:
+    return sum(math.isfinite(v) for v in values)
+
+
+def _has_masks(dataset) -> bool:
+    """Whether some image has boxes or a segmentation (else localisation is undefined and left out)."""
+    records = getattr(dataset, "records", None)
+    if records is None:
+        return True
+    return any(len(r.boxes) or r.segmentation is not None for r in records)
+
+
 def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: int, block: int, n_boot: int,
              n_perm: int, sources: dict[str, Source], probes: dict[str, dict], names: dict[str, str]) -> dict:
     summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
-    columns = ENTROPIES + (LOCALISATION + PROBES if sources else ())
+    located = any(_has_masks(src.dataset) for src in sources.values())
+    columns = ENTROPIES + (LOCALISATION if located else ()) + (PROBES if any(probes.values()) else ())
     per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in columns} for g in opened}
 
     with _stage(out / "per_image.csv", staged) as f:
@@ -227,7 +241,7 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
                 probe = probes.get(str(s.path))
                 probed = probe["values"] if probe else {}
                 values = {m: [] for m in columns}
-                for start, maps, targets, measured in _map_values(_blocks(s, block, src)):
+                for start, maps, targets, measured in _map_values(_blocks(s, block, src if located else None)):
                     n = len(maps)
                     for m in columns:
                         if m in measured:
@@ -287,7 +301,7 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
         if len(opened[a]) >= 2 and len(opened[b]) >= 2:
             summary["comparisons"][f"{a} vs {b}"] = {
                 m: compare_groups(per_store_means[a][m], per_store_means[b][m], seed=seed, n_perm=n_perm)
-                for m in columns if len(per_store_means[a][m]) >= 2 and len(per_store_means[b][m]) >= 2
+                for m in columns if _finite(per_store_means[a][m]) >= 2 and _finite(per_store_means[b][m]) >= 2
             }
     with _stage(out / "summary.json", staged) as f:
         json.dump(summary, f, indent=2)

@@ -186,7 +186,10 @@ def load_study(source: str | Path | dict, overrides: list[str] | None = None) ->
     except ValidationError as err:
         lines = []
         for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+            loc = list(e["loc"])
+            if loc[:1] == ["groups"] and len(loc) > 3 and loc[2] in ("weights", "train"):
+                del loc[2]  # the group kind pydantic puts in the path
+            key = ".".join(str(p) for p in loc) or "(top level)"
             got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
             lines.append(f"{name}: {key}: {e['msg']}{got}")
         raise ConfigError("\n".join(lines)) from None

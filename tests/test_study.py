@@ -1,0 +1,174 @@
+"""`salience study` as a user meets it: the README's study file, DenseNet-121 state dicts trained
+elsewhere, a folder of face PNGs and a flat folder of non-faces; checked against an independent
+computation (PIL, torchvision's DenseNet, Captum's GradCAM, scikit-image's entropy)."""
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from PIL import Image
+from skimage.measure import shannon_entropy
+from typer.testing import CliRunner
+
+from salience.cli import app
+
+captum_attr = pytest.importorskip("captum.attr")
+README = Path(__file__).resolve().parents[1] / "README.md"
+SIZE = 96  # the README says 224; the test overrides it to stay fast
+runner = CliRunner()
+
+
+def readme_study() -> str:
+    """The study file of the README's quickstart (the yaml block that starts with `# study.yaml`)."""
+    blocks = re.findall(r"```yaml\n(# study\.yaml.*?)```", README.read_text(), re.S)
+    assert len(blocks) == 1, "the README should hold one study.yaml example"
+    return blocks[0]
+
+
+def _png(path: Path, rng: np.random.Generator, mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert(mode).save(path)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+    """The README's files in a folder: faces/test/{real,synthetic}, non_faces/, four DenseNet-121 state dicts."""
+    root = tmp_path_factory.mktemp("study")
+    rng = np.random.default_rng(0)
+    for cls, n in (("real", 3), ("synthetic", 3)):
+        for i in range(n):
+            _png(root / "faces" / "test" / cls / f"{i}.png", rng, "L" if i == 1 else "RGB")
+    for i in range(3):
+        _png(root / "non_faces" / f"n{i}.png", rng)
+    for i, name in enumerate(("ce_1", "ce_2", "cyborg_1", "cyborg_2")):
+        torch.manual_seed(i)
+        model = torchvision.models.densenet121(num_classes=2)
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+        torch.save(model.state_dict(), root / f"{name}.pth")
+    (root / "study.yaml").write_text(readme_study())
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(study_dir):
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(study_dir)  # the README's paths are relative to where the command runs
+    try:
+        res = runner.invoke(app, ["study", "study.yaml", "--set", f"data.size={SIZE}", "--set",
+                                  f"out_of_set.size={SIZE}", "--set", "measures.n_probe=2",
+                                  "--set", "measures.n_boot=200", "--set", "measures.n_perm=200"])
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 0, res.output
+    return json.loads((study_dir / "studies" / "faces" / "results.json").read_text())
+
+
+def _reference_maps(weights: Path, files: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """GradCAM at `features` of the predicted class, computed without salience."""
+    model = torchvision.models.densenet121(num_classes=2)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1) for f in files])
+    x = x.float() / 255
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    x = (x - mean[:, None, None]) / std[:, None, None]
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    maps = captum_attr.LayerGradCam(model, model.features).attribute(x, target=target, relu_attributions=True)
+    return maps[:, 0].detach(), target
+
+
+def _histogram_entropy(m: np.ndarray) -> float:
+    span = m.max() - m.min()
+    levels = np.floor(255 * (m - m.min()) / span).astype(np.uint8) if span > 0 else np.zeros(m.shape, np.uint8)
+    return shannon_entropy(levels, base=2) / math.log2(min(m.size, 256))
+
+
+def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
+    out = study_dir / "studies" / "faces"
+    assert {p.name for p in out.iterdir()} >= {"results.json", "per_image.csv", "stability.csv", "report.html"}
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert list(rows[0])[:4] == ["group", "model", "image", "class"]
+    assert len(rows) == 4 * 6
+    assert {(r["group"], r["model"]) for r in rows} == {("CE", "ce_1"), ("CE", "ce_2"), ("CYBORG", "cyborg_1"),
+                                                        ("CYBORG", "cyborg_2")}
+    images = sorted({r["image"] for r in rows})
+    assert images == [f"{c}/{i}.png" for c in ("real", "synthetic") for i in range(3)]
+    for name in ("ce_2", "cyborg_1"):
+        mine = [r for r in rows if r["model"] == name]
+        maps, target = _reference_maps(study_dir / f"{name}.pth",
+                                       [study_dir / "faces" / "test" / r["image"] for r in mine])
+        assert [int(r["class"]) for r in mine] == target.tolist()
+        expected = [_histogram_entropy(m.numpy()) for m in maps]
+        got = [float(r["entropy_histogram"]) for r in mine]
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert any(0 < v < 1 for v in got)
+    # what the images cannot support is left out: no boxes, so no localisation
+    assert "epg" not in rows[0] and "epg" not in results["summary"]
+    assert set(results["summary"]["accuracy"]) == {"CE", "CYBORG"}
+    assert "out_of_set_called_real" in results["summary"]
+    assert results["models"]["ce_1"]["source"].startswith("densenet121 weights ce_1.pth")
+    assert set(results["stability"]) == {"CE", "CYBORG"}
+    page = (out / "report.html").read_text()
+    assert "faces/test" in page and "ce_1.pth" in page and "Left out" in page
+
+
+def test_a_rerun_recomputes_nothing(study_dir, results):
+    out = study_dir / "studies" / "faces"
+    before = {p: p.stat().st_mtime_ns for p in (out / "stores").rglob("*") if p.is_file()}
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(study_dir)
+    try:
+        res = runner.invoke(app, ["study", "study.yaml", "--set", f"data.size={SIZE}", "--set",
+                                  f"out_of_set.size={SIZE}", "--set", "measures.n_probe=2",
+                                  "--set", "measures.n_boot=200", "--set", "measures.n_perm=200"])
+    finally:
+        os.chdir(cwd)
+    assert res.exit_code == 0, res.output
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+
+
+@pytest.mark.parametrize("case,message", [
+    ("pickled", "holds pickled Python objects"),
+    ("resnet", "do not match"),
+    ("unknown_key", "groups.CE.weigths"),
+    ("missing", "nope.pth: file not found"),
+])
+def test_bad_weights_and_study_files_are_named(study_dir, tmp_path, case, message):
+    tree = yaml.safe_load(readme_study())
+    tree["out"] = str(tmp_path / "o")
+    tree["data"]["root"] = str(study_dir / "faces" / "test")
+    tree["out_of_set"]["root"] = str(study_dir / "non_faces")
+    bad = tmp_path / "bad.pth"
+    if case == "pickled":
+        torch.save(torchvision.models.densenet121(num_classes=2), bad)
+    elif case == "resnet":
+        torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), bad)
+    weights = {"pickled": [str(bad)], "resnet": [str(bad)], "missing": ["nope.pth"]}
+    if case == "unknown_key":
+        tree["groups"]["CE"]["weigths"] = tree["groups"]["CE"].pop("weights")
+    else:
+        tree["groups"]["CE"]["weights"] = weights[case]
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tree))
+    res = runner.invoke(app, ["study", str(tmp_path / "s.yaml")])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    if case in ("pickled", "resnet"):
+        assert str(bad) in res.output
+    assert not (tmp_path / "o" / "results.json").exists()
