@@ -259,3 +259,27 @@ def test_probe_input_checks():
     bad = lambda x, t: torch.full((len(x), 28, 28), float("nan"))  # noqa: E731
     with pytest.raises(ValueError, match="maps returned by explain contain NaN"):
         noise_response(model, bad, x, t)
+
+
+def test_evaluate_gives_every_single_model_measure_per_image():
+    from salience.attribution import grad_cam
+    from salience.measures import entropy, epg, evaluate
+    from salience.measures.degradation import deletion_insertion
+    from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES
+    from salience.models import build
+
+    torch.manual_seed(0)
+    model = build("smallcnn", 2).eval()
+    x = torch.rand(3, 3, 32, 32)
+    target = torch.tensor([0, 1, 1])
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[:, 8:24, 8:24] = True
+    values = evaluate(model, x, target, masks=masks, deletion_steps=8)
+    assert set(values) == set(ENTROPIES + LOCALISATION + PROBES)
+    assert all(v.shape == (3,) for v in values.values())
+    maps = grad_cam(model, x, target, layer="final")
+    assert torch.allclose(values["entropy_histogram"], entropy(maps, "histogram"))
+    assert torch.allclose(values["epg"], epg(maps, masks))
+    curves = deletion_insertion(model, x, target, maps, steps=8)
+    assert torch.allclose(values["deletion_auc"], curves["deletion_auc"])
+    assert set(evaluate(model, x, target, method="gradient", layer=None)) == set(ENTROPIES + PROBES)

@@ -67,3 +67,25 @@ def probe_suite(model: nn.Module, explain: Explain, x: torch.Tensor, target: tor
                                 "score_in": oos["in"]["score"].double().mean().item(),
                                 "score_out": oos["out"]["score"].double().mean().item(), "shift": oos["shift"]}
     return {"values": {k: v.detach().cpu() for k, v in values.items()}, "curves": curves}
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, target: torch.Tensor, method: str = "grad_cam",
+             layer: str | None = "final", masks: torch.Tensor | None = None, seed: int = 0,
+             deletion_steps: int = 16) -> dict[str, torch.Tensor]:
+    """Every measure that needs one model, per image, in one call: `{name: [B]}`.
+
+    `images [B, C, H, W]` are explained for `target` (long `[B]`) with `method` at `layer` (see
+    `salience.attribution.attribute`; model in eval mode); the maps give the entropies (a) and, with
+    `masks [B, H, W]` (bool, or float read as > 0.5), EPG, IoU and the pointing game; the probes add
+    noise response (b), transformation consistency (c), blur degradation (e) and deletion / insertion
+    AUC (names in `ENTROPIES`, `LOCALISATION`, `PROBES`). Stability needs several models: see
+    `salience.measures.probes.seed_stability`.
+    """
+    import functools
+
+    from salience.attribution import attribute
+
+    explain = functools.partial(attribute, method, model, layer=layer)
+    maps = explain(images, target)
+    probes = probe_suite(model, explain, images, target, maps, seed=seed, deletion_steps=deletion_steps)
+    return {k: v.detach().cpu() for k, v in map_values(maps, masks).items()} | probes["values"]
