@@ -97,7 +97,8 @@ def fig_gallery(gallery: dict, results: dict) -> str | None:
                     ax.imshow(data / data.max(), cmap=cmap, alpha=0.65, vmin=0, vmax=1)
                 else:
                     ax.text(0.5, 0.5, "all zero", transform=ax.transAxes, ha="center", color="w", fontsize=8)
-            ax.set_title(title, fontsize=8) if i == 0 or j == 0 else None
+            if i == 0 or j == 0:
+                ax.set_title(title, fontsize=8)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])

@@ -303,7 +303,7 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
         comparisons[c] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
                                                          n_perm=cfg.measures.n_perm)
                           for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
-    keys = sorted({k for a in accuracy.values() for k in a}, key=_accuracy_order)
+    keys = list(dict.fromkeys(k for a in accuracy.values() for k in a))  # data, then each split, then out of set
     for k in keys:  # per-model values
         values = {g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
                   for g, names in groups.items()}
@@ -324,12 +324,6 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
     }
     results["findings"] = findings(results)
     return results
-
-
-def _accuracy_order(key: str) -> tuple:
-    base = ("accuracy", "auc", "f1", "worst_group_accuracy")
-    prefix = next((key[:-len(b)] for b in base if key.endswith(b)), key)
-    return (prefix != "", prefix, next((i for i, b in enumerate(base) if key.endswith(b)), 9))
 
 
 def _pareto(run_dir: Path) -> list[dict]:
