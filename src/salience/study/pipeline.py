@@ -99,8 +99,8 @@ def run(study: StudyConfig | str | Path | dict, out: str | Path | None = None, o
                              names={str(stores[m.name]): m.name for m in members}, own=OWN_FILES)
     if not main:
         return None
-    accuracy = _accuracies(cfg, members, out)
-    results = _results(cfg, members, summary, accuracy, out)
+    accuracy = _accuracies(cfg, members, out, data)
+    results = _results(cfg, members, summary, accuracy, out, data)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     _gallery(cfg, members, data, stores, out)
     _write_json(out / "results.json", results)
@@ -215,15 +215,16 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
     return runs
 
 
-def _accuracies(cfg: StudyConfig, members: list[Member], out: Path) -> dict[str, dict]:
+def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dict[str, dict]:
     """Per model: task metrics on the study's data and on every `evaluate` split, and the share of
     out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
     rerun recomputes only changed models."""
+    from salience.distributed import Context
     from salience.training.evaluate import evaluate
 
     splits = {"data": cfg.data} | dict(cfg.evaluate)
     result = {}
-    opened: dict = {}
+    opened: dict = {"data": data}
     key = json.dumps({k: v.model_dump(mode="json") for k, v in splits.items()}
                      | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
                      sort_keys=True)
@@ -242,13 +243,10 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path) -> dict[str,
             if name not in opened:
                 opened[name] = open_split(d.data_config(), d.split)
             ds = opened[name]
-            labels = torch.stack([torch.as_tensor(ds[i]["labels"]) for i in range(min(len(ds), 1))])
-            if labels.shape[-1] == 0:
-                continue  # unlabelled images
+            if not getattr(ds, "classes", None):
+                continue  # unlabelled images (a flat folder)
             multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
             loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
-            from salience.distributed import Context
-
             metrics = evaluate(m.model, loader, multi, localisation=False, ctx=Context(0, 1, device, False))
             prefix = "" if name == "data" else f"{name}_"
             for k in ("accuracy", "auc", "f1", "worst_group_accuracy"):
@@ -262,9 +260,8 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path) -> dict[str,
                 for batch in DataLoader(opened["out_of_set"], batch_size=cfg.explain.batch_size, collate_fn=collate):
                     preds.append(m.model(batch["image"].to(device)).argmax(1).cpu())
             pred = torch.cat(preds)
-            classes = getattr(opened.setdefault("data_ds", open_split(cfg.data.data_config(), cfg.data.split)),
-                              "classes", None) or [str(k) for k in range(int(pred.max()) + 1)]
-            acc["out_of_set_called_" + classes[0]] = (pred == 0).double().mean().item()
+            first = (getattr(data, "classes", None) or ["0"])[0]
+            acc[f"out_of_set_called_{first}"] = (pred == 0).double().mean().item()
         result[m.name] = acc
         _write_json(cache, {"model_hash": digest, "key": key, "accuracy": acc})
     return result
@@ -279,7 +276,7 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
     return rows, columns
 
 
-def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path) -> dict:
+def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path, data) -> dict:
     ref = cfg.reference_group
     rows, columns = _pooled_values(out)
     by_store = {s["model"]: s for s in summary["stores"].values()}
@@ -311,7 +308,6 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
         comparisons[k] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
                                                          n_perm=cfg.measures.n_perm)
                           for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
-    data = open_split(cfg.data.data_config(), cfg.data.split)
     results = {
         "study": cfg.model_dump(mode="json"),
         "data": {"description": cfg.data.describe(), "images": len(data), "classes": list(getattr(data, "classes", [])),
