@@ -9,7 +9,6 @@ median over repeats is reported in images per second. Outputs are checked to agr
 
 import argparse
 import statistics
-import time
 
 import torch
 from captum import attr as captum_attr
@@ -17,15 +16,7 @@ from captum import attr as captum_attr
 from salience import attribution as A
 from salience.models import build
 
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+from common import timed
 
 
 def main() -> None:

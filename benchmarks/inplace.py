@@ -11,7 +11,6 @@ ResNets have no in-place op after `layer3` / `layer4`, so both captures give the
 
 import argparse
 import statistics
-import time
 from contextlib import contextmanager
 
 import torch
@@ -21,6 +20,8 @@ from salience import attribution as A
 from salience.attribution import core
 from salience.guidance.step import Guide
 from salience.models import build
+
+from common import timed
 
 FIXED = core.capture
 
@@ -43,16 +44,6 @@ def capture_without_copy(module: nn.Module, grad_from_here: bool = False):
         yield outputs
     finally:
         handle.remove()
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def cases(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict:

@@ -11,7 +11,6 @@ final block (`LayerGradCam`). Each repeat times Captum's three calls, our three 
 
 import argparse
 import statistics
-import time
 
 import torch
 from captum import attr as captum_attr
@@ -19,17 +18,9 @@ from captum import attr as captum_attr
 from salience import attribution as A
 from salience.models import build
 
+from common import timed
+
 METHODS = ["gradient", "input_x_gradient", "grad_cam@final"]
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ computation (PIL, torchvision's DenseNet, Captum's GradCAM, scikit-image's entro
 import csv
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -61,18 +62,21 @@ def study_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def results(study_dir):
-    import os
-
+def run_readme_study(study_dir: Path):
+    """`salience study study.yaml` in the folder (the README's paths are relative to where it runs)."""
     cwd = os.getcwd()
-    os.chdir(study_dir)  # the README's paths are relative to where the command runs
+    os.chdir(study_dir)
     try:
-        res = runner.invoke(app, ["study", "study.yaml", "--set", f"data.size={SIZE}", "--set",
-                                  f"out_of_set.size={SIZE}", "--set", "measures.n_probe=2",
-                                  "--set", "measures.n_boot=200", "--set", "measures.n_perm=200"])
+        return runner.invoke(app, ["study", "study.yaml", "--set", f"data.size={SIZE}", "--set",
+                                   f"out_of_set.size={SIZE}", "--set", "measures.n_probe=2",
+                                   "--set", "measures.n_boot=200", "--set", "measures.n_perm=200"])
     finally:
         os.chdir(cwd)
+
+
+@pytest.fixture(scope="module")
+def results(study_dir):
+    res = run_readme_study(study_dir)
     assert res.exit_code == 0, res.output
     return json.loads((study_dir / "studies" / "faces" / "results.json").read_text())
 
@@ -130,16 +134,7 @@ def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
 def test_a_rerun_recomputes_nothing(study_dir, results):
     out = study_dir / "studies" / "faces"
     before = {p: p.stat().st_mtime_ns for p in (out / "stores").rglob("*") if p.is_file()}
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(study_dir)
-    try:
-        res = runner.invoke(app, ["study", "study.yaml", "--set", f"data.size={SIZE}", "--set",
-                                  f"out_of_set.size={SIZE}", "--set", "measures.n_probe=2",
-                                  "--set", "measures.n_boot=200", "--set", "measures.n_perm=200"])
-    finally:
-        os.chdir(cwd)
+    res = run_readme_study(study_dir)
     assert res.exit_code == 0, res.output
     assert {p: p.stat().st_mtime_ns for p in before} == before
 

@@ -138,35 +138,51 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def config_error(err: ValidationError, source: str, tagged: tuple[str, ...] = ()) -> ConfigError:
+    """One line per bad key: `source: key.path: message (got value)`. Under a `tagged` section (a mapping
+    of tagged unions: `groups.<name>.<tag>.key`) the tag pydantic puts in the path is left out."""
+    lines = []
+    for e in err.errors():
+        loc = list(e["loc"])
+        if loc[:1] and loc[0] in tagged and len(loc) > 3:
+            del loc[2]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
+        lines.append(f"{source}: {key}: {e['msg']}{got}")
+    return ConfigError("\n".join(lines))
+
+
 def validate(tree: dict, source: str = "config") -> TrainConfig:
     """Validate a nested dict; errors name `source` and every bad key."""
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-            lines.append(f"{source}: {key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
-        raise ConfigError("\n".join(lines)) from None
+        raise config_error(err, source) from None
 
 
-def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or take a mapping), apply `--set key=value` overrides, validate."""
+def read_tree(source: str | Path | dict | None, overrides: list[str] | None = None,
+              what: str = "config") -> tuple[dict, str]:
+    """`(mapping, name for errors)` of a YAML file (or a copy of a mapping), with `key=value` overrides applied."""
     tree: dict = {}
-    source = "config"
-    if isinstance(path, dict):
-        tree = copy.deepcopy(path)
-    elif path is not None:
-        path = Path(path)
-        source = str(path)
+    name = what
+    if isinstance(source, dict):
+        tree = copy.deepcopy(source)
+    elif source is not None:
+        path = Path(source)
+        name = str(path)
         try:
             tree = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
+            raise ConfigError(f"{path}: {what} file not found") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for key, value in parse_overrides(overrides or []):
         _set(tree, key, value)
-    return validate(tree, source)
+    return tree, name
+
+
+def load_config(path: str | Path | dict | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or take a mapping), apply `--set key=value` overrides, validate."""
+    return validate(*read_tree(path, overrides))

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from salience.io.config import ConfigError, DataConfig, _set, parse_overrides
+from salience.io.config import DataConfig, config_error, read_tree
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -165,31 +164,8 @@ class StudyConfig(_Strict):
 
 def load_study(source: str | Path | dict, overrides: list[str] | None = None) -> StudyConfig:
     """A study file (YAML path) or mapping, with `key=value` overrides, validated; errors name the key."""
-    name = "study"
-    if isinstance(source, dict):
-        tree = dict(source)
-    else:
-        path = Path(source)
-        name = str(path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: study file not found") from None
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys")
-    for key, value in parse_overrides(overrides or []):
-        _set(tree, key, value)
+    tree, name = read_tree(source, overrides, "study")
     try:
         return StudyConfig.model_validate(tree)
     except ValidationError as err:
-        lines = []
-        for e in err.errors():
-            loc = list(e["loc"])
-            if loc[:1] == ["groups"] and len(loc) > 3 and loc[2] in ("weights", "train"):
-                del loc[2]  # the group kind pydantic puts in the path
-            key = ".".join(str(p) for p in loc) or "(top level)"
-            got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
-            lines.append(f"{name}: {key}: {e['msg']}{got}")
-        raise ConfigError("\n".join(lines)) from None
+        raise config_error(err, name, tagged=("groups",)) from None
