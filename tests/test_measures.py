@@ -224,20 +224,31 @@ def test_bad_shapes_refused():
         epg(torch.zeros(2, 4, 4), torch.zeros(3, 4, 4))
     with pytest.raises(ValueError, match="kind"):
         entropy(torch.zeros(1, 4, 4), "bogus")
-    with pytest.raises(ValueError, match="win_size"):
-        ssim(torch.zeros(1, 4, 4), torch.zeros(1, 4, 4), win_size=7)
-    with pytest.raises(ValueError, match="win_size"):
-        ssim(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="win_size must be odd"):
+        ssim(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), win_size=4)
+    with pytest.raises(ValueError, match="win_size must be odd"):
+        ssim(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8), win_size=1)
 
 
-def test_ssim_of_small_maps_uses_the_largest_odd_window_that_fits():
+@pytest.mark.parametrize("shape, up", [((2, 2), (7, 7)), ((4, 6), (7, 11)), ((6, 3), (14, 7))])
+def test_ssim_of_maps_under_7_px_upsamples_them_to_a_short_side_of_7(shape, up):
+    """Maps with a side under 7 px are compared after bilinear upsampling (align_corners=False) to a short side
+    of 7 (the long side rounded half up: 6 * 7 / 4 = 10.5 -> 11), then min-max normalised as usual."""
     from salience.measures._checks import minmax
+    from salience.measures.similarity import small_map_size
 
+    assert small_map_size(shape) == up and small_map_size((7, 9)) == (7, 9)
     g = torch.Generator().manual_seed(3)
-    a, b = torch.rand(2, 6, 5, generator=g, dtype=torch.float64), torch.rand(2, 6, 5, generator=g, dtype=torch.float64)
-    ref = [structural_similarity(minmax(a[i:i + 1])[0].numpy(), minmax(b[i:i + 1])[0].numpy(), data_range=1,
-                                 win_size=5) for i in range(2)]
-    assert torch.allclose(ssim(a, b), torch.tensor(ref, dtype=torch.float64), atol=1e-10)
+    a = torch.rand(3, *shape, generator=g, dtype=torch.float64)
+    b = 0.5 * a + 0.5 * torch.rand(3, *shape, generator=g, dtype=torch.float64)
+    got = ssim(a, b)
+    for i in range(3):
+        x, y = (torch.nn.functional.interpolate(t[i][None, None], size=up, mode="bilinear", align_corners=False)[0]
+                for t in (a, b))
+        ref = structural_similarity(minmax(x)[0].numpy(), minmax(y)[0].numpy(), data_range=1, win_size=7)
+        assert got[i].item() == pytest.approx(ref, abs=1e-10)
+    assert got.unique().numel() == 3 and (got < 1).all()  # not a degenerate constant
+    assert torch.allclose(ssim(a, a), torch.ones(3, dtype=torch.float64))
 
 
 def test_localisation_takes_bool_masks_and_refuses_integer_ones():

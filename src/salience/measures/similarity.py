@@ -15,21 +15,24 @@ from salience.measures._checks import check_pair, minmax, unit_scale
 SIMILARITIES = ("ssim", "pearson", "spearman", "topk_iou")
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int | None = None, k1: float = 0.01,
-         k2: float = 0.03) -> torch.Tensor:
+def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
     """Mean SSIM per image of min-max-normalised maps (data range 1), uniform `win_size` x `win_size` window.
 
     Matches `skimage.metrics.structural_similarity(minmax(a), minmax(b), data_range=1, win_size=w)`
-    (sample covariance, mean over the window positions that fit inside the map). The default window is
-    7, or for maps smaller than 7 pixels (e.g. a final-layer map of a 32 px image) the largest odd size
-    that fits (at least 3). A constant map normalises to zeros, so two constant maps score 1.
+    (sample covariance, mean over the window positions that fit inside the map). Maps whose short side is
+    under the window (e.g. the 2x2 final-layer map of a 64 px image) are first upsampled bilinearly
+    (`align_corners=False`) to a short side of `win_size`, keeping the aspect ratio (`small_map_size`);
+    the min-max normalisation follows. A constant map normalises to zeros, so two constant maps score 1.
     """
     check_pair(a, b)
-    if win_size is None:
-        side = min(a.shape[-2:])
-        win_size = min(7, side if side % 2 else side - 1)
-    if win_size < 2 or win_size % 2 != 1 or win_size > min(a.shape[-2:]):
-        raise ValueError(f"win_size must be odd and at most the map side; got {win_size} for maps {tuple(a.shape)}")
+    if win_size < 3 or win_size % 2 != 1:
+        raise ValueError(f"win_size must be odd and at least 3; got {win_size}")
+    dtype = a.dtype
+    a, b = a.to(torch.float64), b.to(torch.float64)  # float32 rounding could put identical maps above 1
+    size = small_map_size(tuple(a.shape[-2:]), win_size)
+    if size != tuple(a.shape[-2:]):
+        a, b = (F.interpolate(unit_scale(t)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+                for t in (a, b))  # unit_scale: exact, and keeps the interpolation of huge values finite
     x, y = minmax(a)[:, None], minmax(b)[:, None]
     mean = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
     n = win_size * win_size
@@ -40,7 +43,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int | None = None, k1: floa
     vxy = cov * (mean(x * y) - ux * uy)
     c1, c2 = k1**2, k2**2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    return s.flatten(1).mean(1).to(dtype)
+
+
+def small_map_size(shape: tuple[int, int], side: int = 7) -> tuple[int, int]:
+    """The size at which `ssim` compares maps of `shape` `(h, w)`: unchanged when the short side is at least
+    `side`, else the short side becomes `side` and the long side `long * side / short`, rounded half up."""
+    h, w = shape
+    short = min(h, w)
+    if short >= side:
+        return h, w
+    scale = lambda n: (2 * n * side + short) // (2 * short)  # noqa: E731  round(n * side / short), half up
+    return scale(h), scale(w)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
