@@ -50,9 +50,31 @@ def test_explain_dataset_writes_the_maps_and_resumes(tmp_path):
     assert again.pending() == []
     with pytest.raises(ValueError, match="model_hash"):
         explain_dataset(Tiny(seed=1), ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3)
-    with pytest.raises(ValueError, match="exactly one class"):
+    with pytest.raises(ValueError, match="none of the 1 images has a class"):
         explain_dataset(model, SalienceDataset([Record(id="x", image=torch.zeros(3, 16, 16, dtype=torch.uint8),
                                                        labels=[])], ["a", "b"]), "gradient", tmp_path / "t")
+
+
+def test_explain_true_on_multi_label_data_stores_every_image_class_pair(tmp_path, caplog):
+    """target "true": one item per (image, present class), image order then class order; a chunk that splits an
+    image's pairs reads that image in both chunks; an image without a class gives no item (and a warning)."""
+    g = torch.Generator().manual_seed(1)
+    labels = [[1, 0], [1], [], [0, 1], [0]]
+    records = [Record(id=f"im{i}", image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8),
+                      labels=c) for i, c in enumerate(labels)]
+    ds, model = SalienceDataset(records, ["a", "b"]), Tiny()
+    with caplog.at_level("WARNING", logger="salience"):
+        store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", chunk_size=4, batch_size=2)
+    assert "1 images have no class" in caplog.text and "im2" in caplog.text
+    image = [0, 0, 1, 3, 3, 4]
+    assert store.meta.image_ids == tuple(f"im{i}" for i in image)
+    maps, targets = store.read(0, store.n)
+    assert targets.tolist() == [0, 1, 1, 0, 1, 0]
+    x = torch.stack([ds[i]["image"] for i in image])
+    torch.testing.assert_close(maps, input_x_gradient(model, x, targets))
+    predicted = explain_dataset(model, ds, "gradient", tmp_path / "p", target_policy="predicted", chunk_size=4)
+    assert predicted.meta.image_ids == tuple(f"im{i}" for i in range(5))  # one item per image
+    assert predicted.read(0, 5)[1].tolist() == model(torch.stack([ds[i]["image"] for i in range(5)])).argmax(1).tolist()
 
 
 def _store(path, seed, ids=None, split="test", n=9):
@@ -203,4 +225,7 @@ def test_localisation_uses_the_boxes_of_the_explained_class(tmp_path):
     assert torch.allclose(torch.tensor([float(r["epg"]) for r in rows]), epg(maps, right).float(), atol=1e-5)
     union = torch.stack([ds[i]["mask"] for i in range(5)])
     assert not torch.allclose(epg(maps, right), epg(maps, union), atol=1e-3)
-    assert all(r["deletion_auc"] == "" for r in rows)  # n_probe 0: no probes
+    assert "deletion_auc" not in rows[0]  # n_probe 0: no probes, no probe columns
+    with pytest.raises(ValueError, match=r"lacks the store's images \['im3', 'im4'\]"):
+        measure_stores({"g": [store.path]}, tmp_path / "o2", sources={str(store.path): Source(model, _dataset(3))})
+    assert not (tmp_path / "o2").exists()

@@ -14,7 +14,7 @@ import math
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -34,14 +34,37 @@ from salience.store.explain import data_name, dataset_ids, explain_stores, metho
 class Source:
     """What made a store, for the measures the maps alone cannot give.
 
-    `dataset`: the explained images (items of the batch contract, in the store's order); its masks give
-    localisation. `model`: the explained model; the probes (`PROBES`) run it on the first `n_probe` images
-    (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
+    `dataset`: the explained images (items of the batch contract; a store item's image is found by its id);
+    its masks give localisation. `model`: the explained model; the probes (`PROBES`) run it on the store's
+    first `n_probe` items (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
     model: nn.Module
     dataset: object
     n_probe: int = 128
     out_of_set: torch.Tensor | None = None
     deletion_steps: int = 16
+    _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def positions(self, store: MapStore) -> list[int]:
+        """The data set index of each of the store's items (found by image id; ids are unique per image)."""
+        if self._index is None:
+            ids = dataset_ids(self.dataset)
+            index = {image: i for i, image in enumerate(ids)}
+            if len(index) != len(ids):
+                dup = next(image for image, n in collections.Counter(ids).items() if n > 1)
+                raise ValueError(f"the source data set of {store.path} holds image id {dup!r} more than once")
+            self._index = index
+        missing = [image for image in dict.fromkeys(store.meta.image_ids) if image not in self._index]
+        if missing:
+            raise ValueError(f"{store.path}: its source data set lacks the store's images {missing[:5]} "
+                             f"({len(missing)} in all); explain it again on this data")
+        return [self._index[image] for image in store.meta.image_ids]
+
+
+def _images(src: Source, positions: list[int]) -> tuple[dict, torch.Tensor]:
+    """The batch of the distinct images at data set `positions` (each read once), and each position's row in it."""
+    unique = sorted(set(positions))
+    row = {d: j for j, d in enumerate(unique)}
+    return collate([src.dataset[d] for d in unique]), torch.tensor([row[d] for d in positions], dtype=torch.long)
 
 
 def _stage(path: Path, staged: list[tuple[Path, Path]]):
@@ -73,12 +96,14 @@ def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: i
                    ctx=None, names: dict[str, str] | None = None, own: tuple[str, ...] = ()) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
-    - `per_image.csv`: group, model (`names[store path]`, default the store's path), image (its id), class
-      (the class its map explains), entropy_histogram, entropy_spatial, and when
-      `sources` (store path -> `Source`) are given: epg, iou, pointing_game (NaN for an empty mask) and the
-      `PROBES` (blank past a store's `n_probe` images)
-    - `stability.csv`: group, image and the mean pairwise similarity per similarity function,
-      for groups of two or more aligned stores (same split, images and order; else refused)
+    - `per_image.csv`: one row per store item (an image, or an (image, class) pair for target "true"): group,
+      model (`names[store path]`, default the store's path), image (its id), class (the class its map
+      explains), entropy_histogram, entropy_spatial, and when `sources` (store path -> `Source`) are given:
+      epg, iou, pointing_game against the boxes of that class (NaN for an empty mask) and the `PROBES` (blank
+      past a store's `n_probe` items)
+    - `stability.csv`: group, image, class (blank where the group's maps explain different classes) and the
+      mean pairwise similarity per similarity function, for groups of two or more aligned stores (same split,
+      items and order; else refused)
     - `summary.json`: per store, summarise() of each measure; per group, stability summaries; for each
       pair of groups, compare_groups() of the per-store means (effect size, permutation p-value); per store
       with a source, the probe curves (noise, transforms, blur, deletion/insertion, out-of-set).
@@ -141,21 +166,24 @@ def _map_values(blocks, workers: int = 2):
 
 
 def _blocks(store: MapStore, block: int, src: Source | None):
-    """`(start, maps, targets, masks or None)` over the store. Masks come from the source's data set: the
-    boxes of each map's explained class (empty when the image has none of that class), or the image's
-    mask when it has no boxes at all (e.g. a segmentation). The images are read again for them."""
+    """`(start, maps, targets, masks or None)` over the store. Masks come from the source's data set: for each
+    item, the boxes of the class its map explains in the item's image (empty when the image has none of that
+    class), or the image's mask when it has no boxes at all (e.g. a segmentation). The images are read again
+    for them, each once per block."""
+    positions = src.positions(store) if src is not None else None
     for start, maps, targets in store.iter_chunks(block):
         masks = None
         if src is not None:
-            batch = collate([src.dataset[i] for i in range(start, start + len(maps))])
-            masks = object_masks(batch, torch.arange(len(maps)), targets)
+            batch, rows = _images(src, positions[start:start + len(maps)])
+            masks = object_masks(batch, rows, targets)
         yield start, maps, targets, masks
 
 
 def _probe(store: MapStore, src: Source, seed: int) -> dict:
-    """`probe_suite` of the source's model on the store's first `n_probe` images, maps and targets."""
+    """`probe_suite` of the source's model on the store's first `n_probe` items: their images, maps and classes."""
     n = min(src.n_probe, store.n)
-    x = collate([src.dataset[i] for i in range(n)])["image"]
+    batch, rows = _images(src, src.positions(store)[:n])
+    x = batch["image"][rows]
     maps, targets = store.read(0, n)
     device = next(src.model.parameters()).device
     explain = functools.partial(attribute, store.meta.method, src.model, layer=store.meta.layer)
@@ -189,8 +217,8 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
 
 def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=None) -> dict[str, dict]:
     """`{store path: _probe(...)}` for the stores with a source and `n_probe` > 0, after checking that each
-    source holds the store's images. Under torchrun each process probes every `world_size`-th store, and
-    every process gets all the results."""
+    source holds the store's images (`Source.positions`). Under torchrun each process probes every
+    `world_size`-th store, and every process gets all the results."""
     from salience import distributed as dist
 
     todo = []
@@ -198,9 +226,7 @@ def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=N
         src = sources.get(str(s.path))
         if src is None:
             continue
-        if dataset_ids(src.dataset) != list(s.meta.image_ids):
-            raise ValueError(f"{s.path}: its source data set holds other images or another order than the "
-                             "store; explain it again")
+        src.positions(s)
         if src.n_probe > 0:
             todo.append(s)
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
@@ -268,34 +294,30 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
     if stable_groups:
         with _stage(out / "stability.csv", staged) as f:
             w = csv.writer(f)
-            header_written = False
+            sims = ("ssim", "pearson", "spearman", "topk_iou")
+            w.writerow(["group", "image", "class", *sims])
             for g, stores in stable_groups.items():
                 check_aligned(stores)
-                sims = ("ssim", "pearson", "spearman", "topk_iou") if min(stores[0].map_shape) >= 3 else (
-                    "pearson", "spearman", "topk_iou")
-                if not header_written:
-                    w.writerow(["group", "image", *("ssim", "pearson", "spearman", "topk_iou")])
-                    header_written = True
                 values = {k: [] for k in sims}
                 pair_sums = None
                 for start in range(0, stores[0].n, block):
                     stop = min(start + block, stores[0].n)
-                    maps = torch.stack([s.read(start, stop)[0] for s in stores])
-                    st = seed_stability(maps, sims)
+                    maps, targets = zip(*(s.read(start, stop) for s in stores))
+                    st = seed_stability(torch.stack(maps), sims)
                     mean = st["mean"]
-                    sums = st["similarity"][sims[0]].double().sum(0)  # per pair of stores
+                    sums = st["similarity"]["ssim"].double().sum(0)  # per pair of stores
                     pair_sums = sums if pair_sums is None else pair_sums + sums
                     for k in sims:
                         values[k].extend(mean[k].tolist())
-                    cols = [mean[k].tolist() if k in mean else [None] * (stop - start)
-                            for k in ("ssim", "pearson", "spearman", "topk_iou")]
-                    w.writerows([g, stores[0].meta.image_ids[i], *("" if v is None else f"{v:.6g}" for v in vs)]
-                                for i, *vs in zip(range(start, stop), *cols))
+                    same = (torch.stack(targets) == targets[0]).all(0)  # blank where the models explain other classes
+                    w.writerows([g, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
+                                for i, t, agree, *vs in zip(range(start, stop), targets[0].tolist(), same.tolist(),
+                                                            *(mean[k].tolist() for k in sims)))
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
                 matrix = torch.eye(len(stores), dtype=torch.float64)
                 for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist()):
                     matrix[i, j] = matrix[j, i] = v
-                summary["stability"][g][f"{sims[0]}_matrix"] = matrix.tolist()  # mean over images, per pair
+                summary["stability"][g]["ssim_matrix"] = matrix.tolist()  # mean over items, per pair of stores
 
     for a, b in itertools.combinations(opened, 2):
         if len(opened[a]) >= 2 and len(opened[b]) >= 2:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -12,22 +13,16 @@ from salience.data.core import collate
 from salience.store.zarr_store import MapStore, StoreMeta, fill, model_hash
 
 
-def targets_for(policy: str, labels: torch.Tensor, logits: torch.Tensor | None, ids: list[str]) -> torch.Tensor:
-    """Long `[B]` classes to explain: `true` (single-label images only), `predicted`, or `class:<k>`.
-    `logits` may be None for `true`."""
+def targets_for(policy: str, logits: torch.Tensor) -> torch.Tensor:
+    """Long `[B]` classes to explain for the `predicted` or `class:<k>` policy (`true`: see `true_pairs`)."""
     if policy == "predicted":
         return logits.argmax(1)
     if policy.startswith("class:"):
         k = int(policy[6:])
         if not 0 <= k < logits.shape[1]:
             raise ValueError(f"target_policy {policy!r}: the model has {logits.shape[1]} classes")
-        return torch.full((len(labels),), k, dtype=torch.long, device=logits.device)
-    counts = labels.sum(1)
-    bad = (counts != 1).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(f"target_policy 'true' needs exactly one class per image; images {[ids[i] for i in bad[:5]]} "
-                         "have none or several (use 'predicted' or 'class:<k>')")
-    return labels.argmax(1)
+        return torch.full((len(logits),), k, dtype=torch.long, device=logits.device)
+    raise ValueError(f"target_policy must be 'true', 'predicted' or 'class:<k>', got {policy!r}")
 
 
 def dataset_ids(dataset) -> list[str]:
@@ -35,11 +30,31 @@ def dataset_ids(dataset) -> list[str]:
     return [r.id for r in dataset.records] if hasattr(dataset, "records") else [dataset[i]["id"] for i in range(len(dataset))]
 
 
+def true_pairs(dataset) -> tuple[list[int], list[int]]:
+    """`(image indices, classes)` of every (image, class) pair whose class the image has: image order, then class
+    order, each class once per image (from the records' labels when the data set has them). A single-label data
+    set gives one pair per image; an image without a class gives none."""
+    if hasattr(dataset, "records"):
+        labels = [sorted(set(r.labels)) for r in dataset.records]
+    else:
+        labels = [torch.as_tensor(dataset[i]["labels"]).nonzero().flatten().tolist() for i in range(len(dataset))]
+    pairs = [(i, c) for i, classes in enumerate(labels) for c in classes]
+    if not pairs:
+        raise ValueError(f"target_policy 'true': none of the {len(labels)} images has a class (unlabelled images); "
+                         "use 'predicted' or 'class:<k>'")
+    bare = [i for i, classes in enumerate(labels) if not classes]
+    if bare:
+        logging.getLogger("salience").warning("target_policy 'true': %d images have no class and are not explained "
+                                              "(the first: %s)", len(bare), [dataset_ids(dataset)[i] for i in bare[:5]])
+    return [i for i, _ in pairs], [c for _, c in pairs]
+
+
 def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Path, *, layer: str | None = None,
                     target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
                     batch_size: int = 64, workers: int = 0, progress: bool = False, ctx=None) -> MapStore:
-    """Write the maps of `method` (a name, or `NAME@LAYER`; or the name and `layer`) for every image of
-    `dataset` (items of the batch contract) into the store at `out`, resuming an existing store with the same
+    """Write the maps of `method` (a name, or `NAME@LAYER`; or the name and `layer`) for every image (or, for
+    `target_policy` "true", every (image, present class) pair) of `dataset` (items of the batch contract) into
+    the store at `out`, resuming an existing store with the same
     metadata (finished chunks are not recomputed). `workers` > 0 reads and transforms the images in that many
     processes while the model runs. `ctx`: see `explain_stores`."""
     if layer is not None:
@@ -60,6 +75,12 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     `outs[m][s]`, created or resumed (only the chunks unfinished in some store are computed, and only for
     the stores that lack them). The gradient-based methods of a model share one forward and one backward.
 
+    The store's items: for `target_policy` "true", every (image, class) pair whose class the image has
+    (`true_pairs`; one per image on single-label data); for "predicted" and "class:<k>", one per image.
+    `StoreMeta.image_ids` holds each item's image id (repeated for the pairs of one image), the `targets`
+    array its class. Each chunk reads its images once; `batch_size` bounds the images read and the items
+    explained at once.
+
     `ctx` (`salience.distributed.Context`, from `setup()` under torchrun): the processes share
     the stores. Rank 0 creates or resumes them, then every process computes its share of the unfinished
     chunks (every `world_size`-th one); no two processes write the same chunk. Returns, on every
@@ -79,29 +100,37 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     for model in models:
         model.eval()
     ids = dataset_ids(dataset)
+    if not ids:
+        raise ValueError("the data set holds no images")
+    if target_policy == "true":  # the store's items: one per (image, present class) pair
+        item_image, item_class = true_pairs(dataset)
+    else:  # one per image, its class chosen by the model
+        item_image, item_class = list(range(len(ids))), None
 
-    def explain(m: int, batch: dict, wanted: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def explain(m: int, x: torch.Tensor, classes: torch.Tensor | None,
+                wanted: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         model = models[m]
-        x = batch["image"].to(next(model.parameters()).device)
-        logits = None
-        if target_policy != "true":
+        x = x.to(next(model.parameters()).device)
+        if classes is None:
             with torch.no_grad():
-                logits = model(x)
-        t = targets_for(target_policy, batch["labels"].to(x.device), logits, batch["id"])
+                t = targets_for(target_policy, model(x))
+        else:
+            t = classes.to(x.device)
         return attribute_many(model, x, t, wanted), t
 
     error, pending = None, None
     if ctx.is_main:  # one process creates the stores: a store is created exactly once
         try:
-            item = dataset[0]
-            first = {m: explain(m, collate([item]), methods)[0] for m in range(len(models))}  # the map shapes
+            item = dataset[item_image[0]]
+            cls = None if item_class is None else torch.tensor(item_class[:1])
+            first = {m: explain(m, collate([item])["image"], cls, methods)[0] for m in range(len(models))}  # shapes
             resolution = tuple(item["image"].shape[-2:])
             stores = []
             for m, spec, path in flat:
                 name, layer = specs[spec]
                 meta = StoreMeta(model_hash=model_hash(models[m]), method=name, layer=layer,
                                  target_policy=target_policy, resolution=resolution, data=data, split=split,
-                                 image_ids=tuple(ids))
+                                 image_ids=tuple(ids[i] for i in item_image))
                 stores.append(MapStore.resume(path, meta, tuple(first[m][spec].shape[-2:]), chunk_size))
             pending = [s.pending() for s in stores]
         except Exception as err:
@@ -129,15 +158,27 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
             by_model.setdefault(flat[k][0], []).append(flat[k][1])
         maps = {k: [] for k in wanted}
         targets = {m: [] for m in by_model}
-        loader = DataLoader(Subset(dataset, range(start, stop)), batch_size=batch_size, collate_fn=collate,
-                            num_workers=workers if stop - start > batch_size else 0)
-        for batch in loader:  # one read of the images for every model and method
-            for m, model_specs in by_model.items():
-                out, t = explain(m, batch, model_specs)
-                targets[m].append(t.cpu())
-                for k in wanted:
-                    if flat[k][0] == m:
-                        maps[k].append(out[flat[k][1]].cpu())
+        images = item_image[start:stop]  # the chunk's items' dataset indices, non-decreasing
+        unique = sorted(set(images))
+        row = {d: j for j, d in enumerate(unique)}  # dataset index -> position among the chunk's images
+        classes = None if item_class is None else torch.tensor(item_class[start:stop])
+        loader = DataLoader(Subset(dataset, unique), batch_size=batch_size, collate_fn=collate,
+                            num_workers=workers if len(unique) > batch_size else 0)
+        done = 0  # items explained so far
+        for b, batch in enumerate(loader):  # each image read once, for every model, method and class
+            first, end = b * batch_size, done
+            while end < len(images) and row[images[end]] < first + len(batch["image"]):
+                end += 1
+            for lo in range(done, end, batch_size):  # at most batch_size items explained at once
+                hi = min(lo + batch_size, end)
+                x = batch["image"][[row[d] - first for d in images[lo:hi]]]
+                for m, model_specs in by_model.items():
+                    out, t = explain(m, x, None if classes is None else classes[lo:hi], model_specs)
+                    targets[m].append(t.cpu())
+                    for k in wanted:
+                        if flat[k][0] == m:
+                            maps[k].append(out[flat[k][1]].cpu())
+            done = end
         return {k: (torch.cat(maps[k]), torch.cat(targets[flat[k][0]])) for k in wanted}
 
     fill(stores, compute, progress=progress and ctx.is_main, chunks=mine)
