@@ -96,7 +96,7 @@ def explain(
     out: str = typer.Option(..., help="Map store directory (created, or resumed if its metadata match); with several "
                                       "methods a folder holding one store per method, named as written "
                                       "(OUT/grad_cam@final)."),
-    target: str = typer.Option("true", help="Class to explain: true, predicted or class:<k>."),
+    target: str = typer.Option("true", help="Class to explain: true (every present class of each image), predicted or class:<k>."),
     chunk_size: int = typer.Option(256, min=1, help="Images per store chunk."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
@@ -131,7 +131,7 @@ def measure(
     method: str = typer.Option(None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (gradient, "
                                           "grad_cam@final, ...)."),
     layer: str = typer.Option(None, help="Checkpoints only: layer name or named depth (input, mid1.., final)."),
-    target: str = typer.Option("true", help="Checkpoints only: class to explain: true, predicted or class:<k>."),
+    target: str = typer.Option("true", help="Checkpoints only: class to explain: true (every present class of each image), predicted or class:<k>."),
     n_probe: int = typer.Option(128, min=0, help="Checkpoints only: images the model probes run on (0: none)."),
     out_of_set: str = typer.Option(None, help="Checkpoints only: split whose images are the out-of-set samples."),
     batch_size: int = typer.Option(64, min=1),

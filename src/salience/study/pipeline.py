@@ -348,9 +348,10 @@ def _gallery(cfg: StudyConfig, members: list[Member], data, stores: dict, out: P
     for m in members:
         if m.group not in first:
             store = MapStore(stores[m.name])
-            rows = [i for i, image in enumerate(store.meta.image_ids) if image in set(batch["id"])][:n]
-            maps, targets = store.read(rows[0], rows[-1] + 1) if rows else (torch.zeros(0, 1, 1), torch.zeros(0))
-            first[m.group] = A.upsample(maps[: len(rows)], tuple(batch["image"].shape[-2:]))
+            ids = list(store.meta.image_ids)
+            rows = [ids.index(i) for i in batch["id"] if i in ids]  # each image's first map (lowest class)
+            maps, _ = store.read(rows[0], rows[-1] + 1) if rows else (torch.zeros(0, 1, 1), None)
+            first[m.group] = A.upsample(maps[[r - rows[0] for r in rows]], tuple(batch["image"].shape[-2:]))
     classes = list(getattr(data, "classes", []))
     labels = [int(row.argmax()) if row.numel() and row.any() else -1 for row in batch["labels"]]
     torch.save({"images": batch["image"], "boxes": batch["boxes"], "human_maps": batch["human_map"],
