@@ -399,20 +399,15 @@ def findings(results: dict) -> list[str]:
         n = min(sizes)
         out.append(f"Accuracies are compared per model ({n} per group): the smallest p-value a permutation test "
                    f"can give is {2 / math.comb(2 * n, n):.2g}.")
-    if "entropy_histogram" in s:
-        lowest = min(groups, key=lambda g: s["entropy_histogram"][g]["mean"])
-        out.append(f"Lowest histogram entropy (most concentrated salience): {lowest} "
-                   f"({s['entropy_histogram'][lowest]['mean']:.3f}).")
-    if results["stability"]:
-        most = max(results["stability"], key=lambda g: results["stability"][g]["ssim"]["mean"]
-                   if "ssim" in results["stability"][g] else results["stability"][g]["pearson"]["mean"])
-        sim = "ssim" if "ssim" in results["stability"][most] else "pearson"
-        out.append(f"Most stable across models of a group (mean pairwise {sim.upper() if sim == 'ssim' else 'Pearson'}): "
-                   f"{most} ({results['stability'][most][sim]['mean']:.3f}).")
-    if "transform_ssim" in s:
-        best = max(groups, key=lambda g: s["transform_ssim"][g]["mean"])
-        out.append(f"Most consistent under flips, rotations and shifts (mean SSIM): {best} "
-                   f"({s['transform_ssim'][best]['mean']:.3f}).")
+    ranked = {"entropy_histogram": (min, "Lowest histogram entropy (most concentrated salience)"),
+              "stability": (max, "Most stable across models of a group (mean pairwise SSIM)"),
+              "transform_ssim": (max, "Most consistent under flips, rotations and shifts (mean SSIM)")}
+    for key, (pick, what) in ranked.items():
+        means = ({g: v["ssim"]["mean"] for g, v in results["stability"].items()} if key == "stability"
+                 else {g: s[key][g]["mean"] for g in groups} if key in s else {})
+        if means:
+            best = pick(means, key=means.get)
+            out.append(f"{what}: {best} ({means[best]:.3f}).")
     return out
 
 
