@@ -167,3 +167,22 @@ def test_bad_weights_and_study_files_are_named(study_dir, tmp_path, case, messag
     if case in ("pickled", "resnet"):
         assert str(bad) in res.output
     assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_bad_weights_fail_before_any_training(study_dir, tmp_path):
+    tree = yaml.safe_load(readme_study())
+    tree |= {"out": str(tmp_path / "o"), "data": {"format": "builtin", "options": {"n_test": 4}},
+             "explain": {"method": "grad_cam", "layer": "final"}}
+    del tree["out_of_set"]
+    bad = tmp_path / "bad.pth"
+    torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), bad)
+    tree["groups"] = {"CE": {"train": {"epochs": 1}, "seeds": [0]},
+                      "Elsewhere": {"model": "smallcnn", "num_classes": 2, "weights": [str(bad)]}}
+    res = runner.invoke(app, ["study", _write(tmp_path, tree)])
+    assert res.exit_code == 2 and str(bad) in res.output, res.output
+    assert not (tmp_path / "o" / "runs").exists()  # nothing was trained
+
+
+def _write(folder: Path, tree: dict) -> str:
+    (folder / "s.yaml").write_text(yaml.safe_dump(tree))
+    return str(folder / "s.yaml")

@@ -73,15 +73,15 @@ def run(study: StudyConfig | str | Path | dict, out: str | Path | None = None, o
         raise OSError(f"{out}: cannot create the study folder ({err.strerror})") from None
     t0 = time.perf_counter()
     device = ctx.device if ctx is not None else torch.device(cfg.device)
-    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
-    data = open_split(cfg.data.data_config(), cfg.data.split)
+    data = open_split(cfg.data.data_config(), cfg.data.split)  # bad data fail before any training
     if len(data) == 0:
         raise ValueError(f"data: {cfg.data.describe()} holds no images")
-    _check_explainable(cfg, members, data)
     oos = None
     if cfg.out_of_set is not None and cfg.measures.n_probe > 0:
         other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
         oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
+    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
+    _check_explainable(cfg, members, data)
 
     spec = cfg.explain.method if cfg.explain.layer is None else f"{cfg.explain.method}@{cfg.explain.layer}"
     stores = {m.name: out / "stores" / m.name for m in members}
@@ -111,9 +111,9 @@ def run(study: StudyConfig | str | Path | dict, out: str | Path | None = None, o
 
 
 def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool) -> list[Member]:
-    """Every model of the study, in eval mode on `device`, normalising its input as the data say."""
+    """Every model of the study, in eval mode on `device`, normalising its input as the data say. Weights
+    files are loaded (and a bad one refused) before any training starts."""
     members: list[Member] = []
-    trained = _train_all(cfg, out, progress, distributed)
     stems = [Path(w).stem for g in cfg.groups.values() if isinstance(g, WeightsGroup) for w in g.weights]
     for group, g in cfg.groups.items():
         if isinstance(g, WeightsGroup):
@@ -127,15 +127,18 @@ def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, 
                 else:
                     model = load_model(w, g.model, g.num_classes, allow_pickle=g.allow_pickle)
                     members.append(Member(group, name, model, f"{g.model} weights {w}"))
-        else:
+    names = [m.name for m in members] + [f"{group}_s{seed}" for group, g in cfg.groups.items()
+                                          if isinstance(g, TrainGroup) for seed in g.seeds]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
+    trained = _train_all(cfg, out, progress, distributed)
+    for group, g in cfg.groups.items():
+        if isinstance(g, TrainGroup):
             for seed in g.seeds:
                 run_dir = trained[(group, seed)]
                 model, _ = load_run(run_dir / "checkpoints" / "last.pt")
                 members.append(Member(group, f"{group}_s{seed}", model, f"trained here: {run_dir}", seed, run_dir))
-    names = [m.name for m in members]
-    dup = next((n for n in names if names.count(n) > 1), None)
-    if dup is not None:
-        raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
     norm = cfg.data.mean_std()
     for m in members:
         m.model = m.model.to(device).eval()
