@@ -174,14 +174,16 @@ def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
                 raise ConfigError(f"explain.layer: {m.name}: {err}") from None
 
 
-def _train_one(tree: dict, run_dir: Path, epochs: int, threads: int | None = None) -> Path:
+def _trained(run_dir: Path, epochs: int) -> bool:
+    log = run_dir / "log.jsonl"
+    return log.exists() and len(log.read_text().splitlines()) >= epochs
+
+
+def _train_one(tree: dict, run_dir: Path, threads: int | None = None) -> Path:
     from salience.training import train
 
     if threads:
         torch.set_num_threads(threads)
-    log = run_dir / "log.jsonl"
-    if log.exists() and len(log.read_text().splitlines()) >= epochs:
-        return run_dir
     return train(validate(tree, f"training run {run_dir.name}"), resume=(run_dir / "checkpoints" / "last.pt").exists(),
                  progress=threads is None)
 
@@ -199,18 +201,19 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
             if cfg.device == "cpu":
                 tree["device"] = "cpu"
             todo.append(((group, seed), tree, Path(tree["out"]), base.epochs))
+    runs = {key: run_dir for key, _, run_dir, epochs in todo if _trained(run_dir, epochs)}  # reused
+    todo = [item for item in todo if item[0] not in runs]
     if not todo:
-        return {}
-    runs = {}
+        return runs
     if cfg.train_workers <= 1 or torch.cuda.is_available() or distributed:
-        for key, tree, run_dir, epochs in todo:
+        for key, tree, run_dir, _ in todo:
             if progress:
                 console.rule(f"training {run_dir.name}")
-            runs[key] = _train_one(tree, run_dir, epochs)
+            runs[key] = _train_one(tree, run_dir)
         return runs
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(cfg.train_workers, mp_context=spawn) as pool:
-        futures = {pool.submit(_train_one, tree, run_dir, epochs, 1): key for key, tree, run_dir, epochs in todo}
+        futures = {pool.submit(_train_one, tree, run_dir, 1): key for key, tree, run_dir, _ in todo}
         for future in as_completed(futures):
             runs[futures[future]] = future.result()
             if progress:
