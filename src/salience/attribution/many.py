@@ -20,6 +20,7 @@ from salience.attribution.methods import (
     _pairs,
     attribute,
     cam_map,
+    cam_weights,
     grad_cam_map,
     ixg_map,
 )
@@ -42,14 +43,6 @@ def parse_method(spec: str) -> tuple[str, str | None]:
         raise ValueError(f"method {spec!r}: {name} works on the input only; layers are accepted by "
                          f"{', '.join(sorted(_TAKES_LAYER))}")
     return name, layer or None
-
-
-def _cam_weights(model: nn.Module) -> torch.Tensor:
-    fc = getattr(model, "fc", None)
-    if type(fc) is not nn.Linear:
-        raise ValueError(f"method 'cam' needs a model whose classifier `fc` is a plain nn.Linear after global "
-                         f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none")
-    return fc.weight
 
 
 def attribute_many(model: nn.Module, x: torch.Tensor, target, methods: list[str] | tuple[str, ...],
@@ -85,7 +78,7 @@ def _shared(model, x, target, specs: dict[str, tuple[str, str | None]], create_g
     for spec, (name, layer) in specs.items():
         if name == "cam":
             layer = layer_name(model, "final")
-            _cam_weights(model)
+            cam_weights(model)
         module = resolve_layer(model, layer)
         if module is None and name == "grad_cam":
             raise ValueError(f"method {spec!r}: grad_cam needs a convolutional layer, not the input")
@@ -125,11 +118,7 @@ def _shared(model, x, target, specs: dict[str, tuple[str, str | None]], create_g
             elif name == "grad_cam":
                 m = grad_cam_map(f, g)
             else:
-                weights = _cam_weights(model)
-                if f.shape[1] != weights.shape[1]:
-                    raise ValueError(f"method {spec!r}: the final layer gives {f.shape[1]} channels but fc takes "
-                                     f"{weights.shape[1]}")
-                m = cam_map(weights[cls], f)
+                m = cam_map(cam_weights(model, f)[cls], f)
             maps[spec] = m if create_graph else m.detach()
     return maps
 

@@ -124,23 +124,29 @@ def grad_cam(model: nn.Module, x, target, layer: str = "final", create_graph: bo
     return _out(grad_cam_map(acts, g), create_graph)
 
 
+def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Tensor:
+    """The class weights `[C, K]` of the model's linear head `fc`; with `acts` `[P, K, h, w]` (the
+    `final` layer's output) also checks that K matches. ValueError when CAM does not apply."""
+    fc = getattr(model, "fc", None)
+    if type(fc) is not nn.Linear:
+        raise ValueError(f"cam needs a model whose classifier `fc` is a plain nn.Linear after global "
+                         f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none")
+    if acts is not None and acts.shape[1] != fc.in_features:
+        raise ValueError(f"cam: the final layer ({layer_name(model, 'final')}) gives {acts.shape[1]} channels but "
+                         f"fc takes {fc.in_features}")
+    return fc.weight
+
+
 def cam(model: nn.Module, x, target, create_graph: bool = False):
     """Class activation map: `Σ_k w_ck A_k`, A = the last feature map (the `final` depth), w = `fc`.
 
     For global-average-pool + linear heads, `mean_hw(cam) + fc.bias[c]` is the logit. `[P, h, w]`.
     """
-    fc = getattr(model, "fc", None)
-    if type(fc) is not nn.Linear:
-        raise ValueError(f"cam needs a model whose classifier `fc` is a plain nn.Linear after global "
-                         f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none")
+    cam_weights(model)
     x, cls = _pairs(x, target)
-    module = resolve_layer(model, layer_name(model, "final"))
     with torch.set_grad_enabled(create_graph):
         _, acts = forward_at(model, x, layer_name(model, "final"), create_graph=True)
-        if acts.shape[1] != fc.in_features:
-            raise ValueError(f"cam: {type(module).__name__} gives {acts.shape[1]} channels but fc takes "
-                             f"{fc.in_features}")
-        maps = cam_map(fc.weight[cls], acts)
+        maps = cam_map(cam_weights(model, acts)[cls], acts)
     return _out(maps, create_graph)
 
 

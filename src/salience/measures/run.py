@@ -26,8 +26,7 @@ from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
-from salience.io.checkpoint import load_run
-from salience.store.explain import data_name, dataset_ids, explain_stores, method_outs
+from salience.store.explain import dataset_ids
 
 
 @dataclass
