@@ -26,6 +26,7 @@ from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
+from salience.distributed import atomic_write_text
 from salience.store.explain import dataset_ids
 
 
@@ -206,11 +207,8 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
             return {"values": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["values"].items()},
                     "curves": saved["curves"]}
     result = _probe(store, src, seed)
-    text = json.dumps({"key": key, "values": {k: v.double().tolist() for k, v in result["values"].items()},
-                       "curves": result["curves"]}, allow_nan=True)
-    tmp = cache.with_name(f".probes.json.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, cache)
+    values = {k: v.double().tolist() for k, v in result["values"].items()}
+    atomic_write_text(cache, json.dumps({"key": key, "values": values, "curves": result["curves"]}, allow_nan=True))
     return result
 
 

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from salience import attribution as A
 from salience.data.core import collate
+from salience.distributed import atomic_write_text
 from salience.io.checkpoint import load_run
 from salience.io.config import ConfigError, load_config, validate
 from salience.io.datasets import open_split
@@ -296,24 +297,24 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
             models[m.name]["pareto"] = _pareto(m.run)
     groups = {g: [m.name for m in members if m.group == g] for g in cfg.groups}
     table, comparisons = {}, {}
+
+    def add(key: str, values: dict[str, torch.Tensor]) -> None:
+        """Summaries per group and comparisons with the reference group of `values` (group -> [n])."""
+        table[key] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
+        comparisons[key] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
+                                                           n_perm=cfg.measures.n_perm)
+                            for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
+
     for c in columns:  # per-image values pooled over the models of a group
         values = {g: torch.tensor([float(r[c]) for r in rows if r["group"] == g and r[c] != ""], dtype=torch.float64)
                   for g in groups}
         values = {g: v[~torch.isnan(v)] for g, v in values.items()}
-        if not any(len(v) for v in values.values()):
-            continue
-        table[c] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
-        comparisons[c] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
-                                                         n_perm=cfg.measures.n_perm)
-                          for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
+        if any(len(v) for v in values.values()):
+            add(c, values)
     keys = list(dict.fromkeys(k for a in accuracy.values() for k in a))  # data, then each split, then out of set
     for k in keys:  # per-model values
-        values = {g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
-                  for g, names in groups.items()}
-        table[k] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
-        comparisons[k] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
-                                                         n_perm=cfg.measures.n_perm)
-                          for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
+        add(k, {g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
+                for g, names in groups.items()})
     results = {
         "study": cfg.model_dump(mode="json"),
         "data": {"description": cfg.data.describe(), "images": len(data), "classes": list(getattr(data, "classes", [])),
@@ -321,7 +322,7 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
                  "evaluate": {k: v.describe() for k, v in cfg.evaluate.items()}},
         "explain": {"method": cfg.explain.method, "layer": cfg.explain.layer, "target": cfg.explain.target},
         "reference": ref, "models": models, "groups": groups, "summary": table, "comparisons": comparisons,
-        "accuracy_keys": keys, "measure_keys": [c for c in columns if c in table],
+        "accuracy_keys": keys,
         "stability": summary["stability"],
     }
     results["findings"] = findings(results)
@@ -418,9 +419,7 @@ def findings(results: dict) -> list[str]:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *, method: str, split: str = "test",
