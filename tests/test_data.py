@@ -1,7 +1,6 @@
 """salience.data: built-in benchmark structure, real-format readers on fixtures, transforms, collate."""
 
 import json
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from salience.data import (
     make_builtin,
 )
 from salience.data.builtin import _identities
+from voc_files import write_voc_xml
 
 TINY = BuiltinBenchmark(n_train=40, n_val=8, n_test=40, n_out_of_set=8)
 
@@ -251,21 +251,6 @@ def test_collate_rejects_mixed_sizes(tmp_path):
 
 
 # ---------------------------------------------------------------- PASCAL VOC 2007
-def _voc_xml(path, objects, filename=None):
-    ann = ET.Element("annotation")
-    if filename:
-        ET.SubElement(ann, "filename").text = filename
-    for name, box, difficult in objects:
-        o = ET.SubElement(ann, "object")
-        ET.SubElement(o, "name").text = name
-        ET.SubElement(o, "difficult").text = str(difficult)
-        bb = ET.SubElement(o, "bndbox")
-        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
-            ET.SubElement(bb, k).text = str(v)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ET.ElementTree(ann).write(path)
-
-
 def _voc(tmp_path, extra=()):
     root = tmp_path / "VOCdevkit" / "VOC2007"
     entries = [
@@ -274,7 +259,7 @@ def _voc(tmp_path, extra=()):
         *extra,
     ]
     for img_id, objs in entries:
-        _voc_xml(root / "Annotations" / f"{img_id}.xml", objs, f"{img_id}.jpg")
+        write_voc_xml(root / "Annotations" / f"{img_id}.xml", objs, f"{img_id}.jpg")
         _save(root / "JPEGImages" / f"{img_id}.jpg", _img(50, 64))
     (root / "ImageSets" / "Main").mkdir(parents=True)
     (root / "ImageSets" / "Main" / "train.txt").write_text("".join(f"{i}\n" for i, _ in entries))

@@ -2,7 +2,6 @@
 target "true" explains every (image, present class) pair; `--target predicted` measures 2x2 final-layer maps."""
 
 import csv
-import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from salience.cli import app
+from voc_files import write_voc_xml
 
 # (id, [(class, (xmin, ymin, xmax, ymax) 1-based inclusive, difficult)]) of 64 x 48 (w x h) images
 ENTRIES = [
@@ -27,16 +27,7 @@ def _voc(tmp_path):
     (root / "ImageSets" / "Main").mkdir(parents=True)
     rng = np.random.default_rng(0)
     for img_id, objects in ENTRIES:
-        ann = ET.Element("annotation")
-        ET.SubElement(ann, "filename").text = f"{img_id}.jpg"
-        for name, box, difficult in objects:
-            o = ET.SubElement(ann, "object")
-            ET.SubElement(o, "name").text = name
-            ET.SubElement(o, "difficult").text = str(difficult)
-            bb = ET.SubElement(o, "bndbox")
-            for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
-                ET.SubElement(bb, k).text = str(v)
-        ET.ElementTree(ann).write(root / "Annotations" / f"{img_id}.xml")
+        write_voc_xml(root / "Annotations" / f"{img_id}.xml", objects, f"{img_id}.jpg")
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{img_id}.jpg")
     (root / "ImageSets" / "Main" / "test.txt").write_text("".join(f"{i}\n" for i, _ in ENTRIES))
     return tmp_path / "VOCdevkit"
