@@ -41,20 +41,30 @@ def main() -> None:
         model(x)[torch.arange(n, device=device), t].sum().backward()
 
     cases = {
-        "gradient": (lambda: A.gradient(model, x, t),
-                     lambda: captum_attr.Saliency(model).attribute(x, target=t, abs=True).amax(1)),
-        "input_x_gradient (input)": (lambda: A.input_x_gradient(model, x, t),
-                                     lambda: captum_attr.InputXGradient(model).attribute(x, target=t).sum(1)),
+        "gradient": (
+            lambda: A.gradient(model, x, t),
+            lambda: captum_attr.Saliency(model).attribute(x, target=t, abs=True).amax(1),
+        ),
+        "input_x_gradient (input)": (
+            lambda: A.input_x_gradient(model, x, t),
+            lambda: captum_attr.InputXGradient(model).attribute(x, target=t).sum(1),
+        ),
         "input_x_gradient (layer3)": (
             lambda: A.input_x_gradient(model, x, t, layer="layer3"),
-            lambda: captum_attr.LayerGradientXActivation(model, model.layer3).attribute(x, target=t).sum(1)),
+            lambda: captum_attr.LayerGradientXActivation(model, model.layer3).attribute(x, target=t).sum(1),
+        ),
         f"integrated_gradients ({args.ig_steps} steps)": (
             lambda: A.integrated_gradients(model, x, t, steps=args.ig_steps, internal_batch_size=ig_chunk),
-            lambda: captum_attr.IntegratedGradients(model).attribute(
-                x, target=t, n_steps=args.ig_steps, method="riemann_middle", internal_batch_size=ig_chunk).sum(1)),
+            lambda: (
+                captum_attr.IntegratedGradients(model)
+                .attribute(x, target=t, n_steps=args.ig_steps, method="riemann_middle", internal_batch_size=ig_chunk)
+                .sum(1)
+            ),
+        ),
         "grad_cam (layer4)": (
             lambda: A.grad_cam(model, x, t, layer="layer4"),
-            lambda: captum_attr.LayerGradCam(model, model.layer4).attribute(x, target=t, relu_attributions=True)[:, 0]),
+            lambda: captum_attr.LayerGradCam(model, model.layer4).attribute(x, target=t, relu_attributions=True)[:, 0],
+        ),
     }
     for name, (ours, ref) in cases.items():
         a, b = ours(), ref()
@@ -70,8 +80,10 @@ def main() -> None:
                 times[name][i].append(timed((ours, ref)[i], device))
     fb = statistics.median(times.pop("forward+backward")[1:])
 
-    print(f"{args.model}, {args.size} px, batch {n}, {device.type}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
+    print(
+        f"{args.model}, {args.size} px, batch {n}, {device.type}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}"
+    )
     print(f"model forward+backward: {n / fb:.1f} img/s\n")
     print("| method | salience img/s | Captum img/s | salience / Captum | salience / fwd+bwd |")
     print("|---|---|---|---|---|")

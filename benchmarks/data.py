@@ -35,23 +35,54 @@ def main() -> None:
         torch.set_num_threads(th)
         cfg = BuiltinBenchmark(n_train=args.n)
         _, s = timed(lambda: _render(cfg, "train"))
-        print(json.dumps({"what": "generate in memory", "images": args.n, "size": 64, "threads": th,
-                          "seconds": round(s, 2), "images_per_s": round(args.n / s)}))
+        print(
+            json.dumps(
+                {
+                    "what": "generate in memory",
+                    "images": args.n,
+                    "size": 64,
+                    "threads": th,
+                    "seconds": round(s, 2),
+                    "images_per_s": round(args.n / s),
+                }
+            )
+        )
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = BuiltinBenchmark(n_train=args.disk, n_val=0, n_test=0, n_out_of_set=0)
         root, s = timed(lambda: make_builtin(Path(tmp) / "bm", cfg, splits=("train",)))
-        print(json.dumps({"what": "make_builtin (PNG images + maps)", "images": args.disk, "threads": 1,
-                          "seconds": round(s, 2), "images_per_s": round(args.disk / s)}))
-        for name, ds in (("in memory", builtin_dataset("train", cfg, transforms=joint_transforms(64, train=True,
-                                                                                             crop_padding=4))),
-                         ("from disk (PNG)", build_dataset("builtin", root, "train",
-                                                          transforms=joint_transforms(64, train=True, crop_padding=4)))):
+        print(
+            json.dumps(
+                {
+                    "what": "make_builtin (PNG images + maps)",
+                    "images": args.disk,
+                    "threads": 1,
+                    "seconds": round(s, 2),
+                    "images_per_s": round(args.disk / s),
+                }
+            )
+        )
+        for name, ds in (
+            ("in memory", builtin_dataset("train", cfg, transforms=joint_transforms(64, train=True, crop_padding=4))),
+            (
+                "from disk (PNG)",
+                build_dataset("builtin", root, "train", transforms=joint_transforms(64, train=True, crop_padding=4)),
+            ),
+        ):
             for workers in (0, 1):
                 loader = DataLoader(ds, batch_size=64, shuffle=True, collate_fn=collate, num_workers=workers)
                 _, s = timed(lambda: sum(len(b["id"]) for b in loader))
-                print(json.dumps({"what": f"load + augment + collate, {name}", "images": len(ds),
-                                  "workers": workers, "seconds": round(s, 2), "images_per_s": round(len(ds) / s)}))
+                print(
+                    json.dumps(
+                        {
+                            "what": f"load + augment + collate, {name}",
+                            "images": len(ds),
+                            "workers": workers,
+                            "seconds": round(s, 2),
+                            "images_per_s": round(len(ds) / s),
+                        }
+                    )
+                )
     # what loading competes with: one training step of the small net (batch 64, 64 px, CE)
     from salience.models import build
 
@@ -68,8 +99,17 @@ def main() -> None:
 
     steps(2)
     _, s = timed(steps)
-    print(json.dumps({"what": "train step, smallcnn (reference)", "images": 20 * 64, "threads": 1,
-                      "seconds": round(s, 2), "images_per_s": round(20 * 64 / s)}))
+    print(
+        json.dumps(
+            {
+                "what": "train step, smallcnn (reference)",
+                "images": 20 * 64,
+                "threads": 1,
+                "seconds": round(s, 2),
+                "images_per_s": round(20 * 64 / s),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

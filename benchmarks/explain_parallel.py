@@ -46,12 +46,24 @@ def worker(args) -> None:
     data = open_split(config.data, "test")
     dist.barrier(ctx)
     t0 = time.perf_counter()
-    explain_stores([model], data, args.method, [{m: Path(args.out) / m for m in args.method}], data=data_name(config),
-                   split="test", chunk_size=args.chunk_size, batch_size=args.batch, ctx=ctx)
+    explain_stores(
+        [model],
+        data,
+        args.method,
+        [{m: Path(args.out) / m for m in args.method}],
+        data=data_name(config),
+        split="test",
+        chunk_size=args.chunk_size,
+        batch_size=args.batch,
+        ctx=ctx,
+    )
     seconds = time.perf_counter() - t0
     if ctx.is_main:
-        print(json.dumps({"seconds": seconds, "images": len(data), "threads": torch.get_num_threads(),
-                          "device": str(ctx.device)}))
+        print(
+            json.dumps(
+                {"seconds": seconds, "images": len(data), "threads": torch.get_num_threads(), "device": str(ctx.device)}
+            )
+        )
     dist.teardown(ctx)
 
 
@@ -59,11 +71,25 @@ def _checkpoint(path: Path, model: str, size: int, images: int) -> Path:
     from salience.models import build
     from salience.training import load_config, save_checkpoint
 
-    cfg = load_config(None, [f"data.size={size}", f"model.name={model}",
-                             f"data.options={{n_train: 8, n_val: 4, n_test: {images}, n_out_of_set: 4, size: {size}}}"])
+    cfg = load_config(
+        None,
+        [
+            f"data.size={size}",
+            f"model.name={model}",
+            f"data.options={{n_train: 8, n_val: 4, n_test: {images}, n_out_of_set: 4, size: {size}}}",
+        ],
+    )
     torch.manual_seed(0)
-    save_checkpoint({"model": build(model, 2).state_dict(), "config": cfg.dump(), "epoch": 0,
-                     "classes": ["real", "synthetic"], "multi_label": False}, path)
+    save_checkpoint(
+        {
+            "model": build(model, 2).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 0,
+            "classes": ["real", "synthetic"],
+            "multi_label": False,
+        },
+        path,
+    )
     return path
 
 
@@ -102,14 +128,44 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     if args.threads:
         env |= {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    common = ["--model", args.model, "--chunk-size", str(args.chunk_size), "--batch", str(args.batch),
-              "--threads", str(args.threads), "--device", args.device, "--checkpoint", str(ckpt)]
+    common = [
+        "--model",
+        args.model,
+        "--chunk-size",
+        str(args.chunk_size),
+        "--batch",
+        str(args.batch),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+        "--checkpoint",
+        str(ckpt),
+    ]
     for m in args.method:
         common += ["--method", m]
-    cli = ["explain", "--checkpoint", str(ckpt), "--chunk-size", str(args.chunk_size), "--batch-size",
-           str(args.batch), "--device", args.device] + [a for m in args.method for a in ("--method", m)]
-    launch = {1: [sys.executable], args.nproc: [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                "--nproc_per_node", str(args.nproc)]}
+    cli = [
+        "explain",
+        "--checkpoint",
+        str(ckpt),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--batch-size",
+        str(args.batch),
+        "--device",
+        args.device,
+    ] + [a for m in args.method for a in ("--method", m)]
+    launch = {
+        1: [sys.executable],
+        args.nproc: [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(args.nproc),
+        ],
+    }
     runs = sorted(launch)
     explain = {n: [] for n in runs}
     command = {n: [] for n in runs}
@@ -127,9 +183,11 @@ def main() -> None:
                 a, b = (MapStore(tmp / f"w{n}_0" / m) for n in runs)
                 assert torch.allclose(a.read(0, a.n)[0], b.read(0, b.n)[0], rtol=0, atol=1e-5), m
 
-    print(f"{args.model}, {args.size} px, {args.images} images, methods {', '.join(args.method)}, chunks of "
-          f"{args.chunk_size}, batch {args.batch}, {args.device}, {args.threads or 'default'} thread(s) per process, "
-          f"median of {args.repeats} (load average at start: {load:.1f})\n")
+    print(
+        f"{args.model}, {args.size} px, {args.images} images, methods {', '.join(args.method)}, chunks of "
+        f"{args.chunk_size}, batch {args.batch}, {args.device}, {args.threads or 'default'} thread(s) per process, "
+        f"median of {args.repeats} (load average at start: {load:.1f})\n"
+    )
     print("| processes | explain (s) | explain img/s | command wall (s) | command img/s |")
     print("|---|---|---|---|---|")
     med = {n: (statistics.median(explain[n]), statistics.median(command[n])) for n in runs}

@@ -50,10 +50,15 @@ def capture_without_copy(module: nn.Module, grad_from_here: bool = False):
 def cases(model: nn.Module, x: torch.Tensor, t: torch.Tensor) -> dict:
     n = x.shape[0]
     labels = torch.nn.functional.one_hot(t, 20).float()
-    batch = {"image": x, "labels": labels, "annotated": torch.ones(n, dtype=torch.bool),
-             "has_human_map": torch.ones(n, dtype=torch.bool), "mask": torch.zeros(n, *x.shape[-2:], device=x.device),
-             "boxes": [torch.tensor([[8.0, 8.0, x.shape[-1] - 8.0, x.shape[-2] - 8.0]], device=x.device)] * n,
-             "box_labels": [t[i, None] for i in range(n)]}
+    batch = {
+        "image": x,
+        "labels": labels,
+        "annotated": torch.ones(n, dtype=torch.bool),
+        "has_human_map": torch.ones(n, dtype=torch.bool),
+        "mask": torch.zeros(n, *x.shape[-2:], device=x.device),
+        "boxes": [torch.tensor([[8.0, 8.0, x.shape[-1] - 8.0, x.shape[-2] - 8.0]], device=x.device)] * n,
+        "box_labels": [t[i, None] for i in range(n)],
+    }
     guide = Guide("energy", "grad_cam", "final")
 
     def guided_step():
@@ -79,8 +84,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"{args.size} px, batch {args.batch}, {device.type}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}\n")
+    print(
+        f"{args.size} px, batch {args.batch}, {device.type}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}\n"
+    )
     print("| model | case | with copy (ms) | before the fix (ms) | ratio | with copy again / with copy |")
     print("|---|---|---|---|---|---|")
     for name in args.models:

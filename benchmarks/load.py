@@ -65,14 +65,27 @@ def profile(cmd: list[str], phase: Path | None = None) -> dict:
         raise RuntimeError(f"{' '.join(cmd[3:])} failed:\n{err[-2000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "cpu": cpu, "util": cpu / wall, "peak_mb": max(samples, default=0.0),
-            "phase_mb": max(phase_rss)}
+    return {
+        "wall": wall,
+        "cpu": cpu,
+        "util": cpu / wall,
+        "peak_mb": max(samples, default=0.0),
+        "phase_mb": max(phase_rss),
+    }
 
 
 def measure_load(n: int, tmp: Path) -> dict:
     ids = tuple(f"im{i}" for i in range(n))
-    meta = StoreMeta(model_hash="load", method="grad_cam", layer="final", target_policy="true",
-                     resolution=(224, 224), data="synthetic", split="test", image_ids=ids)
+    meta = StoreMeta(
+        model_hash="load",
+        method="grad_cam",
+        layer="final",
+        target_policy="true",
+        resolution=(224, 224),
+        data="synthetic",
+        split="test",
+        image_ids=ids,
+    )
     store = MapStore.create(tmp / f"maps{n}", meta, (14, 14), chunk_size=1024)
     g = torch.Generator().manual_seed(0)
     fill(store, lambda a, b: (torch.rand(b - a, 14, 14, generator=g), torch.zeros(b - a, dtype=torch.long)))
@@ -83,20 +96,50 @@ def explain_load(n: int, tmp: Path) -> dict:
     from salience.models import build
     from salience.training import load_config, save_checkpoint
 
-    cfg = load_config(None, ["data.size=32", "data.options={n_train: 0, n_val: 0, n_test: %d, n_out_of_set: 0, "
-                                             "size: 32}" % n])
+    cfg = load_config(
+        None, ["data.size=32", "data.options={n_train: 0, n_val: 0, n_test: %d, n_out_of_set: 0, size: 32}" % n]
+    )
     torch.manual_seed(0)
     ckpt = tmp / f"model{n}.pt"
-    save_checkpoint({"model": build("smallcnn", 2).state_dict(), "config": cfg.dump(), "epoch": 0,
-                     "classes": ["real", "fake"], "multi_label": False}, ckpt)
-    return profile([*SALIENCE, "explain", "--checkpoint", str(ckpt), "--method", "gradient", "--out",
-                    str(tmp / f"store{n}"), "--chunk-size", "1024", "--batch-size", "256", "--set", "data.workers=1"],
-                   phase=tmp / f"store{n}")
+    save_checkpoint(
+        {
+            "model": build("smallcnn", 2).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 0,
+            "classes": ["real", "fake"],
+            "multi_label": False,
+        },
+        ckpt,
+    )
+    return profile(
+        [
+            *SALIENCE,
+            "explain",
+            "--checkpoint",
+            str(ckpt),
+            "--method",
+            "gradient",
+            "--out",
+            str(tmp / f"store{n}"),
+            "--chunk-size",
+            "1024",
+            "--batch-size",
+            "256",
+            "--set",
+            "data.workers=1",
+        ],
+        phase=tmp / f"store{n}",
+    )
 
 
 def baseline() -> dict:
-    return profile([sys.executable, "-c", "import salience.cli, salience.measures.run, salience.store.explain, "
-                    "salience.training, salience.data"])
+    return profile(
+        [
+            sys.executable,
+            "-c",
+            "import salience.cli, salience.measures.run, salience.store.explain, salience.training, salience.data",
+        ]
+    )
 
 
 def main() -> None:
@@ -113,12 +156,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         for n in args.maps:
             r = measure_load(n, Path(tmp))
-            print(f"| salience measure | {n:,} maps 14x14 | {r['wall']:.1f} | {r['cpu']:.1f} | {r['util']:.2f} | "
-                  f"{r['peak_mb']:.0f} | (same) |", flush=True)
+            print(
+                f"| salience measure | {n:,} maps 14x14 | {r['wall']:.1f} | {r['cpu']:.1f} | {r['util']:.2f} | "
+                f"{r['peak_mb']:.0f} | (same) |",
+                flush=True,
+            )
         for n in args.images:
             r = explain_load(n, Path(tmp))
-            print(f"| salience explain (gradient, smallcnn) | {n:,} images 32 px | {r['wall']:.1f} | {r['cpu']:.1f} | "
-                  f"{r['util']:.2f} | {r['peak_mb']:.0f} | {r['phase_mb']:.0f} |", flush=True)
+            print(
+                f"| salience explain (gradient, smallcnn) | {n:,} images 32 px | {r['wall']:.1f} | {r['cpu']:.1f} | "
+                f"{r['util']:.2f} | {r['peak_mb']:.0f} | {r['phase_mb']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

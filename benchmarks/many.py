@@ -42,10 +42,13 @@ def main() -> None:
     final = model.layer4
 
     def captum():
-        return {"gradient": captum_attr.Saliency(model).attribute(x, target=t, abs=True).amax(1),
-                "input_x_gradient": captum_attr.InputXGradient(model).attribute(x, target=t).sum(1),
-                "grad_cam@final": captum_attr.LayerGradCam(model, final).attribute(
-                    x, target=t, relu_attributions=True)[:, 0]}
+        return {
+            "gradient": captum_attr.Saliency(model).attribute(x, target=t, abs=True).amax(1),
+            "input_x_gradient": captum_attr.InputXGradient(model).attribute(x, target=t).sum(1),
+            "grad_cam@final": captum_attr.LayerGradCam(model, final).attribute(x, target=t, relu_attributions=True)[
+                :, 0
+            ],
+        }
 
     def singles():
         return {m: A.attribute(m.partition("@")[0], model, x, t, layer=m.partition("@")[2] or None) for m in METHODS}
@@ -60,17 +63,22 @@ def main() -> None:
             assert err < 1e-4, f"{m}: {name} and Captum disagree (relative error {err:.2e})"
         assert torch.allclose(one[m], ours[m], rtol=1e-5, atol=1e-5 * ours[m].abs().max().item()), m
 
-    cases = {"Captum, 3 methods one after another": captum, "salience, 3 single-method calls": singles,
-             "salience attribute_many, 3 methods": many}
+    cases = {
+        "Captum, 3 methods one after another": captum,
+        "salience, 3 single-method calls": singles,
+        "salience attribute_many, 3 methods": many,
+    }
     times = {name: [] for name in cases}
     names = list(cases)
     for r in range(args.repeats + 1):  # round 0 warms up and is dropped
-        for name in names[r % 3:] + names[:r % 3]:  # rotate who goes first
+        for name in names[r % 3 :] + names[: r % 3]:  # rotate who goes first
             times[name].append(timed(cases[name], device))
     med = {name: statistics.median(v[1:]) for name, v in times.items()}
     base = med[names[0]]
-    print(f"{args.model}, {args.size} px, batch {args.batch}, {device.type}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}; methods {', '.join(METHODS)}\n")
+    print(
+        f"{args.model}, {args.size} px, batch {args.batch}, {device.type}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}; methods {', '.join(METHODS)}\n"
+    )
     print("| what | ms per batch | img/s | speed-up vs Captum |")
     print("|---|---|---|---|")
     for name in names:

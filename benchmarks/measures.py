@@ -41,8 +41,10 @@ def best_of(fn, repeats=3):
 def quantus_call(metric, model, x, y, a, s=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return np.asarray(metric(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=s, batch_size=len(x),
-                                 device="cpu"), dtype=float)
+        return np.asarray(
+            metric(model=model, x_batch=x, y_batch=y, a_batch=a, s_batch=s, batch_size=len(x), device="cpu"),
+            dtype=float,
+        )
 
 
 def compare(args) -> list[tuple]:
@@ -63,17 +65,23 @@ def compare(args) -> list[tuple]:
     ours_t, ours = best_of(lambda: entropy(maps, "spatial") * math.log(side * side))
     q = quantus.Complexity(normalise=False, abs=False, disable_warnings=True)
     q_t, ref = best_of(lambda: quantus_call(q, None, x_np, y_np, a_np.copy()))
-    rows.append(("spatial entropy (Complexity)", f"{b} maps {side}x{side}", ours_t, q_t, np.abs(ours.numpy() - ref).max()))
+    rows.append(
+        ("spatial entropy (Complexity)", f"{b} maps {side}x{side}", ours_t, q_t, np.abs(ours.numpy() - ref).max())
+    )
 
     ours_t, ours = best_of(lambda: epg(maps, masks))
     q = quantus.AttributionLocalisation(normalise=False, abs=False, positive_attributions=True, disable_warnings=True)
     q_t, ref = best_of(lambda: quantus_call(q, None, x_np, y_np, a_np, s_np))
-    rows.append(("EPG (AttributionLocalisation)", f"{b} maps {side}x{side}", ours_t, q_t, np.abs(ours.numpy() - ref).max()))
+    rows.append(
+        ("EPG (AttributionLocalisation)", f"{b} maps {side}x{side}", ours_t, q_t, np.abs(ours.numpy() - ref).max())
+    )
 
     ours_t, ours = best_of(lambda: pointing_game(maps, masks))
     q = quantus.PointingGame(normalise=False, abs=False, disable_warnings=True)
     q_t, ref = best_of(lambda: quantus_call(q, None, x_np, y_np, a_np, s_np))
-    rows.append(("pointing game (PointingGame)", f"{b} maps {side}x{side}", ours_t, q_t, np.abs(ours.numpy() - ref).max()))
+    rows.append(
+        ("pointing game (PointingGame)", f"{b} maps {side}x{side}", ours_t, q_t, np.abs(ours.numpy() - ref).max())
+    )
 
     # deletion curves: same model, images, maps, number of model calls and zero baseline. Quantus flips
     # 64 values (pixel-channels) per step and runs 3*32*32/64 = 48 steps; ours removes 1/48 of the pixels
@@ -83,19 +91,33 @@ def compare(args) -> list[tuple]:
     t = torch.zeros(n_img, dtype=torch.long)
     dmaps = torch.rand(n_img, img_side, img_side, generator=g)
     a3 = dmaps[:, None].expand(-1, 3, -1, -1).numpy().copy()
-    q = quantus.PixelFlipping(features_in_step=3 * img_side * img_side // steps, normalise=False, abs=False,
-                              perturb_baseline="black", disable_warnings=True)
+    q = quantus.PixelFlipping(
+        features_in_step=3 * img_side * img_side // steps,
+        normalise=False,
+        abs=False,
+        perturb_baseline="black",
+        disable_warnings=True,
+    )
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * img_side * img_side, 2)).eval()
     for label, model in (("smallcnn", build("smallcnn", 2).eval()), ("linear", linear)):
-        ours_t, _ = best_of(lambda: deletion_insertion(model, x, t, dmaps, steps=steps, batch_size=256,
-                                                       curves=("deletion",)))
+        ours_t, _ = best_of(
+            lambda: deletion_insertion(model, x, t, dmaps, steps=steps, batch_size=256, curves=("deletion",))
+        )
         q_t, _ = best_of(lambda: quantus_call(q, model, x.numpy(), t.numpy(), a3))
         # the floor for any implementation of the curve: the model's forward passes alone, same batches
         every = x.repeat(steps + 1, 1, 1, 1)
         with torch.no_grad():
-            floor_t, _ = best_of(lambda: [model(every[i:i + 256]) for i in range(0, len(every), 256)])
-        rows.append((f"deletion curve (PixelFlipping), {label} model",
-                     f"{n_img} images 3x{img_side}x{img_side}, {steps} steps", ours_t, q_t, None, floor_t))
+            floor_t, _ = best_of(lambda: [model(every[i : i + 256]) for i in range(0, len(every), 256)])
+        rows.append(
+            (
+                f"deletion curve (PixelFlipping), {label} model",
+                f"{n_img} images 3x{img_side}x{img_side}, {steps} steps",
+                ours_t,
+                q_t,
+                None,
+                floor_t,
+            )
+        )
     return rows
 
 
@@ -104,14 +126,30 @@ def stored_rss(args) -> tuple[float, float, float, int]:
         paths = []
         for k in range(2):
             ids = tuple(f"im{i}" for i in range(args.stored))
-            meta = StoreMeta(model_hash=f"bench{k}", method="grad_cam", layer="final", target_policy="true",
-                             resolution=(224, 224), data="synthetic", split="test", image_ids=ids)
+            meta = StoreMeta(
+                model_hash=f"bench{k}",
+                method="grad_cam",
+                layer="final",
+                target_policy="true",
+                resolution=(224, 224),
+                data="synthetic",
+                split="test",
+                image_ids=ids,
+            )
             store = MapStore.create(Path(tmp) / f"s{k}", meta, (14, 14), chunk_size=1024)
             g = torch.Generator().manual_seed(k)
             fill(store, lambda a, b: (torch.rand(b - a, 14, 14, generator=g), torch.zeros(b - a, dtype=torch.long)))
             paths.append(str(store.path))
-        cmd = [sys.executable, "-c", "from salience.cli import app; app()", "measure", "--group", f"g={','.join(paths)}",
-               "--out", str(Path(tmp) / "out")]
+        cmd = [
+            sys.executable,
+            "-c",
+            "from salience.cli import app; app()",
+            "measure",
+            "--group",
+            f"g={','.join(paths)}",
+            "--out",
+            str(Path(tmp) / "out"),
+        ]
         # baseline: the same interpreter importing what `measure` imports (torch, torchvision, zarr, ...)
         subprocess.run([sys.executable, "-c", "import salience.cli, salience.measures.run"], check=True)
         base_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -134,16 +172,20 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} thread(s)\n")
-    print("| measure (Quantus metric) | inputs | ours (ms) | Quantus (ms) | speed-up | max abs diff | "
-          "model forwards alone (ms) |")
+    print(
+        "| measure (Quantus metric) | inputs | ours (ms) | Quantus (ms) | speed-up | max abs diff | "
+        "model forwards alone (ms) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, size, ours, theirs, diff, *floor in compare(args):
         d = "n/a" if diff is None else f"{diff:.1e}"
         f = f"{floor[0] * 1e3:.1f}" if floor else ""
         print(f"| {name} | {size} | {ours * 1e3:.2f} | {theirs * 1e3:.1f} | {theirs / ours:.0f}x | {d} | {f} |")
     rss, base, wall, rows = stored_rss(args)
-    print(f"\n`salience measure` over 2 stores x {args.stored} maps 14x14 ({rows} per-image rows, stability of the "
-          f"pair): peak RSS {rss:.0f} MB (imports alone: {base:.0f} MB), {wall:.1f} s")
+    print(
+        f"\n`salience measure` over 2 stores x {args.stored} maps 14x14 ({rows} per-image rows, stability of the "
+        f"pair): peak RSS {rss:.0f} MB (imports alone: {base:.0f} MB), {wall:.1f} s"
+    )
 
 
 if __name__ == "__main__":

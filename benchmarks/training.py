@@ -35,11 +35,16 @@ def _batch(n: int, size: int, classes: int) -> dict:
     labels = torch.zeros(n, classes)
     labels[torch.arange(n), torch.randint(classes, (n,), generator=g)] = 1
     s = size
-    return {"image": torch.rand(n, 3, s, s, generator=g), "labels": labels,
-            "annotated": torch.ones(n, dtype=torch.bool), "has_human_map": torch.ones(n, dtype=torch.bool),
-            "human_map": torch.zeros(n, s, s), "mask": torch.zeros(n, s, s),
-            "boxes": [torch.tensor([[s / 4, s / 4, 3 * s / 4, 3 * s / 4]])] * n,
-            "box_labels": [labels[i].argmax()[None] for i in range(n)]}
+    return {
+        "image": torch.rand(n, 3, s, s, generator=g),
+        "labels": labels,
+        "annotated": torch.ones(n, dtype=torch.bool),
+        "has_human_map": torch.ones(n, dtype=torch.bool),
+        "human_map": torch.zeros(n, s, s),
+        "mask": torch.zeros(n, s, s),
+        "boxes": [torch.tensor([[s / 4, s / 4, 3 * s / 4, 3 * s / 4]])] * n,
+        "box_labels": [labels[i].argmax()[None] for i in range(n)],
+    }
 
 
 def _time_step(model, optimizer, guide, batch) -> float:
@@ -53,7 +58,9 @@ def _time_step(model, optimizer, guide, batch) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet18", help="resnet18/34/50 (B-cos and X-ResNet rows use the same depth)")
+    parser.add_argument(
+        "--model", default="resnet18", help="resnet18/34/50 (B-cos and X-ResNet rows use the same depth)"
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=3)
@@ -62,10 +69,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     device = torch.device(args.device)
-    batch = {k: (v.to(device) if isinstance(v, torch.Tensor) else [t.to(device) for t in v])
-             for k, v in _batch(args.batch, args.size, 20).items()}
-    print(f"# {args.model}, batch {args.batch}, {args.size} px, {device}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}")
+    batch = {
+        k: (v.to(device) if isinstance(v, torch.Tensor) else [t.to(device) for t in v])
+        for k, v in _batch(args.batch, args.size, 20).items()
+    }
+    print(
+        f"# {args.model}, batch {args.batch}, {args.size} px, {device}, {torch.get_num_threads()} threads, "
+        f"median of {args.repeats}"
+    )
     print(f"| method | depth | plain step (s) | guided step (s) | guided / plain |")
     print("|---|---|---|---|---|")
     for method, depth, prefix in ROWS:

@@ -141,6 +141,7 @@ def _densenet_without_inplace(model: torchvision.models.DenseNet):
         feats = ref.features(x)
         pooled = torch.nn.functional.adaptive_avg_pool2d(torch.relu(feats), 1).flatten(1)
         return ref.classifier(pooled), feats
+
     return ref, forward
 
 
@@ -150,11 +151,16 @@ def test_guided_step_on_densenet_features_matches_a_model_without_inplace_ops():
     g = torch.Generator().manual_seed(2)
     n, size = 4, 64
     labels = torch.nn.functional.one_hot(torch.tensor([0, 3, 1, 4]), 5).double()
-    batch = {"image": torch.rand(n, 3, size, size, generator=g, dtype=torch.float64), "labels": labels,
-             "annotated": torch.ones(n, dtype=torch.bool), "has_human_map": torch.ones(n, dtype=torch.bool),
-             "mask": torch.zeros(n, size, size), "human_map": torch.zeros(n, size, size),
-             "boxes": [torch.tensor([[8.0, 8.0, 40.0, 48.0]])] * n,
-             "box_labels": [labels[i].argmax()[None] for i in range(n)]}
+    batch = {
+        "image": torch.rand(n, 3, size, size, generator=g, dtype=torch.float64),
+        "labels": labels,
+        "annotated": torch.ones(n, dtype=torch.bool),
+        "has_human_map": torch.ones(n, dtype=torch.bool),
+        "mask": torch.zeros(n, size, size),
+        "human_map": torch.zeros(n, size, size),
+        "boxes": [torch.tensor([[8.0, 8.0, 40.0, 48.0]])] * n,
+        "box_labels": [labels[i].argmax()[None] for i in range(n)],
+    }
     guide = Guide("energy", "grad_cam", "final", lam=1.0)
     out = guide(model, batch, torch.Generator().manual_seed(0))
     params = [p for p in model.parameters()]
@@ -175,14 +181,17 @@ def test_guided_step_on_densenet_features_matches_a_model_without_inplace_ops():
     assert worst <= 1e-5
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("resnet50", ["layer1", "layer2", "layer3", "layer4"]),
-    ("densenet121", ["features.denseblock1", "features.denseblock2", "features.denseblock3", "features"]),
-    ("vgg11_bn", ["features.13", "features.20", "features.27", "features"]),
-    ("mobilenet_v2", ["features.3", "features.6", "features.13", "features"]),
-    ("efficientnet_b0", ["features.2", "features.3", "features.5", "features"]),
-    ("convnext_tiny", ["features.1", "features.3", "features.5", "features"]),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("resnet50", ["layer1", "layer2", "layer3", "layer4"]),
+        ("densenet121", ["features.denseblock1", "features.denseblock2", "features.denseblock3", "features"]),
+        ("vgg11_bn", ["features.13", "features.20", "features.27", "features"]),
+        ("mobilenet_v2", ["features.3", "features.6", "features.13", "features"]),
+        ("efficientnet_b0", ["features.2", "features.3", "features.5", "features"]),
+        ("convnext_tiny", ["features.1", "features.3", "features.5", "features"]),
+    ],
+)
 def test_named_depths_per_family(name, expected):
     model = _model(name)
     assert [layer_name(model, d) for d in ("mid1", "mid2", "mid3", "final")] == expected
@@ -196,10 +205,17 @@ def test_named_depths_per_family(name, expected):
 
 def test_inception_depths_and_unknown_families():
     model = torchvision.models.inception_v3(num_classes=3, aux_logits=False, init_weights=False)
-    assert [layer_name(model, d) for d in ("mid1", "mid2", "mid3", "final")] == \
-        ["Conv2d_4a_3x3", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
-    with pytest.raises(ValueError, match=r"not defined for ShuffleNetV2; pass a module name instead, one of: "
-                                         r"conv1, conv1\.0, .*stage2"):
+    assert [layer_name(model, d) for d in ("mid1", "mid2", "mid3", "final")] == [
+        "Conv2d_4a_3x3",
+        "Mixed_5d",
+        "Mixed_6e",
+        "Mixed_7c",
+    ]
+    with pytest.raises(
+        ValueError,
+        match=r"not defined for ShuffleNetV2; pass a module name instead, one of: "
+        r"conv1, conv1\.0, .*stage2",
+    ):
         layer_name(build("shufflenet_v2_x0_5", 3), "final")
 
 
@@ -227,13 +243,41 @@ def test_cli_explain_of_a_densenet_at_features_equals_captum(tmp_path):
     from salience.training import load_config, save_checkpoint
     from salience.io.datasets import open_split
 
-    cfg = load_config(None, ["model.name=densenet121", "data.size=32",
-                             "data.options={n_train: 4, n_val: 2, n_test: 6, n_out_of_set: 2, size: 32}"])
+    cfg = load_config(
+        None,
+        [
+            "model.name=densenet121",
+            "data.size=32",
+            "data.options={n_train: 4, n_val: 2, n_test: 6, n_out_of_set: 2, size: 32}",
+        ],
+    )
     torch.manual_seed(0)
-    save_checkpoint({"model": _perturb_norms(build("densenet121", 2)).state_dict(), "config": cfg.dump(),
-                     "epoch": 0, "classes": ["real", "synthetic"], "multi_label": False}, tmp_path / "d.pt")
-    res = CliRunner().invoke(app, ["explain", "--checkpoint", str(tmp_path / "d.pt"), "--method", "grad_cam",
-                                   "--layer", "features", "--target", "predicted", "--out", str(tmp_path / "s")])
+    save_checkpoint(
+        {
+            "model": _perturb_norms(build("densenet121", 2)).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 0,
+            "classes": ["real", "synthetic"],
+            "multi_label": False,
+        },
+        tmp_path / "d.pt",
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            "--checkpoint",
+            str(tmp_path / "d.pt"),
+            "--method",
+            "grad_cam",
+            "--layer",
+            "features",
+            "--target",
+            "predicted",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     maps, targets = MapStore(tmp_path / "s").read(0, 6)
 

@@ -53,8 +53,11 @@ def test_layer_input_x_gradient_matches_captum(resnet, batch, layer):
 def test_integrated_gradients_matches_captum(resnet, batch, internal_batch_size):
     x, t = batch
     baseline = torch.full_like(x, 0.3)
-    ref = captum_attr.IntegratedGradients(resnet).attribute(
-        x, baselines=baseline, target=t, n_steps=12, method="riemann_middle").sum(1)
+    ref = (
+        captum_attr.IntegratedGradients(resnet)
+        .attribute(x, baselines=baseline, target=t, n_steps=12, method="riemann_middle")
+        .sum(1)
+    )
     ours = A.integrated_gradients(resnet, x, t, steps=12, baseline=baseline, internal_batch_size=internal_batch_size)
     assert rel_err(ours, ref) <= 1e-5
 
@@ -122,11 +125,14 @@ def test_gradient_reductions(resnet, batch):
 
 def test_batched_maps_equal_single_image_maps(resnet, batch):
     x, t = batch
-    for method, kw in [("input_x_gradient", {"layer": "mid2"}), ("grad_cam", {"layer": "final"}),
-                       ("integrated_gradients", {"steps": 4})]:
+    for method, kw in [
+        ("input_x_gradient", {"layer": "mid2"}),
+        ("grad_cam", {"layer": "final"}),
+        ("integrated_gradients", {"steps": 4}),
+    ]:
         full = A.attribute(method, resnet, x, t, **kw)
         for i in range(3):
-            single = A.attribute(method, resnet, x[i:i + 1], t[i:i + 1], **kw)
+            single = A.attribute(method, resnet, x[i : i + 1], t[i : i + 1], **kw)
             assert torch.allclose(full[i], single[0], rtol=1e-9, atol=1e-12), method
 
 
@@ -140,7 +146,7 @@ def test_multi_hot_targets_expand_to_pairs(resnet, batch):
     maps = A.input_x_gradient(resnet, x, multi)
     assert maps.shape == (3, 32, 32)
     for p, (i, c) in enumerate(zip(image.tolist(), cls.tolist())):
-        assert torch.allclose(maps[p], A.input_x_gradient(resnet, x[i:i + 1], torch.tensor([c]))[0])
+        assert torch.allclose(maps[p], A.input_x_gradient(resnet, x[i : i + 1], torch.tensor([c]))[0])
 
 
 class _Tiny(nn.Module):
@@ -157,8 +163,15 @@ class _Tiny(nn.Module):
         return self.fc(self.act(self.conv2(self.act(self.conv1(x)))).mean((2, 3)))
 
 
-@pytest.mark.parametrize("method,kw", [("input_x_gradient", {}), ("input_x_gradient", {"layer": "conv2"}),
-                                       ("integrated_gradients", {"steps": 3}), ("gradient", {"reduce": "sum"})])
+@pytest.mark.parametrize(
+    "method,kw",
+    [
+        ("input_x_gradient", {}),
+        ("input_x_gradient", {"layer": "conv2"}),
+        ("integrated_gradients", {"steps": 3}),
+        ("gradient", {"reduce": "sum"}),
+    ],
+)
 def test_create_graph_parameter_gradients_match_finite_differences(method, kw):
     torch.manual_seed(0)
     model = _Tiny().double()
@@ -210,13 +223,16 @@ def test_hooks_are_removed_after_an_exception(resnet, batch):
     assert all(not m._forward_hooks for m in resnet.modules())
 
 
-@pytest.mark.parametrize("target,match", [
-    (torch.tensor([0, 1]), r"target must be a long tensor \[B\].*B = 3"),
-    (torch.tensor([0.0, 1.0, 2.0]), "target must be a long tensor"),
-    (torch.full((3, 6), 0.5), "multi-hot"),
-    (torch.tensor([0, 1, 6]), r"class index 6 is out of range .* \(accepted 0..5\)"),
-    (torch.tensor([0, -1, 2]), "class index -1 is out of range"),
-])
+@pytest.mark.parametrize(
+    "target,match",
+    [
+        (torch.tensor([0, 1]), r"target must be a long tensor \[B\].*B = 3"),
+        (torch.tensor([0.0, 1.0, 2.0]), "target must be a long tensor"),
+        (torch.full((3, 6), 0.5), "multi-hot"),
+        (torch.tensor([0, 1, 6]), r"class index 6 is out of range .* \(accepted 0..5\)"),
+        (torch.tensor([0, -1, 2]), "class index -1 is out of range"),
+    ],
+)
 def test_bad_targets_are_named(resnet, batch, target, match):
     x, _ = batch
     with pytest.raises(ValueError, match=match):
@@ -257,5 +273,7 @@ def test_layer_maps_work_with_frozen_parameters(batch):
     before = A.grad_cam(model, x, t, layer="layer3")
     model.requires_grad_(False)
     assert torch.allclose(A.grad_cam(model, x, t, layer="layer3"), before)
-    assert torch.allclose(A.input_x_gradient(model, x, t, layer="mid2"),
-                          captum_attr.LayerGradientXActivation(model, model.layer2).attribute(x, target=t).sum(1))
+    assert torch.allclose(
+        A.input_x_gradient(model, x, t, layer="mid2"),
+        captum_attr.LayerGradientXActivation(model, model.layer2).attribute(x, target=t).sum(1),
+    )

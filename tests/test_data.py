@@ -311,12 +311,16 @@ def test_missing_and_corrupt_images_name_the_file(tmp_path):
 # ---------------------------------------------------------------- MS COCO 2014
 def _coco(tmp_path, drop=None):
     data = {
-        "images": [{"id": 7, "file_name": "a.jpg", "width": 64, "height": 48},
-                   {"id": 3, "file_name": "b.jpg", "width": 64, "height": 48},
-                   {"id": 9, "file_name": "c.jpg", "width": 64, "height": 48}],
-        "annotations": [{"id": 1, "image_id": 7, "category_id": 18, "bbox": [4, 5, 10, 20], "iscrowd": 0, "area": 200},
-                        {"id": 2, "image_id": 7, "category_id": 1, "bbox": [30.5, 0, 20, 10], "iscrowd": 0, "area": 200},
-                        {"id": 3, "image_id": 3, "category_id": 18, "bbox": [0, 0, 64, 48], "iscrowd": 1, "area": 3072}],
+        "images": [
+            {"id": 7, "file_name": "a.jpg", "width": 64, "height": 48},
+            {"id": 3, "file_name": "b.jpg", "width": 64, "height": 48},
+            {"id": 9, "file_name": "c.jpg", "width": 64, "height": 48},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 18, "bbox": [4, 5, 10, 20], "iscrowd": 0, "area": 200},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [30.5, 0, 20, 10], "iscrowd": 0, "area": 200},
+            {"id": 3, "image_id": 3, "category_id": 18, "bbox": [0, 0, 64, 48], "iscrowd": 1, "area": 3072},
+        ],
         "categories": [{"id": 18, "name": "dog"}, {"id": 1, "name": "person"}],
     }
     if drop:
@@ -342,8 +346,10 @@ def test_coco_reads_xywh_and_contiguous_classes(tmp_path):
     assert r["skips"] == 1 and r["images"] == 2 and r["boxes_per_class"] == {"person": 1, "dog": 2}
 
 
-@pytest.mark.parametrize("drop,key", [(("annotations", "bbox"), "bbox"), (("images", "file_name"), "file_name"),
-                                      (("top", "categories"), "categories")])
+@pytest.mark.parametrize(
+    "drop,key",
+    [(("annotations", "bbox"), "bbox"), (("images", "file_name"), "file_name"), (("top", "categories"), "categories")],
+)
 def test_coco_missing_key(tmp_path, drop, key):
     root = _coco(tmp_path, drop=drop)
     with pytest.raises(DataError, match=rf"instances_val2014\.json: .* has no key '{key}'"):
@@ -402,8 +408,10 @@ def test_folder_human_maps_and_bad_input(tmp_path):
 def test_cli_make_benchmark_and_inspect(tmp_path):
     runner = CliRunner()
     out = tmp_path / "bm"
-    res = runner.invoke(app, ["data", "make-benchmark", str(out), "--n-train", "4", "--n-val", "2", "--n-test", "2",
-                              "--n-out-of-set", "2"])
+    res = runner.invoke(
+        app,
+        ["data", "make-benchmark", str(out), "--n-train", "4", "--n-val", "2", "--n-test", "2", "--n-out-of-set", "2"],
+    )
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["data", "inspect", "--format", "builtin", str(out), "--split", "test"])
     assert res.exit_code == 0, res.output
@@ -424,9 +432,14 @@ def test_voc_degenerate_box_is_an_error_naming_the_file(tmp_path):
     assert build_dataset("voc", one_pixel, "train").records[2].boxes.tolist() == [[9.0, 4.0, 10.0, 20.0]]
 
 
-@pytest.mark.parametrize("bbox,message", [([4, 5, float("nan"), 20], "is not finite"),
-                                          ([4, 5, 10], r"is not \[x, y, width, height\]"),
-                                          (["a", 5, 10, 20], r"is not \[x, y, width, height\]")])
+@pytest.mark.parametrize(
+    "bbox,message",
+    [
+        ([4, 5, float("nan"), 20], "is not finite"),
+        ([4, 5, 10], r"is not \[x, y, width, height\]"),
+        (["a", 5, 10, 20], r"is not \[x, y, width, height\]"),
+    ],
+)
 def test_coco_malformed_bbox_is_an_error_naming_the_file(tmp_path, bbox, message):
     root = _coco(tmp_path)
     ann = root / "annotations" / "instances_val2014.json"

@@ -52,8 +52,11 @@ def face_crops(ds, size: int = 32) -> torch.Tensor:
     out = []
     for r in ds.records:
         x0, y0, x1, y1 = r.boxes[0].long().tolist()
-        out.append(F.interpolate(r.image[None, :, y0:y1, x0:x1].float() / 255, size=(size, size),
-                                 mode="bilinear", antialias=True))
+        out.append(
+            F.interpolate(
+                r.image[None, :, y0:y1, x0:x1].float() / 255, size=(size, size), mode="bilinear", antialias=True
+            )
+        )
     return torch.cat(out)
 
 

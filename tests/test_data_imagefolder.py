@@ -28,8 +28,8 @@ def _pil_rgb(path):
 def faces(tmp_path):
     root = tmp_path / "faces"
     _png(root / "real" / "b.png", "RGB", seed=1)
-    _png(root / "real" / "a.png", "L", seed=2)              # grayscale
-    _png(root / "real" / "sub" / "c.PNG", "RGBA", seed=3)   # nested, RGBA, upper-case extension
+    _png(root / "real" / "a.png", "L", seed=2)  # grayscale
+    _png(root / "real" / "sub" / "c.PNG", "RGBA", seed=3)  # nested, RGBA, upper-case extension
     _png(root / "stylegan" / "x.png", "RGB", seed=4)
     (root / "stylegan" / "notes.txt").write_text("not an image")
     (root / "real" / ".hidden.png").write_bytes(b"ignored")

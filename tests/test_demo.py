@@ -29,8 +29,17 @@ def test_results_cover_every_group_and_measure(demo_dir):
     results = json.loads((demo_dir / "results.json").read_text())
     assert set(results["groups"]) == set(GROUPS)
     assert all(len(names) == 1 for names in results["groups"].values())
-    for key in ["epg", "iou", "entropy_histogram", "transform_ssim", "deletion_auc", "accuracy",
-                "test_shift_accuracy", "test_shift_worst_group_accuracy", "out_of_set_called_real"]:
+    for key in [
+        "epg",
+        "iou",
+        "entropy_histogram",
+        "transform_ssim",
+        "deletion_auc",
+        "accuracy",
+        "test_shift_accuracy",
+        "test_shift_worst_group_accuracy",
+        "out_of_set_called_real",
+    ]:
         assert set(results["summary"][key]) == set(GROUPS), key
     assert set(results["models"]) == {f"{g}_s0" for g in GROUPS}
     for model in results["models"].values():
@@ -81,8 +90,11 @@ def test_report_rerenders_and_names_a_missing_folder(demo_dir, tmp_path):
 
 def test_a_rerun_recomputes_nothing_finished(demo_dir):
     stores = demo_dir / "stores"
-    before = {p: p.stat().st_mtime_ns for p in list(stores.rglob("*")) + list((demo_dir / "runs").rglob("*"))
-              + list((demo_dir / "models").rglob("*")) if p.is_file()}
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in list(stores.rglob("*")) + list((demo_dir / "runs").rglob("*")) + list((demo_dir / "models").rglob("*"))
+        if p.is_file()
+    }
     rows = (demo_dir / "per_image.csv").read_text()
     result = runner.invoke(app, ["demo", "--quick", "--out", str(demo_dir)])
     assert result.exit_code == 0, result.output

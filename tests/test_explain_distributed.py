@@ -44,11 +44,20 @@ def _checkpoint(path: Path, seed: int = 0, n_test: int = 24) -> Path:
     from salience.models import build
     from salience.training import load_config, save_checkpoint
 
-    cfg = load_config(None, ["data.size=32",
-                             f"data.options={{n_train: 8, n_val: 4, n_test: {n_test}, n_out_of_set: 4, size: 32}}"])
+    cfg = load_config(
+        None, ["data.size=32", f"data.options={{n_train: 8, n_val: 4, n_test: {n_test}, n_out_of_set: 4, size: 32}}"]
+    )
     torch.manual_seed(seed)
-    save_checkpoint({"model": build("smallcnn", 2).state_dict(), "config": cfg.dump(), "epoch": 0,
-                     "classes": ["real", "synthetic"], "multi_label": False}, path)
+    save_checkpoint(
+        {
+            "model": build("smallcnn", 2).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 0,
+            "classes": ["real", "synthetic"],
+            "multi_label": False,
+        },
+        path,
+    )
     return path
 
 
@@ -56,8 +65,9 @@ def _torchrun(tmp_path, *args, log="writes.log", wait=True):
     script = tmp_path / "entry.py"
     script.write_text(ENTRY)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), *args]
-    proc = subprocess.Popen(cmd, env={**ENV, "WRITE_LOG": str(tmp_path / log)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env={**ENV, "WRITE_LOG": str(tmp_path / log)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     if wait:
         out, err = proc.communicate(timeout=300)
         return proc.returncode, out, err
@@ -112,9 +122,15 @@ def _ds(n=10):
     from salience.data.core import Record, SalienceDataset
 
     g = torch.Generator().manual_seed(0)
-    return SalienceDataset([Record(id=f"im{i}", image=torch.randint(0, 256, (3, 32, 32), generator=g,
-                                                                      dtype=torch.uint8), labels=[i % 2])
-                            for i in range(n)], ["a", "b"])
+    return SalienceDataset(
+        [
+            Record(
+                id=f"im{i}", image=torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8), labels=[i % 2]
+            )
+            for i in range(n)
+        ],
+        ["a", "b"],
+    )
 
 
 class _Counting(torch.utils.data.Dataset):
@@ -171,15 +187,17 @@ def test_explain_cli_bad_input_names_the_culprit(tmp_path):
     ok = CliRunner().invoke(app, base + ["--method", "gradient", "--method", "cam", "--out", str(tmp_path / "o")])
     assert ok.exit_code == 0, ok.output
     assert {p.name for p in (tmp_path / "o").iterdir()} == {"gradient", "cam"}
-    for extra, text in [(["--method", "lrp", "--method", "cam"], "'lrp' is unknown"),
-                        (["--method", "grad_cam@layer9", "--method", "cam"], "'layer9'"),
-                        (["--method", "gradient", "--method", "cam", "--layer", "final"], "--layer 'final' applies "
-                                                                                          "to one method"),
-                        (["--method", "gradient", "--method", "cam", "--chunk-size", "5"], "chunk_size (4 stored, 5 "
-                                                                                           "asked)")]:
+    for extra, text in [
+        (["--method", "lrp", "--method", "cam"], "'lrp' is unknown"),
+        (["--method", "grad_cam@layer9", "--method", "cam"], "'layer9'"),
+        (["--method", "gradient", "--method", "cam", "--layer", "final"], "--layer 'final' applies to one method"),
+        (["--method", "gradient", "--method", "cam", "--chunk-size", "5"], "chunk_size (4 stored, 5 asked)"),
+    ]:
         res = CliRunner().invoke(app, base + extra + ["--out", str(tmp_path / "o")])
         assert res.exit_code == 2 and text in res.output, res.output
-    res = CliRunner().invoke(app, base + ["--method", "gradient", "--method", "cam", "--out", str(tmp_path / "o" / "cam")])
+    res = CliRunner().invoke(
+        app, base + ["--method", "gradient", "--method", "cam", "--out", str(tmp_path / "o" / "cam")]
+    )
     assert res.exit_code == 2 and "is a map store; with several methods" in res.output
 
 
@@ -195,8 +213,19 @@ def test_bad_input_under_torchrun_fails_on_every_rank_naming_it(tmp_path):
 @pytest.mark.slow
 def test_a_killed_rank_is_recomputed_on_the_next_run(tmp_path):
     ckpt = _checkpoint(tmp_path / "m.pt", n_test=60)
-    args = ["explain", "--checkpoint", str(ckpt), "--method", "gradient", "--method", "grad_cam@final",
-            "--chunk-size", "2", "--batch-size", "2"]
+    args = [
+        "explain",
+        "--checkpoint",
+        str(ckpt),
+        "--method",
+        "gradient",
+        "--method",
+        "grad_cam@final",
+        "--chunk-size",
+        "2",
+        "--batch-size",
+        "2",
+    ]
     assert CliRunner().invoke(app, args + ["--out", str(tmp_path / "ref")]).exit_code == 0
     proc = _torchrun(tmp_path, *args, "--out", str(tmp_path / "s"), wait=False)
     log = tmp_path / "writes.log"
@@ -227,8 +256,19 @@ def test_a_killed_rank_is_recomputed_on_the_next_run(tmp_path):
 @pytest.mark.slow
 def test_measure_under_torchrun_equals_one_process(tmp_path):
     ckpts = [_checkpoint(tmp_path / f"m{i}.pt", seed=i, n_test=12) for i in range(4)]
-    args = ["measure", "--group", f"A={ckpts[0]},{ckpts[1]}", "--group", f"B={ckpts[2]},{ckpts[3]}",
-            "--method", "grad_cam@final", "--n-probe", "5", "--out-of-set", "out_of_set"]
+    args = [
+        "measure",
+        "--group",
+        f"A={ckpts[0]},{ckpts[1]}",
+        "--group",
+        f"B={ckpts[2]},{ckpts[3]}",
+        "--method",
+        "grad_cam@final",
+        "--n-probe",
+        "5",
+        "--out-of-set",
+        "out_of_set",
+    ]
     rc, out, err = _torchrun(tmp_path, *args, "--out", str(tmp_path / "two"))
     assert rc == 0, err[-3000:]
     assert out.count("4 models measured") == 1
@@ -236,7 +276,9 @@ def test_measure_under_torchrun_equals_one_process(tmp_path):
     assert one.exit_code == 0, one.output
 
     def rows(d):
-        return [{k: v for k, v in r.items() if k != "store"} for r in csv.DictReader(open(tmp_path / d / "per_image.csv"))]
+        return [
+            {k: v for k, v in r.items() if k != "store"} for r in csv.DictReader(open(tmp_path / d / "per_image.csv"))
+        ]
 
     a, b = rows("two"), rows("one")
     assert len(a) == len(b) == 48
@@ -251,5 +293,6 @@ def test_measure_under_torchrun_equals_one_process(tmp_path):
     for (pa, va), (pb, vb) in zip(sorted(sa["stores"].items()), sorted(sb["stores"].items())):
         assert va["curves"]["transforms"].keys() == vb["curves"]["transforms"].keys()
         np.testing.assert_allclose(va["curves"]["deletion_curve"], vb["curves"]["deletion_curve"], atol=1e-5)
-        np.testing.assert_allclose(va["curves"]["out_of_set"]["entropy_out"], vb["curves"]["out_of_set"]["entropy_out"],
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            va["curves"]["out_of_set"]["entropy_out"], vb["curves"]["out_of_set"]["entropy_out"], atol=1e-5
+        )

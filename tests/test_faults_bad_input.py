@@ -45,17 +45,33 @@ def _folder(root: Path, rows: list[str] | None = None) -> Path:
 
 
 def _checkpoint(path: Path, data_root: Path) -> Path:
-    cfg = load_config(None, ["data.format=folder", f"data.root={data_root}", "data.train_split=test",
-                             "data.val_split=test"])
+    cfg = load_config(
+        None, ["data.format=folder", f"data.root={data_root}", "data.train_split=test", "data.val_split=test"]
+    )
     torch.manual_seed(0)
-    save_checkpoint({"model": build("smallcnn", 2).state_dict(), "config": cfg.dump(), "epoch": 1,
-                     "classes": ["a", "b"], "multi_label": False}, path)
+    save_checkpoint(
+        {
+            "model": build("smallcnn", 2).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 1,
+            "classes": ["a", "b"],
+            "multi_label": False,
+        },
+        path,
+    )
     return path
 
 
 def _store(path: Path, seed: int = 0, split: str = "test", complete: bool = True) -> Path:
-    meta = StoreMeta(model_hash=f"m{seed}", method="gradient", target_policy="true", resolution=(SIDE, SIDE),
-                     data="mem", split=split, image_ids=tuple(f"img{i}" for i in range(4)))
+    meta = StoreMeta(
+        model_hash=f"m{seed}",
+        method="gradient",
+        target_policy="true",
+        resolution=(SIDE, SIDE),
+        data="mem",
+        split=split,
+        image_ids=tuple(f"img{i}" for i in range(4)),
+    )
     store = MapStore.create(path, meta, (4, 4), chunk_size=2)
     g = torch.Generator().manual_seed(seed)
     fill(store, lambda a, b: (torch.rand(b - a, 4, 4, generator=g), torch.zeros(b - a, dtype=torch.long)))
@@ -101,8 +117,11 @@ def world(tmp_path_factory) -> Path:
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _new_outputs_removed(root: Path) -> dict[str, str]:
@@ -124,67 +143,263 @@ CLI = [
     ("train: not YAML", ["train", f"{R}/notyaml.yaml"], "not valid YAML"),
     ("train: wrong type in --set", ["train", f"{R}/bad.yaml", "--set", "batch_size=[1]"], "batch_size"),
     ("train: unknown --set key", ["train", f"{R}/good.yaml", "--set", "optim.lrr=1"], "good.yaml: optim.lrr"),
-    ("train: out holds another run", ["train", f"{R}/good.yaml", "--set", f"out={R}/run"],
-     f"{R}/run already holds a run"),
-    ("train: out not writable", ["train", f"{R}/good.yaml", "--set", f"out={R}/a_file/run",
-                                 "--set", "data.options={n_train: 4, n_val: 2, n_test: 2, n_out_of_set: 0, size: 32}"],
-     f"{R}/a_file/run"),
-    ("train: corrupt image", ["train", f"{R}/good.yaml", "--set", f"out={R}/new_run",
-                              "--set", "data.format=folder", "--set", f"data.root={R}/corrupt_image",
-                              "--set", "data.train_split=test", "--set", "data.val_split=test"],
-     f"unreadable files: {R}/corrupt_image/img2.png"),  # found by the header check before training
-    ("explain: missing checkpoint", ["explain", "--checkpoint", f"{R}/nope.pt", "--method", "gradient", "--out",
-                                     f"{R}/new_store"], f"{R}/nope.pt: checkpoint not found"),
-    ("explain: corrupt checkpoint", ["explain", "--checkpoint", f"{R}/garbage.pt", "--method", "gradient",
-                                     "--out", f"{R}/new_store"], f"{R}/garbage.pt: not a readable"),
-    ("explain: unknown method", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "lrp", "--out",
-                                 f"{R}/new_store"], "lrp"),
-    ("explain: unknown layer", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "grad_cam", "--layer",
-                                "mid9", "--out", f"{R}/new_store"], "mid9"),
-    ("explain: class out of range", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                     "--target", "class:7", "--out", f"{R}/new_store"], "class:7"),
-    ("explain: bad target policy", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                    "--target", "best", "--out", f"{R}/new_store"], "best"),
-    ("explain: unknown split", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--data",
-                                "tset", "--out", f"{R}/new_store"], "tset"),
-    ("explain: unknown --set key", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--set",
-                                    "data.sizee=3", "--out", f"{R}/new_store"], "data.sizee"),
-    ("explain: out holds another store", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                          "--out", f"{R}/s0"], "differs in model_hash"),
-    ("explain: out is another folder", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                        "--out", f"{R}/measured"], f"{R}/measured: not a map store"),
-    ("explain: out not writable", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                   "--out", f"{R}/a_file/store"], f"{R}/a_file/store: cannot create a store there"),
-    ("explain: corrupt image", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--set",
-                                f"data.root={R}/corrupt_image", "--out", f"{R}/new_store"],
-     f"{R}/corrupt_image/img2.png"),
-    ("explain: unknown label in CSV", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                       "--set", f"data.root={R}/bad_label", "--out", f"{R}/new_store"],
-     f"{R}/bad_label/test.csv:3: unknown label(s) ['zebra']"),
-    ("explain: bad box in CSV", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                 "--set", f"data.root={R}/bad_box", "--out", f"{R}/new_store"],
-     f"{R}/bad_box/test.csv:2: box"),
-    ("explain: missing image", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                "--set", f"data.root={R}/missing_image", "--out", f"{R}/new_store"],
-     f"{R}/missing_image/img9.png"),
-    ("explain: human map of the wrong size", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                              "--set", f"data.root={R}/small_map", "--out", f"{R}/new_store"],
-     f"{R}/small_map/map1.png"),
-    ("explain: non-integer group", ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient",
-                                    "--set", f"data.root={R}/bad_group", "--out", f"{R}/new_store"],
-     f"{R}/bad_group/test.csv:2: column 'group'"),
-    ("measure: missing store", ["measure", "--stores", f"{R}/nope", "--out", f"{R}/new_out"],
-     f"{R}/nope: not found (expected a map store folder or a checkpoint file)"),
-    ("measure: unfinished store", ["measure", "--stores", f"{R}/s_part", "--out", f"{R}/new_out"],
-     f"{R}/s_part: 1 of 2 chunks unfinished"),
-    ("measure: misaligned group", ["measure", "--group", f"x={R}/s1,{R}/s_val", "--out", f"{R}/new_out"],
-     "differ in split"),
+    (
+        "train: out holds another run",
+        ["train", f"{R}/good.yaml", "--set", f"out={R}/run"],
+        f"{R}/run already holds a run",
+    ),
+    (
+        "train: out not writable",
+        [
+            "train",
+            f"{R}/good.yaml",
+            "--set",
+            f"out={R}/a_file/run",
+            "--set",
+            "data.options={n_train: 4, n_val: 2, n_test: 2, n_out_of_set: 0, size: 32}",
+        ],
+        f"{R}/a_file/run",
+    ),
+    (
+        "train: corrupt image",
+        [
+            "train",
+            f"{R}/good.yaml",
+            "--set",
+            f"out={R}/new_run",
+            "--set",
+            "data.format=folder",
+            "--set",
+            f"data.root={R}/corrupt_image",
+            "--set",
+            "data.train_split=test",
+            "--set",
+            "data.val_split=test",
+        ],
+        f"unreadable files: {R}/corrupt_image/img2.png",
+    ),  # found by the header check before training
+    (
+        "explain: missing checkpoint",
+        ["explain", "--checkpoint", f"{R}/nope.pt", "--method", "gradient", "--out", f"{R}/new_store"],
+        f"{R}/nope.pt: checkpoint not found",
+    ),
+    (
+        "explain: corrupt checkpoint",
+        ["explain", "--checkpoint", f"{R}/garbage.pt", "--method", "gradient", "--out", f"{R}/new_store"],
+        f"{R}/garbage.pt: not a readable",
+    ),
+    (
+        "explain: unknown method",
+        ["explain", "--checkpoint", f"{R}/model.pt", "--method", "lrp", "--out", f"{R}/new_store"],
+        "lrp",
+    ),
+    (
+        "explain: unknown layer",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "grad_cam",
+            "--layer",
+            "mid9",
+            "--out",
+            f"{R}/new_store",
+        ],
+        "mid9",
+    ),
+    (
+        "explain: class out of range",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--target",
+            "class:7",
+            "--out",
+            f"{R}/new_store",
+        ],
+        "class:7",
+    ),
+    (
+        "explain: bad target policy",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--target",
+            "best",
+            "--out",
+            f"{R}/new_store",
+        ],
+        "best",
+    ),
+    (
+        "explain: unknown split",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--data",
+            "tset",
+            "--out",
+            f"{R}/new_store",
+        ],
+        "tset",
+    ),
+    (
+        "explain: unknown --set key",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            "data.sizee=3",
+            "--out",
+            f"{R}/new_store",
+        ],
+        "data.sizee",
+    ),
+    (
+        "explain: out holds another store",
+        ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--out", f"{R}/s0"],
+        "differs in model_hash",
+    ),
+    (
+        "explain: out is another folder",
+        ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--out", f"{R}/measured"],
+        f"{R}/measured: not a map store",
+    ),
+    (
+        "explain: out not writable",
+        ["explain", "--checkpoint", f"{R}/model.pt", "--method", "gradient", "--out", f"{R}/a_file/store"],
+        f"{R}/a_file/store: cannot create a store there",
+    ),
+    (
+        "explain: corrupt image",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            f"data.root={R}/corrupt_image",
+            "--out",
+            f"{R}/new_store",
+        ],
+        f"{R}/corrupt_image/img2.png",
+    ),
+    (
+        "explain: unknown label in CSV",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            f"data.root={R}/bad_label",
+            "--out",
+            f"{R}/new_store",
+        ],
+        f"{R}/bad_label/test.csv:3: unknown label(s) ['zebra']",
+    ),
+    (
+        "explain: bad box in CSV",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            f"data.root={R}/bad_box",
+            "--out",
+            f"{R}/new_store",
+        ],
+        f"{R}/bad_box/test.csv:2: box",
+    ),
+    (
+        "explain: missing image",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            f"data.root={R}/missing_image",
+            "--out",
+            f"{R}/new_store",
+        ],
+        f"{R}/missing_image/img9.png",
+    ),
+    (
+        "explain: human map of the wrong size",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            f"data.root={R}/small_map",
+            "--out",
+            f"{R}/new_store",
+        ],
+        f"{R}/small_map/map1.png",
+    ),
+    (
+        "explain: non-integer group",
+        [
+            "explain",
+            "--checkpoint",
+            f"{R}/model.pt",
+            "--method",
+            "gradient",
+            "--set",
+            f"data.root={R}/bad_group",
+            "--out",
+            f"{R}/new_store",
+        ],
+        f"{R}/bad_group/test.csv:2: column 'group'",
+    ),
+    (
+        "measure: missing store",
+        ["measure", "--stores", f"{R}/nope", "--out", f"{R}/new_out"],
+        f"{R}/nope: not found (expected a map store folder or a checkpoint file)",
+    ),
+    (
+        "measure: unfinished store",
+        ["measure", "--stores", f"{R}/s_part", "--out", f"{R}/new_out"],
+        f"{R}/s_part: 1 of 2 chunks unfinished",
+    ),
+    (
+        "measure: misaligned group",
+        ["measure", "--group", f"x={R}/s1,{R}/s_val", "--out", f"{R}/new_out"],
+        "differ in split",
+    ),
     ("measure: bad --group", ["measure", "--group", f"{R}/s1", "--out", f"{R}/new_out"], "NAME=PATH"),
-    ("measure: out holds other results", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/measured"],
-     f"{R}/measured/summary.json holds results of other stores"),
+    (
+        "measure: out holds other results",
+        ["measure", "--stores", f"{R}/s1", "--out", f"{R}/measured"],
+        f"{R}/measured/summary.json holds results of other stores",
+    ),
     ("measure: out holds a non-summary", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/run"], None),
-    ("measure: out not writable", ["measure", "--stores", f"{R}/s1", "--out", f"{R}/a_file/out"],
-     f"{R}/a_file/out: cannot create the output folder"),
+    (
+        "measure: out not writable",
+        ["measure", "--stores", f"{R}/s1", "--out", f"{R}/a_file/out"],
+        f"{R}/a_file/out: cannot create the output folder",
+    ),
 ]
 
 
@@ -198,7 +413,8 @@ def test_cli_bad_input(world, argv, expected):
     text = result.output + (result.stderr if result.stderr_bytes is not None else "")
     assert result.exit_code != 0, text
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
-        f"unhandled {type(result.exception).__name__}: {result.exception}")  # an error message, not a traceback
+        f"unhandled {type(result.exception).__name__}: {result.exception}"
+    )  # an error message, not a traceback
     if expected is not None:
         assert expected.replace(R, str(world)) in " ".join(text.split()), text
     assert after == before  # nothing that existed changed or vanished; nothing was added outside new_*
@@ -222,26 +438,68 @@ API = [
     ("entropy: not a tensor", lambda w: entropy([[0.0]]), TypeError, "list"),
     ("epg: masks of another batch", lambda w: epg(_maps(2), torch.ones(3, 8, 8)), ValueError, "batch size"),
     ("iou: masks without batch dim", lambda w: iou(_maps(2), torch.ones(8, 8)), ValueError, "[B, H, W], got (8, 8)"),
-    ("pointing game: negative tolerance", lambda w: pointing_game(_maps(), torch.ones(2, 4, 4), -1), ValueError,
-     "tolerance"),
+    (
+        "pointing game: negative tolerance",
+        lambda w: pointing_game(_maps(), torch.ones(2, 4, 4), -1),
+        ValueError,
+        "tolerance",
+    ),
     ("summarise: inf", lambda w: summarise([1.0, float("inf")]), ValueError, "contains inf"),
-    ("class_masks: lengths differ", lambda w: class_masks([torch.zeros(1, 4)], [], torch.zeros(1), (4, 4)),
-     ValueError, "1 box sets, 0 label sets"),
-    ("store: NaN maps refused", lambda w: MapStore(w / "s_part", mode="r+").write_chunk(
-        1, torch.full((2, 4, 4), float("nan")), torch.zeros(2, dtype=torch.long)), ValueError, "NaN or inf"),
-    ("store: wrong map shape", lambda w: MapStore(w / "s_part", mode="r+").write_chunk(
-        1, torch.zeros(2, 5, 5), torch.zeros(2, dtype=torch.long)), ValueError, "chunk 1 needs maps (2, 4, 4)"),
-    ("data: unknown label", lambda w: build_dataset("folder", w / "bad_label", "test"), DataError,
-     "bad_label/test.csv:3: unknown label(s) ['zebra']"),
-    ("data: missing image", lambda w: build_dataset("folder", w / "missing_image", "test"), DataError,
-     "missing_image/img9.png"),
-    ("data: corrupt image", lambda w: build_dataset("folder", w / "corrupt_image", "test")[2], DataError,
-     "corrupt_image/img2.png: cannot decode image"),
-    ("data: human map of the wrong size", lambda w: build_dataset("folder", w / "small_map", "test")[1], DataError,
-     "small_map/map1.png: human map is (8, 8) but its image"),
-    *[(f"data: degenerate box {box!r}", lambda w, box=box: _degenerate(w, box), DataError,
-       "degenerate/test.csv:2: box")
-      for box in ("10 12 2 3 a", "5 5 5 5 a", "nan 0 4 4 a")],
+    (
+        "class_masks: lengths differ",
+        lambda w: class_masks([torch.zeros(1, 4)], [], torch.zeros(1), (4, 4)),
+        ValueError,
+        "1 box sets, 0 label sets",
+    ),
+    (
+        "store: NaN maps refused",
+        lambda w: MapStore(w / "s_part", mode="r+").write_chunk(
+            1, torch.full((2, 4, 4), float("nan")), torch.zeros(2, dtype=torch.long)
+        ),
+        ValueError,
+        "NaN or inf",
+    ),
+    (
+        "store: wrong map shape",
+        lambda w: MapStore(w / "s_part", mode="r+").write_chunk(
+            1, torch.zeros(2, 5, 5), torch.zeros(2, dtype=torch.long)
+        ),
+        ValueError,
+        "chunk 1 needs maps (2, 4, 4)",
+    ),
+    (
+        "data: unknown label",
+        lambda w: build_dataset("folder", w / "bad_label", "test"),
+        DataError,
+        "bad_label/test.csv:3: unknown label(s) ['zebra']",
+    ),
+    (
+        "data: missing image",
+        lambda w: build_dataset("folder", w / "missing_image", "test"),
+        DataError,
+        "missing_image/img9.png",
+    ),
+    (
+        "data: corrupt image",
+        lambda w: build_dataset("folder", w / "corrupt_image", "test")[2],
+        DataError,
+        "corrupt_image/img2.png: cannot decode image",
+    ),
+    (
+        "data: human map of the wrong size",
+        lambda w: build_dataset("folder", w / "small_map", "test")[1],
+        DataError,
+        "small_map/map1.png: human map is (8, 8) but its image",
+    ),
+    *[
+        (
+            f"data: degenerate box {box!r}",
+            lambda w, box=box: _degenerate(w, box),
+            DataError,
+            "degenerate/test.csv:2: box",
+        )
+        for box in ("10 12 2 3 a", "5 5 5 5 a", "nan 0 4 4 a")
+    ],
     ("config: unknown key", lambda w: load_config(w / "bad.yaml"), ConfigError, "bad.yaml: epochz"),
     ("config: wrong type", lambda w: load_config(None, ["data.size=big"]), ConfigError, "data.size"),
 ]
@@ -256,8 +514,11 @@ def _degenerate(world: Path, box: str):
 
 
 def _row(c):
-    return pytest.param(*c.values[1:], id=c.values[0], marks=c.marks) if hasattr(c, "values") else pytest.param(
-        *c[1:], id=c[0])
+    return (
+        pytest.param(*c.values[1:], id=c.values[0], marks=c.marks)
+        if hasattr(c, "values")
+        else pytest.param(*c[1:], id=c[0])
+    )
 
 
 @pytest.mark.parametrize("call,error,expected", [_row(c) for c in API])

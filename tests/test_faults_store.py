@@ -26,7 +26,7 @@ from salience.store import DamagedStoreError, MapStore, StoreMeta, fill
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import sys, torch
     torch.set_num_threads(1)
     from salience.data.core import Record, SalienceDataset
@@ -51,12 +51,13 @@ WORKER = textwrap.dedent('''
 
     ex.fill = counting_fill
     ex.explain_dataset(model, ds, "gradient", out, chunk_size=4, batch_size=2, split="test", data="mem")
-''')
+""")
 
 
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *map(str, args)], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, *map(str, args)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _kill_when(proc: subprocess.Popen, ready, delay: float) -> None:
@@ -97,8 +98,11 @@ def test_sigkill_mid_store_then_rerun_finishes_without_recomputing(tmp_path):
         seen = len(_computed(log))
         proc = _start(script, store, log)
         started = lambda: store.exists() or any(tmp_path.glob(".s.*"))  # noqa: E731
-        _kill_when(proc, lambda: len(_computed(log)) >= seen + new_chunks and (new_chunks or started()),
-                   delay=rng.uniform(0, 0.05))
+        _kill_when(
+            proc,
+            lambda: len(_computed(log)) >= seen + new_chunks and (new_chunks or started()),
+            delay=rng.uniform(0, 0.05),
+        )
         assert not finished_before & set(_computed(log)[seen:])  # no finished chunk was computed again
         if store.exists():
             finished_before = set(np.flatnonzero(MapStore(store).done()).tolist())
@@ -120,19 +124,34 @@ def _checkpoint(path: Path) -> Path:
     from salience.models import build
     from salience.training import load_config, save_checkpoint
 
-    cfg = load_config(None, ["data.size=32",
-                             "data.options={n_train: 8, n_val: 4, n_test: 40, n_out_of_set: 4, size: 32}"])
+    cfg = load_config(
+        None, ["data.size=32", "data.options={n_train: 8, n_val: 4, n_test: 40, n_out_of_set: 4, size: 32}"]
+    )
     torch.manual_seed(0)
     model = build("smallcnn", 2)
-    save_checkpoint({"model": model.state_dict(), "config": cfg.dump(), "epoch": 0, "classes": ["a", "b"],
-                     "multi_label": False}, path)
+    save_checkpoint(
+        {"model": model.state_dict(), "config": cfg.dump(), "epoch": 0, "classes": ["a", "b"], "multi_label": False},
+        path,
+    )
     return path
 
 
 def _explain_cli(ckpt, out):
-    return _start("-c", "from salience.cli import app; app()", "explain", "--checkpoint", ckpt, "--method", "gradient",
-                  "--out", out,
-                  "--chunk-size", "2", "--batch-size", "2")
+    return _start(
+        "-c",
+        "from salience.cli import app; app()",
+        "explain",
+        "--checkpoint",
+        ckpt,
+        "--method",
+        "gradient",
+        "--out",
+        out,
+        "--chunk-size",
+        "2",
+        "--batch-size",
+        "2",
+    )
 
 
 def _chunk_identity(store: Path, chunks) -> dict:
@@ -163,9 +182,17 @@ def test_salience_explain_cli_killed_and_rerun(tmp_path):
 
 # --- damaged state --------------------------------------------------------------------------------
 
+
 def _meta(n=10):
-    return StoreMeta(model_hash="abc", method="gradient", target_policy="true", resolution=(8, 8), data="mem",
-                     split="test", image_ids=tuple(f"img{i}" for i in range(n)))
+    return StoreMeta(
+        model_hash="abc",
+        method="gradient",
+        target_policy="true",
+        resolution=(8, 8),
+        data="mem",
+        split="test",
+        image_ids=tuple(f"img{i}" for i in range(n)),
+    )
 
 
 def _maps(start, stop):
@@ -189,8 +216,16 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:5])
 
 
-@pytest.mark.parametrize("array,damage", [("maps", _flip_byte), ("maps", _truncate), ("maps", Path.unlink),
-                                          ("targets", _flip_byte), ("targets", Path.unlink)])
+@pytest.mark.parametrize(
+    "array,damage",
+    [
+        ("maps", _flip_byte),
+        ("maps", _truncate),
+        ("maps", Path.unlink),
+        ("targets", _flip_byte),
+        ("targets", Path.unlink),
+    ],
+)
 def test_damaged_chunk_is_reported_by_file_and_recomputed_on_resume(tmp_path, caplog, array, damage):
     store = _full_store(tmp_path / "s")
     expected = store.read(0, store.n)
@@ -257,9 +292,15 @@ def test_explain_with_a_loader_worker_writes_the_same_maps(tmp_path):
     from salience.store.explain import explain_dataset
 
     g = torch.Generator().manual_seed(0)
-    ds = SalienceDataset([Record(id=f"im{i}", labels=[i % 2], image=torch.randint(0, 256, (3, 16, 16), generator=g,
-                                                                                dtype=torch.uint8))
-                          for i in range(12)], ["a", "b"])
+    ds = SalienceDataset(
+        [
+            Record(
+                id=f"im{i}", labels=[i % 2], image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8)
+            )
+            for i in range(12)
+        ],
+        ["a", "b"],
+    )
     torch.manual_seed(0)
     model = build("smallcnn", 2)
     a = explain_dataset(model, ds, "gradient", tmp_path / "a", chunk_size=8, batch_size=4)

@@ -28,19 +28,35 @@ SALIENCE = [sys.executable, "-c", "from salience.cli import app; app()"]
 
 
 def _config(path: Path, out: Path, n_train: int = 192, epochs: int = 3) -> Path:
-    path.write_text(yaml.safe_dump({
-        "out": str(out), "seed": 3, "device": "cpu", "epochs": epochs, "batch_size": 16,
-        "optim": {"lr": 0.003}, "schedule": {"name": "cosine"},
-        "data": {"size": 32, "options": {"n_train": n_train, "n_val": 16, "n_test": 4, "n_out_of_set": 0,
-                                         "size": 32}},
-        "guidance": {"loss": "energy", "method": "input_x_gradient", "annotated_fraction": 0.5},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "out": str(out),
+                "seed": 3,
+                "device": "cpu",
+                "epochs": epochs,
+                "batch_size": 16,
+                "optim": {"lr": 0.003},
+                "schedule": {"name": "cosine"},
+                "data": {
+                    "size": 32,
+                    "options": {"n_train": n_train, "n_val": 16, "n_test": 4, "n_out_of_set": 0, "size": 32},
+                },
+                "guidance": {"loss": "energy", "method": "input_x_gradient", "annotated_fraction": 0.5},
+            }
+        )
+    )
     return path
 
 
 def _train(config: Path, resume: bool) -> subprocess.Popen:
-    return subprocess.Popen([*SALIENCE, "train", str(config), "--no-progress", *(["--resume"] if resume else [])],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*SALIENCE, "train", str(config), "--no-progress", *(["--resume"] if resume else [])],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _started(run: Path, since: float) -> bool:
@@ -116,9 +132,21 @@ TINY = "data.options={n_train: 16, n_val: 8, n_test: 4, n_out_of_set: 0, size: 3
 
 
 def _tiny(tmp_path, name, epochs):
-    return load_config(None, [f"out={tmp_path / name}", f"epochs={epochs}", "batch_size=16", "optim.lr=0.003",
-                              "data.size=32", TINY, "device=cpu", "schedule.name=cosine", "guidance.loss=energy",
-                              "guidance.annotated_fraction=0.5"])
+    return load_config(
+        None,
+        [
+            f"out={tmp_path / name}",
+            f"epochs={epochs}",
+            "batch_size=16",
+            "optim.lr=0.003",
+            "data.size=32",
+            TINY,
+            "device=cpu",
+            "schedule.name=cosine",
+            "guidance.loss=energy",
+            "guidance.annotated_fraction=0.5",
+        ],
+    )
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,10 @@ def _batch(n=4, size=16, classes=2, seed=0):
     }
 
 
-@pytest.mark.parametrize("method,depth", [("input_x_gradient", "input"), ("input_x_gradient", "mid2"),
-                                          ("grad_cam", "final"), ("cam", "final")])
+@pytest.mark.parametrize(
+    "method,depth",
+    [("input_x_gradient", "input"), ("input_x_gradient", "mid2"), ("grad_cam", "final"), ("cam", "final")],
+)
 def test_shared_forward_maps_equal_the_attribution_methods(method, depth):
     model = build("smallcnn", 3).eval()
     x = torch.rand(5, 3, 16, 16)
@@ -123,8 +125,9 @@ def test_box_losses_use_the_sampled_class_boxes_dilated():
     assert out["guidance"].item() == pytest.approx(energy(maps, masks).mean().item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("name,method,depth", [("bcos_resnet18", "bcos", "input"),
-                                               ("xresnet18", "integrated_gradients", "input")])
+@pytest.mark.parametrize(
+    "name,method,depth", [("bcos_resnet18", "bcos", "input"), ("xresnet18", "integrated_gradients", "input")]
+)
 def test_own_forward_methods_train(name, method, depth):
     model = build(name, 2).train()
     batch = _batch()
@@ -136,17 +139,20 @@ def test_own_forward_methods_train(name, method, depth):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    (dict(loss="focal"), "guidance.loss"),
-    (dict(loss="energy", method="lrp"), "guidance.method"),
-    (dict(loss="energy", depth="mid9"), "guidance.depth"),
-    (dict(loss="energy", depth="nonexistent_module"), "guidance.depth"),
-    (dict(loss="energy", lam=-1.0), "guidance.lambda"),
-    (dict(loss="energy", method="bcos"), "guidance.method"),
-    (dict(loss="energy", method="cam", depth="mid2"), "guidance.depth"),
-    (dict(loss="energy", method="grad_cam", depth="input"), "guidance.depth"),
-    (dict(loss="energy", method="integrated_gradients", depth="final"), "guidance.depth"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        (dict(loss="focal"), "guidance.loss"),
+        (dict(loss="energy", method="lrp"), "guidance.method"),
+        (dict(loss="energy", depth="mid9"), "guidance.depth"),
+        (dict(loss="energy", depth="nonexistent_module"), "guidance.depth"),
+        (dict(loss="energy", lam=-1.0), "guidance.lambda"),
+        (dict(loss="energy", method="bcos"), "guidance.method"),
+        (dict(loss="energy", method="cam", depth="mid2"), "guidance.depth"),
+        (dict(loss="energy", method="grad_cam", depth="input"), "guidance.depth"),
+        (dict(loss="energy", method="integrated_gradients", depth="final"), "guidance.depth"),
+    ],
+)
 def test_bad_guidance_settings_name_the_key(kwargs, key):
     with pytest.raises(ValueError, match=key):
         Guide(**kwargs).check(build("smallcnn", 2))
@@ -200,7 +206,7 @@ def test_pairs_with_an_empty_mask_get_no_guidance():
     batch = _batch()
     batch["annotated"] = torch.ones(4, dtype=torch.bool)
     batch["boxes"] = [torch.tensor([[4.0, 4.0, 12.0, 12.0]]), torch.zeros(0, 4)] * 2  # images 1, 3: no box
-    batch["box_labels"] = [torch.tensor([0]), torch.zeros(0, dtype=torch.long)] * 2   # and an empty mask
+    batch["box_labels"] = [torch.tensor([0]), torch.zeros(0, dtype=torch.long)] * 2  # and an empty mask
     out = Guide("energy", "grad_cam", "final", lam=1.0)(model, batch, torch.Generator().manual_seed(0))
     assert out["guided"] == 2
     index = torch.tensor([0, 2])

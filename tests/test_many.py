@@ -8,8 +8,16 @@ from salience.models import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SHARED = ["gradient", "input_x_gradient", "input_x_gradient@mid2", "input_x_gradient@layer3.0.conv1",
-          "grad_cam@final", "grad_cam@mid3", "grad_cam", "cam"]
+SHARED = [
+    "gradient",
+    "input_x_gradient",
+    "input_x_gradient@mid2",
+    "input_x_gradient@layer3.0.conv1",
+    "grad_cam@final",
+    "grad_cam@mid3",
+    "grad_cam",
+    "cam",
+]
 
 
 def _single(model, x, t, spec, **kw):
@@ -27,9 +35,17 @@ def resnet():
     return build("resnet18", 5).eval()
 
 
-@pytest.mark.parametrize("specs", [SHARED, ["grad_cam@final", "input_x_gradient@mid2", "cam"],
-                                   ["input_x_gradient@final", "grad_cam@final"], ["cam"], ["gradient"]],
-                         ids=["all", "layers only", "one layer twice", "cam", "gradient"])
+@pytest.mark.parametrize(
+    "specs",
+    [
+        SHARED,
+        ["grad_cam@final", "input_x_gradient@mid2", "cam"],
+        ["input_x_gradient@final", "grad_cam@final"],
+        ["cam"],
+        ["gradient"],
+    ],
+    ids=["all", "layers only", "one layer twice", "cam", "gradient"],
+)
 def test_each_map_equals_its_single_method(resnet, specs):
     x = torch.rand(3, 3, 48, 48)
     t = torch.tensor([0, 4, 2])
@@ -85,9 +101,10 @@ def test_create_graph_gives_the_same_parameter_gradients():
     params = [p for p in model.parameters() if p.requires_grad]
 
     maps = attribute_many(model, x, t, specs, create_graph=True)
-    together = torch.autograd.grad(sum((m ** 2).sum() for m in maps.values()), params, allow_unused=True)
-    apart = torch.autograd.grad(sum((_single(model, x, t, s, create_graph=True) ** 2).sum() for s in specs), params,
-                                allow_unused=True)
+    together = torch.autograd.grad(sum((m**2).sum() for m in maps.values()), params, allow_unused=True)
+    apart = torch.autograd.grad(
+        sum((_single(model, x, t, s, create_graph=True) ** 2).sum() for s in specs), params, allow_unused=True
+    )
     assert sum(a is not None for a in together) > len(params) // 2  # the losses reach the weights
     for a, b in zip(together, apart):
         assert (a is None) == (b is None)
@@ -95,17 +112,20 @@ def test_create_graph_gives_the_same_parameter_gradients():
             _close(a, b)
 
 
-@pytest.mark.parametrize("specs, text", [
-    (["lrp"], "'lrp' is unknown"),
-    (["grad_cam@layer9"], "'layer9'"),
-    (["grad_cam@mid9"], "'mid9'"),
-    (["gradient@final"], "'gradient@final': gradient works on the input only"),
-    (["cam@mid2"], "'cam@mid2'"),
-    (["grad_cam@input"], "'grad_cam@input': grad_cam needs a convolutional layer"),
-    (["grad_cam@"], "empty layer"),
-    (["gradient", "gradient"], "'gradient' is given twice"),
-    ([], "at least one"),
-])
+@pytest.mark.parametrize(
+    "specs, text",
+    [
+        (["lrp"], "'lrp' is unknown"),
+        (["grad_cam@layer9"], "'layer9'"),
+        (["grad_cam@mid9"], "'mid9'"),
+        (["gradient@final"], "'gradient@final': gradient works on the input only"),
+        (["cam@mid2"], "'cam@mid2'"),
+        (["grad_cam@input"], "'grad_cam@input': grad_cam needs a convolutional layer"),
+        (["grad_cam@"], "empty layer"),
+        (["gradient", "gradient"], "'gradient' is given twice"),
+        ([], "at least one"),
+    ],
+)
 def test_bad_methods_are_named(resnet, specs, text):
     with pytest.raises(ValueError, match=text.replace("(", r"\(")):
         attribute_many(resnet, torch.rand(1, 3, 32, 32), torch.tensor([0]), specs)

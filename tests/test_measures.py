@@ -243,8 +243,10 @@ def test_ssim_of_maps_under_7_px_upsamples_them_to_a_short_side_of_7(shape, up):
     b = 0.5 * a + 0.5 * torch.rand(3, *shape, generator=g, dtype=torch.float64)
     got = ssim(a, b)
     for i in range(3):
-        x, y = (torch.nn.functional.interpolate(t[i][None, None], size=up, mode="bilinear", align_corners=False)[0]
-                for t in (a, b))
+        x, y = (
+            torch.nn.functional.interpolate(t[i][None, None], size=up, mode="bilinear", align_corners=False)[0]
+            for t in (a, b)
+        )
         ref = structural_similarity(minmax(x)[0].numpy(), minmax(y)[0].numpy(), data_range=1, win_size=7)
         assert got[i].item() == pytest.approx(ref, abs=1e-10)
     assert got.unique().numel() == 3 and (got < 1).all()  # not a degenerate constant

@@ -38,7 +38,7 @@ def test_bcos_unit_is_cosine_scaled():
     orth = torch.stack([-w_hat[1], w_hat[0]]).reshape(1, 2, 1, 1)  # cos = 0 -> output = 0
     assert unit(orth).abs().item() < 1e-12
     half = (w_hat + torch.stack([-w_hat[1], w_hat[0]])).reshape(1, 2, 1, 1)  # cos = 1/sqrt2, |x| = sqrt2
-    assert torch.allclose(unit(half), torch.tensor(2 ** -0.5, dtype=torch.float64))
+    assert torch.allclose(unit(half), torch.tensor(2**-0.5, dtype=torch.float64))
 
 
 def test_bcos_resnet_structure():
@@ -86,15 +86,23 @@ def test_torchvision_weight_name_offline_says_how_to_pass_a_file(tmp_path, monke
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     for name in ["IMAGENET1K_V1", "ResNet18_Weights.IMAGENET1K_V1"]:
-        with pytest.raises(RuntimeError, match=r"pass its local path instead: build\('resnet18', num_classes, "
-                                               r"weights='/path/to/resnet18-f37072fd.pth'\)"):
+        with pytest.raises(
+            RuntimeError,
+            match=r"pass its local path instead: build\('resnet18', num_classes, "
+            r"weights='/path/to/resnet18-f37072fd.pth'\)",
+        ):
             build("resnet18", 3, weights=name)
 
 
 def test_named_depths():
     resnet = build("resnet18", 2)
-    assert [layer_name(resnet, d) for d in ["input", "mid1", "mid2", "mid3", "final"]] == \
-        [None, "layer1", "layer2", "layer3", "layer4"]
+    assert [layer_name(resnet, d) for d in ["input", "mid1", "mid2", "mid3", "final"]] == [
+        None,
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+    ]
     assert layer_name(build("bcos_resnet18", 2), "final") == "layer4"
     assert layer_name(build("smallcnn", 2), "mid2") == "block2"
     with pytest.raises(ValueError, match="depth 'mid4' is unknown; accepted: input, mid1"):

@@ -52,8 +52,11 @@ def test_state_dict_and_its_wrappings_load(source, tmp_path):
 def test_densenet_keys_of_old_torchvision_are_renamed(tmp_path):
     torch.manual_seed(0)
     source = build("densenet121", 2)
-    old = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v  # densenet121-a639ec97.pth's layout:
-           for k, v in source.state_dict().items() if not k.endswith("num_batches_tracked")}  # torch < 0.4.1
+    old = {
+        re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v  # densenet121-a639ec97.pth's layout:
+        for k, v in source.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }  # torch < 0.4.1
     assert "features.denseblock1.denselayer1.norm.1.weight" in old
     torch.save({f"module.{k}": v for k, v in old.items()}, tmp_path / "densenet_s0.pth")
     assert _same(build("densenet121", 2, weights=tmp_path / "densenet_s0.pth"), source)
@@ -62,7 +65,9 @@ def test_densenet_keys_of_old_torchvision_are_renamed(tmp_path):
 def test_dicts_that_hold_no_state_dict_are_refused(source, tmp_path):
     file = tmp_path / "other.pt"
     torch.save({"net": source.state_dict(), "epoch": 3}, file)
-    with pytest.raises(ValueError, match=re.escape(f"{file} holds a dict that is not a state dict") + r".*\['net', 'epoch'\]"):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{file} holds a dict that is not a state dict") + r".*\['net', 'epoch'\]"
+    ):
         build("resnet18", 3, weights=file)
     torch.save({"state_dict": {"a": 1}, "model": "resnet18"}, file)  # entries that are not tensors
     with pytest.raises(ValueError, match="has no 'state_dict' or 'model' entry holding one"):
@@ -87,8 +92,10 @@ def test_mismatched_state_dict_names_file_model_and_keys(tmp_path):
 
 
 def test_pickled_whole_model_is_refused_then_allowed(source, tmp_path):
-    for file, kwargs in [(tmp_path / "whole.pt", {}),
-                         (tmp_path / "legacy.pt", {"_use_new_zipfile_serialization": False})]:
+    for file, kwargs in [
+        (tmp_path / "whole.pt", {}),
+        (tmp_path / "legacy.pt", {"_use_new_zipfile_serialization": False}),
+    ]:
         torch.save(source, file, **kwargs)
         with pytest.raises(ValueError) as err:
             build("resnet18", 3, weights=file)

@@ -17,13 +17,16 @@ from hypothesis.extra.numpy import arrays
 from salience.measures import entropy, epg, iou, pearson, pointing_game, spearman, ssim, topk_iou
 from salience.measures.summary import compare_groups, summarise
 
-SETTINGS = settings(max_examples=40, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 FINITE = st.floats(allow_nan=False, allow_infinity=False, width=32)
 # a mix that makes ties, constants and zeros likely as well as extreme magnitudes
-VALUES = st.one_of(FINITE, st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.4e38, -3.4e38, 1e-45]),
-                   st.floats(-1, 1, width=32))
+VALUES = st.one_of(FINITE, st.sampled_from([0.0, -0.0, 1.0, -1.0, 3.4e38, -3.4e38, 1e-45]), st.floats(-1, 1, width=32))
 
 
 @st.composite
@@ -118,9 +121,16 @@ def test_non_finite_maps_raise_naming_the_image(maps, row, bad):
     maps = maps.clone()
     maps[row, 0, 0] = bad
     masks = torch.ones(maps.shape, dtype=torch.bool)
-    calls = [lambda: entropy(maps, "histogram"), lambda: entropy(maps, "spatial"), lambda: pearson(maps, maps),
-             lambda: spearman(maps, maps), lambda: topk_iou(maps, maps), lambda: epg(maps, masks),
-             lambda: iou(maps, masks), lambda: pointing_game(maps, masks)]
+    calls = [
+        lambda: entropy(maps, "histogram"),
+        lambda: entropy(maps, "spatial"),
+        lambda: pearson(maps, maps),
+        lambda: spearman(maps, maps),
+        lambda: topk_iou(maps, maps),
+        lambda: epg(maps, masks),
+        lambda: iou(maps, masks),
+        lambda: pointing_game(maps, masks),
+    ]
     for call in calls:
         with pytest.raises(ValueError, match=rf"NaN or inf in images \[{row}\]"):
             call()

@@ -7,8 +7,16 @@ from salience.store import MapStore, StoreMeta, check_aligned, fill, model_hash
 
 
 def _meta(n=10, **kw):
-    base = dict(model_hash="abc", method="grad_cam", layer="final", target_policy="true", resolution=(32, 32),
-                data="builtin", split="test", image_ids=tuple(f"img{i}" for i in range(n)))
+    base = dict(
+        model_hash="abc",
+        method="grad_cam",
+        layer="final",
+        target_policy="true",
+        resolution=(32, 32),
+        data="builtin",
+        split="test",
+        image_ids=tuple(f"img{i}" for i in range(n)),
+    )
     base.update(kw)
     return StoreMeta(**base)
 

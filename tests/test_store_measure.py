@@ -31,15 +31,20 @@ class Tiny(nn.Module):
 
 def _dataset(n=7, side=16):
     g = torch.Generator().manual_seed(0)
-    records = [Record(id=f"im{i}", image=torch.randint(0, 256, (3, side, side), generator=g, dtype=torch.uint8),
-                      labels=[i % 2]) for i in range(n)]
+    records = [
+        Record(
+            id=f"im{i}", image=torch.randint(0, 256, (3, side, side), generator=g, dtype=torch.uint8), labels=[i % 2]
+        )
+        for i in range(n)
+    ]
     return SalienceDataset(records, ["a", "b"])
 
 
 def test_explain_dataset_writes_the_maps_and_resumes(tmp_path):
     ds, model = _dataset(), Tiny()
-    store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3,
-                            batch_size=2)
+    store = explain_dataset(
+        model, ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3, batch_size=2
+    )
     assert store.is_complete() and store.meta.image_ids == tuple(f"im{i}" for i in range(7))
     x = torch.stack([ds[i]["image"] for i in range(7)])
     t = torch.arange(7) % 2
@@ -51,8 +56,12 @@ def test_explain_dataset_writes_the_maps_and_resumes(tmp_path):
     with pytest.raises(ValueError, match="model_hash"):
         explain_dataset(Tiny(seed=1), ds, "input_x_gradient", tmp_path / "s", split="test", data="mem", chunk_size=3)
     with pytest.raises(ValueError, match="none of the 1 images has a class"):
-        explain_dataset(model, SalienceDataset([Record(id="x", image=torch.zeros(3, 16, 16, dtype=torch.uint8),
-                                                       labels=[])], ["a", "b"]), "gradient", tmp_path / "t")
+        explain_dataset(
+            model,
+            SalienceDataset([Record(id="x", image=torch.zeros(3, 16, 16, dtype=torch.uint8), labels=[])], ["a", "b"]),
+            "gradient",
+            tmp_path / "t",
+        )
 
 
 def test_explain_true_on_multi_label_data_stores_every_image_class_pair(tmp_path, caplog):
@@ -60,8 +69,10 @@ def test_explain_true_on_multi_label_data_stores_every_image_class_pair(tmp_path
     image's pairs reads that image in both chunks; an image without a class gives no item (and a warning)."""
     g = torch.Generator().manual_seed(1)
     labels = [[1, 0], [1], [], [0, 1], [0]]
-    records = [Record(id=f"im{i}", image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8),
-                      labels=c) for i, c in enumerate(labels)]
+    records = [
+        Record(id=f"im{i}", image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8), labels=c)
+        for i, c in enumerate(labels)
+    ]
     ds, model = SalienceDataset(records, ["a", "b"]), Tiny()
     with caplog.at_level("WARNING", logger="salience"):
         store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", chunk_size=4, batch_size=2)
@@ -79,8 +90,15 @@ def test_explain_true_on_multi_label_data_stores_every_image_class_pair(tmp_path
 
 def _store(path, seed, ids=None, split="test", n=9):
     ids = ids or tuple(f"im{i}" for i in range(n))
-    meta = StoreMeta(model_hash=f"m{seed}", method="gradient", target_policy="true", resolution=(16, 16),
-                     data="mem", split=split, image_ids=ids)
+    meta = StoreMeta(
+        model_hash=f"m{seed}",
+        method="gradient",
+        target_policy="true",
+        resolution=(16, 16),
+        data="mem",
+        split=split,
+        image_ids=ids,
+    )
     store = MapStore.create(path, meta, (8, 8), chunk_size=4)
     g = torch.Generator().manual_seed(seed)
     maps = torch.rand(len(ids), 8, 8, generator=g) ** 4
@@ -104,8 +122,10 @@ def test_measure_stores_outputs(tmp_path):
     assert pair == pytest.approx(summary["stability"]["guided"]["ssim"]["mean"])
     assert summary["stability"]["guided"]["pearson"]["mean"] < 0.5
     cmp = summary["comparisons"]["ce vs guided"]["entropy_spatial"]
-    expected = entropy(m1, "spatial").double().mean() - (entropy(n1, "spatial").double().mean()
-                                                          + entropy(n2, "spatial").double().mean()) / 2
+    expected = (
+        entropy(m1, "spatial").double().mean()
+        - (entropy(n1, "spatial").double().mean() + entropy(n2, "spatial").double().mean()) / 2
+    )
     assert cmp["diff"] == pytest.approx(expected.item(), abs=1e-6)
     assert json.loads((out / "summary.json").read_text())["comparisons"].keys() == {"ce vs guided"}
     with open(out / "stability.csv") as f:
@@ -125,8 +145,9 @@ def test_measure_refuses_misaligned_groups(tmp_path):
 def test_measure_cli(tmp_path):
     a, _ = _store(tmp_path / "a", 0)
     b, _ = _store(tmp_path / "b", 1)
-    res = CliRunner().invoke(app, ["measure", "--stores", str(a.path), "--stores", str(b.path),
-                                   "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app, ["measure", "--stores", str(a.path), "--stores", str(b.path), "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code == 0, res.output
     assert "2 models measured" in res.output
     assert (tmp_path / "o" / "stability.csv").is_file()
@@ -139,10 +160,20 @@ def _builtin_checkpoint(path, seed):
     from salience.models import build
     from salience.training import load_config, save_checkpoint
 
-    cfg = load_config(None, ["data.size=32", "data.options={n_train: 8, n_val: 4, n_test: 12, n_out_of_set: 4, size: 32}"])
+    cfg = load_config(
+        None, ["data.size=32", "data.options={n_train: 8, n_val: 4, n_test: 12, n_out_of_set: 4, size: 32}"]
+    )
     torch.manual_seed(seed)
-    save_checkpoint({"model": build("smallcnn", 2).state_dict(), "config": cfg.dump(), "epoch": 0,
-                     "classes": ["real", "synthetic"], "multi_label": False}, path)
+    save_checkpoint(
+        {
+            "model": build("smallcnn", 2).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 0,
+            "classes": ["real", "synthetic"],
+            "multi_label": False,
+        },
+        path,
+    )
     return path
 
 
@@ -155,9 +186,23 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
     from salience.io.datasets import open_split
 
     ckpts = [_builtin_checkpoint(tmp_path / f"m{i}.pt", i) for i in range(4)]
-    args = ["measure", "--group", f"A={ckpts[0]},{ckpts[1]}", "--group", f"B={ckpts[2]},{ckpts[3]}",
-            "--method", "grad_cam", "--layer", "final", "--n-probe", "5", "--out-of-set", "out_of_set",
-            "--out", str(tmp_path / "o")]
+    args = [
+        "measure",
+        "--group",
+        f"A={ckpts[0]},{ckpts[1]}",
+        "--group",
+        f"B={ckpts[2]},{ckpts[3]}",
+        "--method",
+        "grad_cam",
+        "--layer",
+        "final",
+        "--n-probe",
+        "5",
+        "--out-of-set",
+        "out_of_set",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
@@ -193,14 +238,17 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
 def test_measure_refuses_a_mix_of_stores_and_checkpoints(tmp_path):
     a, _ = _store(tmp_path / "a", 0)
     ckpt = _builtin_checkpoint(tmp_path / "m.pt", 0)
-    res = CliRunner().invoke(app, ["measure", "--group", f"g={a.path},{ckpt}", "--method", "gradient",
-                                   "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app, ["measure", "--group", f"g={a.path},{ckpt}", "--method", "gradient", "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code != 0 and "not a mix" in re.sub(r"[\s│]+", " ", res.output)
     res = CliRunner().invoke(app, ["measure", "--checkpoints", str(ckpt), "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "--method" in re.sub(r"[\s│]+", " ", res.output)
     res = CliRunner().invoke(app, ["measure", "--stores", str(ckpt), "--out", str(tmp_path / "o")])
     assert res.exit_code != 0 and "--stores takes map store folders" in re.sub(r"[\s│]+", " ", res.output)
-    res = CliRunner().invoke(app, ["measure", "--stores", str(a.path), "--method", "gradient", "--out", str(tmp_path / "o")])
+    res = CliRunner().invoke(
+        app, ["measure", "--stores", str(a.path), "--method", "gradient", "--out", str(tmp_path / "o")]
+    )
     assert res.exit_code != 0 and "a store carries its method" in re.sub(r"[\s│]+", " ", res.output)
     assert not (tmp_path / "o").exists()
 
@@ -211,9 +259,16 @@ def test_localisation_uses_the_boxes_of_the_explained_class(tmp_path):
     from salience.measures.run import Source
 
     g = torch.Generator().manual_seed(0)
-    records = [Record(id=f"im{i}", image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8),
-                      labels=[0, 1], boxes=torch.tensor([[0.0, 0.0, 6.0, 16.0], [10.0, 0.0, 16.0, 16.0]]),
-                      box_labels=torch.tensor([0, 1])) for i in range(5)]
+    records = [
+        Record(
+            id=f"im{i}",
+            image=torch.randint(0, 256, (3, 16, 16), generator=g, dtype=torch.uint8),
+            labels=[0, 1],
+            boxes=torch.tensor([[0.0, 0.0, 6.0, 16.0], [10.0, 0.0, 16.0, 16.0]]),
+            box_labels=torch.tensor([0, 1]),
+        )
+        for i in range(5)
+    ]
     ds = SalienceDataset(records, ["a", "b"])
     model = Tiny().eval()
     store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", target_policy="class:1", chunk_size=2)

@@ -39,12 +39,22 @@ def _checkpoint(path, root, seed):
     from salience.io import load_config, save_checkpoint
     from salience.models import build
 
-    cfg = load_config("configs/voc2007_resnet50_ce.yaml", ["model.name=resnet18", "model.weights=null",
-                                                           f"data.root={root}", "data.size=64", "data.workers=0"])
+    cfg = load_config(
+        "configs/voc2007_resnet50_ce.yaml",
+        ["model.name=resnet18", "model.weights=null", f"data.root={root}", "data.size=64", "data.workers=0"],
+    )
     assert cfg.data.format == "voc"
     torch.manual_seed(seed)
-    save_checkpoint({"model": build("resnet18", len(VOC_CLASSES)).state_dict(), "config": cfg.dump(), "epoch": 0,
-                     "classes": list(VOC_CLASSES), "multi_label": True}, path)
+    save_checkpoint(
+        {
+            "model": build("resnet18", len(VOC_CLASSES)).state_dict(),
+            "config": cfg.dump(),
+            "epoch": 0,
+            "classes": list(VOC_CLASSES),
+            "multi_label": True,
+        },
+        path,
+    )
     return path
 
 
@@ -65,12 +75,29 @@ def test_measure_true_on_voc_measures_every_image_class_pair(voc):
 
     tmp, (ckpt, _) = voc
     out = tmp / "true"
-    res = CliRunner().invoke(app, ["measure", "--checkpoints", str(ckpt), "--method", "grad_cam@final", "--data",
-                                   "test", "--n-probe", "3", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "measure",
+            "--checkpoints",
+            str(ckpt),
+            "--method",
+            "grad_cam@final",
+            "--data",
+            "test",
+            "--n-probe",
+            "3",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(out / "per_image.csv")))
-    pairs = [(i, VOC_CLASSES.index(c)) for i, objects in ENTRIES for c in sorted({o[0] for o in objects},
-                                                                                 key=VOC_CLASSES.index)]
+    pairs = [
+        (i, VOC_CLASSES.index(c))
+        for i, objects in ENTRIES
+        for c in sorted({o[0] for o in objects}, key=VOC_CLASSES.index)
+    ]
     assert [(r["image"], int(r["class"])) for r in rows] == pairs  # image order, then class order, each class once
 
     # an independent computation: each pair's GradCAM map against the union of that class's boxes
@@ -80,8 +107,12 @@ def test_measure_true_on_voc_measures_every_image_class_pair(voc):
     classes = torch.tensor([c for _, c in pairs])
     maps = grad_cam(model, batch["image"][image], classes, layer="final")
     assert maps.shape[-2:] == (2, 2)
-    masks = torch.stack([box_masks(batch["boxes"][i][batch["box_labels"][i] == c], (64, 64)).any(0)
-                         for i, c in zip(image.tolist(), classes.tolist())])
+    masks = torch.stack(
+        [
+            box_masks(batch["boxes"][i][batch["box_labels"][i] == c], (64, 64)).any(0)
+            for i, c in zip(image.tolist(), classes.tolist())
+        ]
+    )
     expected = epg(maps, masks)
     assert torch.allclose(torch.tensor([float(r["epg"]) for r in rows]), expected.float(), atol=1e-5)
     assert ((expected > 0) & (expected < 1)).sum() >= 3  # not a degenerate 0 or 1 everywhere
@@ -89,16 +120,29 @@ def test_measure_true_on_voc_measures_every_image_class_pair(voc):
 
     # the probes ran on the first 3 pairs (two of them the same image), with their classes
     curves = deletion_insertion(model, batch["image"][image[:3]], classes[:3], maps[:3], steps=16)
-    assert torch.allclose(torch.tensor([float(r["deletion_auc"]) for r in rows[:3]]), curves["deletion_auc"],
-                          atol=1e-5)
+    assert torch.allclose(torch.tensor([float(r["deletion_auc"]) for r in rows[:3]]), curves["deletion_auc"], atol=1e-5)
     assert all(r["deletion_auc"] == "" for r in rows[3:]) and all(r["noise_ssim_0.1"] for r in rows[:3])
 
 
 def test_measure_predicted_on_voc_compares_2x2_maps(voc):
     tmp, ckpts = voc
     out = tmp / "predicted"
-    res = CliRunner().invoke(app, ["measure", "--group", f"R18={ckpts[0]},{ckpts[1]}", "--method", "grad_cam@final",
-                                   "--target", "predicted", "--n-probe", "2", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "measure",
+            "--group",
+            f"R18={ckpts[0]},{ckpts[1]}",
+            "--method",
+            "grad_cam@final",
+            "--target",
+            "predicted",
+            "--n-probe",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert [r["image"] for r in rows] == [e[0] for e in ENTRIES] * 2  # one item per image and model

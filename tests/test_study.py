@@ -67,9 +67,23 @@ def run_readme_study(study_dir: Path):
     cwd = os.getcwd()
     os.chdir(study_dir)
     try:
-        return runner.invoke(app, ["study", "study.yaml", "--set", f"data.size={SIZE}", "--set",
-                                   f"out_of_set.size={SIZE}", "--set", "measures.n_probe=2",
-                                   "--set", "measures.n_boot=200", "--set", "measures.n_perm=200"])
+        return runner.invoke(
+            app,
+            [
+                "study",
+                "study.yaml",
+                "--set",
+                f"data.size={SIZE}",
+                "--set",
+                f"out_of_set.size={SIZE}",
+                "--set",
+                "measures.n_probe=2",
+                "--set",
+                "measures.n_boot=200",
+                "--set",
+                "measures.n_perm=200",
+            ],
+        )
     finally:
         os.chdir(cwd)
 
@@ -108,14 +122,19 @@ def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
     rows = list(csv.DictReader(open(out / "per_image.csv")))
     assert list(rows[0])[:4] == ["group", "model", "image", "class"]
     assert len(rows) == 4 * 6
-    assert {(r["group"], r["model"]) for r in rows} == {("CE", "ce_1"), ("CE", "ce_2"), ("CYBORG", "cyborg_1"),
-                                                        ("CYBORG", "cyborg_2")}
+    assert {(r["group"], r["model"]) for r in rows} == {
+        ("CE", "ce_1"),
+        ("CE", "ce_2"),
+        ("CYBORG", "cyborg_1"),
+        ("CYBORG", "cyborg_2"),
+    }
     images = sorted({r["image"] for r in rows})
     assert images == [f"{c}/{i}.png" for c in ("real", "synthetic") for i in range(3)]
     for name in ("ce_2", "cyborg_1"):
         mine = [r for r in rows if r["model"] == name]
-        maps, target = _reference_maps(study_dir / f"{name}.pth",
-                                       [study_dir / "faces" / "test" / r["image"] for r in mine])
+        maps, target = _reference_maps(
+            study_dir / f"{name}.pth", [study_dir / "faces" / "test" / r["image"] for r in mine]
+        )
         assert [int(r["class"]) for r in mine] == target.tolist()
         expected = [_histogram_entropy(m.numpy()) for m in maps]
         got = [float(r["entropy_histogram"]) for r in mine]
@@ -139,12 +158,15 @@ def test_a_rerun_recomputes_nothing(study_dir, results):
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
-@pytest.mark.parametrize("case,message", [
-    ("pickled", "holds pickled Python objects"),
-    ("resnet", "do not match"),
-    ("unknown_key", "groups.CE.weigths"),
-    ("missing", "nope.pth: file not found"),
-])
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("pickled", "holds pickled Python objects"),
+        ("resnet", "do not match"),
+        ("unknown_key", "groups.CE.weigths"),
+        ("missing", "nope.pth: file not found"),
+    ],
+)
 def test_bad_weights_and_study_files_are_named(study_dir, tmp_path, case, message):
     tree = yaml.safe_load(readme_study())
     tree["out"] = str(tmp_path / "o")
@@ -171,13 +193,18 @@ def test_bad_weights_and_study_files_are_named(study_dir, tmp_path, case, messag
 
 def test_bad_weights_fail_before_any_training(study_dir, tmp_path):
     tree = yaml.safe_load(readme_study())
-    tree |= {"out": str(tmp_path / "o"), "data": {"format": "builtin", "options": {"n_test": 4}},
-             "explain": {"method": "grad_cam", "layer": "final"}}
+    tree |= {
+        "out": str(tmp_path / "o"),
+        "data": {"format": "builtin", "options": {"n_test": 4}},
+        "explain": {"method": "grad_cam", "layer": "final"},
+    }
     del tree["out_of_set"]
     bad = tmp_path / "bad.pth"
     torch.save(torchvision.models.resnet18(num_classes=2).state_dict(), bad)
-    tree["groups"] = {"CE": {"train": {"epochs": 1}, "seeds": [0]},
-                      "Elsewhere": {"model": "smallcnn", "num_classes": 2, "weights": [str(bad)]}}
+    tree["groups"] = {
+        "CE": {"train": {"epochs": 1}, "seeds": [0]},
+        "Elsewhere": {"model": "smallcnn", "num_classes": 2, "weights": [str(bad)]},
+    }
     res = runner.invoke(app, ["study", _write(tmp_path, tree)])
     assert res.exit_code == 2 and str(bad) in res.output, res.output
     assert not (tmp_path / "o" / "runs").exists()  # nothing was trained

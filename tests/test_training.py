@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from salience.data.core import Record, SalienceDataset, collate
-from salience.training import ConfigError, TrainingError, evaluate_checkpoint, load_checkpoint, load_config, metrics, train
+from salience.training import (
+    ConfigError,
+    TrainingError,
+    evaluate_checkpoint,
+    load_checkpoint,
+    load_config,
+    metrics,
+    train,
+)
 from salience.guidance import Guide
 from salience.models import build
 from salience.training import loop
@@ -18,11 +26,13 @@ TINY = "data.options={n_train: 32, n_val: 16, n_test: 16, n_out_of_set: 4, size:
 
 
 def _config(tmp_path, *extra, name="run"):
-    return load_config(None, [f"out={tmp_path / name}", "epochs=2", "batch_size=16", "optim.lr=0.003",
-                              "data.size=32", TINY, *extra])
+    return load_config(
+        None, [f"out={tmp_path / name}", "epochs=2", "batch_size=16", "optim.lr=0.003", "data.size=32", TINY, *extra]
+    )
 
 
 # --- config ---------------------------------------------------------------------------------
+
 
 def test_config_file_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
@@ -33,16 +43,19 @@ def test_config_file_and_overrides(tmp_path):
     assert load_config(None, []).guidance.loss is None
 
 
-@pytest.mark.parametrize("text,key", [
-    ("epochs: 2\nepochz: 3\n", "epochz"),
-    ("guidance:\n  loss: focal\n", "guidance.loss"),
-    ("guidance:\n  method: lrp\n", "guidance.method"),
-    ("guidance:\n  lambda: -0.1\n", "guidance.lambda"),
-    ("guidance:\n  annotated_fraction: 1.5\n", "guidance.annotated_fraction"),
-    ("optim:\n  name: rmsprop\n", "optim.name"),
-    ("optim:\n  lr: 0\n", "optim.lr"),
-    ("model:\n  nam: resnet18\n", "model.nam"),
-])
+@pytest.mark.parametrize(
+    "text,key",
+    [
+        ("epochs: 2\nepochz: 3\n", "epochz"),
+        ("guidance:\n  loss: focal\n", "guidance.loss"),
+        ("guidance:\n  method: lrp\n", "guidance.method"),
+        ("guidance:\n  lambda: -0.1\n", "guidance.lambda"),
+        ("guidance:\n  annotated_fraction: 1.5\n", "guidance.annotated_fraction"),
+        ("optim:\n  name: rmsprop\n", "optim.name"),
+        ("optim:\n  lr: 0\n", "optim.lr"),
+        ("model:\n  nam: resnet18\n", "model.nam"),
+    ],
+)
 def test_bad_config_names_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -63,13 +76,17 @@ def test_bad_overrides_and_files(tmp_path):
 
 # --- bad input at start ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra,key", [
-    (["guidance.loss=energy", "guidance.method=bcos"], "guidance.method"),
-    (["guidance.loss=energy", "guidance.depth=mid7"], "guidance.depth"),
-    (["guidance.loss=energy", "guidance.method=cam", "guidance.depth=input"], "guidance.depth"),
-    (["eval.method=grad_cam", "eval.depth=input"], "eval.depth"),
-    (["guidance.loss=energy", "guidance.annotated_fraction=0"], "guidance.annotated_fraction"),
-])
+
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        (["guidance.loss=energy", "guidance.method=bcos"], "guidance.method"),
+        (["guidance.loss=energy", "guidance.depth=mid7"], "guidance.depth"),
+        (["guidance.loss=energy", "guidance.method=cam", "guidance.depth=input"], "guidance.depth"),
+        (["eval.method=grad_cam", "eval.depth=input"], "eval.depth"),
+        (["guidance.loss=energy", "guidance.annotated_fraction=0"], "guidance.annotated_fraction"),
+    ],
+)
 def test_bad_guidance_fails_at_start_naming_the_key(tmp_path, extra, key):
     with pytest.raises(ConfigError, match=key):
         train(_config(tmp_path, *extra), progress=False)
@@ -88,16 +105,35 @@ def test_guided_config_on_data_without_boxes_or_human_maps():
 
 # --- the loop ---------------------------------------------------------------------------------
 
+
 def _weights(run):
     return load_checkpoint(run / "checkpoints" / "last.pt")["model"]
 
 
 def test_resume_gives_identical_weights(tmp_path):
-    extra = ["guidance.loss=energy", "guidance.method=input_x_gradient", "guidance.annotated_fraction=0.5",
-             "schedule.name=cosine"]
+    extra = [
+        "guidance.loss=energy",
+        "guidance.method=input_x_gradient",
+        "guidance.annotated_fraction=0.5",
+        "schedule.name=cosine",
+    ]
     straight = train(_config(tmp_path, *extra, name="straight"), progress=False)
-    half = train(load_config(None, [f"out={tmp_path / 'split'}", "epochs=1", "batch_size=16", "optim.lr=0.003",
-                                    "data.size=32", TINY, *extra, "schedule.name=cosine"]), progress=False)
+    half = train(
+        load_config(
+            None,
+            [
+                f"out={tmp_path / 'split'}",
+                "epochs=1",
+                "batch_size=16",
+                "optim.lr=0.003",
+                "data.size=32",
+                TINY,
+                *extra,
+                "schedule.name=cosine",
+            ],
+        ),
+        progress=False,
+    )
     with pytest.raises(ConfigError, match="--resume"):
         train(_config(tmp_path, *extra, name="split"), progress=False)
     with pytest.raises(ConfigError, match="optim.lr"):
@@ -135,20 +171,36 @@ def test_nan_loss_stops_naming_step_and_batch_with_last_checkpoint_intact(tmp_pa
     assert "epoch 2" in message and "step" in message and "train_00007" in message
     assert "last.pt" in message
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
     assert len((tmp_path / "run" / "log.jsonl").read_text().splitlines()) == 1
 
 
 def test_evaluate_checkpoint_on_a_split(tmp_path):
-    run = train(load_config(None, [f"out={tmp_path / 'e'}", "epochs=1", "batch_size=16", "data.size=32", TINY,
-                                   "guidance.loss=cyborg", "guidance.method=cam", "guidance.depth=final"]),
-                progress=False)
+    run = train(
+        load_config(
+            None,
+            [
+                f"out={tmp_path / 'e'}",
+                "epochs=1",
+                "batch_size=16",
+                "data.size=32",
+                TINY,
+                "guidance.loss=cyborg",
+                "guidance.method=cam",
+                "guidance.depth=final",
+            ],
+        ),
+        progress=False,
+    )
     out = evaluate_checkpoint(run / "checkpoints" / "last.pt", "test_shift", device="cpu")
     assert out["split"] == "test_shift" and out["images"] == 16 and 0 <= out["accuracy"] <= 1
     assert 0 <= out["epg"] <= 1
 
 
 # --- pieces --------------------------------------------------------------------------------
+
 
 def test_pareto_front_keeps_non_dominated_epochs(tmp_path):
     assert dominates((0.9, 0.5, 0.2), (0.8, 0.5, 0.2)) and not dominates((0.9, 0.4, 0.2), (0.8, 0.5, 0.2))
@@ -175,8 +227,14 @@ def test_metrics_closed_forms():
     assert out["auc"] == pytest.approx(0.5)
     assert out["group_accuracy"] == {"0": 1.0, "2": 0.5} and out["worst_group_accuracy"] == 0.5
     assert out["epg"] == pytest.approx(0.75) and out["iou"] == pytest.approx(0.25)
-    multi = metrics(torch.tensor([[1.0, -1.0, 0.0], [-2.0, 2.0, -0.5]]), torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]),
-                    torch.tensor([-1, -1]), torch.zeros(0), torch.zeros(0), True)
+    multi = metrics(
+        torch.tensor([[1.0, -1.0, 0.0], [-2.0, 2.0, -0.5]]),
+        torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]),
+        torch.tensor([-1, -1]),
+        torch.zeros(0),
+        torch.zeros(0),
+        True,
+    )
     # predictions (logit >= 0): {0, 2}, {1}; tp 2, fp 1, fn 2 -> F1 = 4 / (4 + 3)
     assert multi["f1"] == pytest.approx(4 / 7) and multi["epg"] is None
 

@@ -19,14 +19,29 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     config.write_text(
         f"out: {out}\nepochs: 1\nbatch_size: 8\ndevice: cpu\n"
         "data: {size: 32, options: {n_train: 32, n_val: 12, n_test: 8, n_out_of_set: 4, size: 32}}\n"
-        "guidance: {loss: energy, method: grad_cam, depth: final}\n")
+        "guidance: {loss: energy, method: grad_cam, depth: final}\n"
+    )
     script = tmp_path / "entry.py"
     script.write_text("import sys\nfrom salience.cli import app\nsys.argv[0] = 'salience'\napp()\n")
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
-         "train", str(config), "--no-progress"],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(script),
+            "train",
+            str(config),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert "last.pt" in files and "pareto.json" in files

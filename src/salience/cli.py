@@ -52,9 +52,18 @@ def data_make_benchmark(
     from salience.data import BuiltinBenchmark, make_builtin
 
     try:
-        cfg = BuiltinBenchmark(seed=seed, size=size, n_train=n_train, n_val=n_val, n_test=n_test,
-                               n_out_of_set=n_out_of_set, cue_agreement=cue_agreement, pca_rank=pca_rank,
-                               fingerprint=fingerprint, max_faces=max_faces)
+        cfg = BuiltinBenchmark(
+            seed=seed,
+            size=size,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            n_out_of_set=n_out_of_set,
+            cue_agreement=cue_agreement,
+            pca_rank=pca_rank,
+            fingerprint=fingerprint,
+            max_faces=max_faces,
+        )
     except ValidationError as e:
         raise typer.BadParameter(str(e)) from None
     t0 = time.perf_counter()
@@ -89,14 +98,22 @@ def data_inspect(
 def explain(
     checkpoint: str = typer.Option(..., help="Training checkpoint (.pt) whose model is explained."),
     data: str = typer.Option("test", help="Split of the checkpoint's data config to explain."),
-    method: list[str] = typer.Option(..., help="Attribution method, NAME or NAME@LAYER (gradient, grad_cam@final, "
-                                               "input_x_gradient@mid2, ...); repeat it for several methods in one "
-                                               "pass."),
+    method: list[str] = typer.Option(
+        ...,
+        help="Attribution method, NAME or NAME@LAYER (gradient, grad_cam@final, "
+        "input_x_gradient@mid2, ...); repeat it for several methods in one "
+        "pass.",
+    ),
     layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final) of a single method."),
-    out: str = typer.Option(..., help="Map store directory (created, or resumed if its metadata match); with several "
-                                      "methods a folder holding one store per method, named as written "
-                                      "(OUT/grad_cam@final)."),
-    target: str = typer.Option("true", help="Class to explain: true (every present class of each image), predicted or class:<k>."),
+    out: str = typer.Option(
+        ...,
+        help="Map store directory (created, or resumed if its metadata match); with several "
+        "methods a folder holding one store per method, named as written "
+        "(OUT/grad_cam@final).",
+    ),
+    target: str = typer.Option(
+        "true", help="Class to explain: true (every present class of each image), predicted or class:<k>."
+    ),
     chunk_size: int = typer.Option(256, min=1, help="Images per store chunk."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
@@ -110,9 +127,19 @@ def explain(
     with _exit_on(ValueError, OSError):  # bad config, data, method, layer, store or path
         ctx = dist.setup(device)
         try:
-            stores = explain_checkpoint(checkpoint, data, method, out, layer=layer, target_policy=target,
-                                        overrides=set_, chunk_size=chunk_size, batch_size=batch_size, progress=True,
-                                        ctx=ctx)
+            stores = explain_checkpoint(
+                checkpoint,
+                data,
+                method,
+                out,
+                layer=layer,
+                target_policy=target,
+                overrides=set_,
+                chunk_size=chunk_size,
+                batch_size=batch_size,
+                progress=True,
+                ctx=ctx,
+            )
         finally:
             dist.teardown(ctx)
     if ctx.is_main:
@@ -123,15 +150,22 @@ def explain(
 @app.command()
 def measure(
     stores: list[str] = typer.Option([], "--stores", help="Map stores, one group 'all' (repeatable)."),
-    checkpoints: list[str] = typer.Option([], "--checkpoints", help="Training checkpoints, one group 'all' (repeatable)."),
-    group: list[str] = typer.Option([], "--group", help="NAME=PATH,PATH,... of stores or of checkpoints (repeatable); "
-                                                        "groups are compared."),
+    checkpoints: list[str] = typer.Option(
+        [], "--checkpoints", help="Training checkpoints, one group 'all' (repeatable)."
+    ),
+    group: list[str] = typer.Option(
+        [], "--group", help="NAME=PATH,PATH,... of stores or of checkpoints (repeatable); groups are compared."
+    ),
     out: str = typer.Option(..., help="Output directory for per_image.csv, stability.csv, summary.json."),
     data: str = typer.Option("test", help="Checkpoints only: split of their data config to measure on."),
-    method: str = typer.Option(None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (gradient, "
-                                          "grad_cam@final, ...)."),
+    method: str = typer.Option(
+        None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (gradient, grad_cam@final, ...)."
+    ),
     layer: str = typer.Option(None, help="Checkpoints only: layer name or named depth (input, mid1.., final)."),
-    target: str = typer.Option("true", help="Checkpoints only: class to explain: true (every present class of each image), predicted or class:<k>."),
+    target: str = typer.Option(
+        "true",
+        help="Checkpoints only: class to explain: true (every present class of each image), predicted or class:<k>.",
+    ),
     n_probe: int = typer.Option(128, min=0, help="Checkpoints only: images the model probes run on (0: none)."),
     out_of_set: str = typer.Option(None, help="Checkpoints only: split whose images are the out-of-set samples."),
     batch_size: int = typer.Option(64, min=1),
@@ -178,12 +212,27 @@ def measure(
         ctx = dist.setup(device)
         try:
             if is_checkpoint == {True}:
-                results = measure_checkpoints(groups, out, method=method, split=data, layer=layer,
-                                              target_policy=target, overrides=set_, n_probe=n_probe,
-                                              out_of_set=out_of_set, seed=seed, batch_size=batch_size,
-                                              device=device, progress=True, ctx=ctx)
-                counts = (len(results["models"]), len(results["comparisons"].get("entropy_histogram", {}))) \
-                    if ctx.is_main else None
+                results = measure_checkpoints(
+                    groups,
+                    out,
+                    method=method,
+                    split=data,
+                    layer=layer,
+                    target_policy=target,
+                    overrides=set_,
+                    n_probe=n_probe,
+                    out_of_set=out_of_set,
+                    seed=seed,
+                    batch_size=batch_size,
+                    device=device,
+                    progress=True,
+                    ctx=ctx,
+                )
+                counts = (
+                    (len(results["models"]), len(results["comparisons"].get("entropy_histogram", {})))
+                    if ctx.is_main
+                    else None
+                )
             elif ctx.is_main:  # maps are read, not computed: one process does it
                 summary = measure_stores(groups, out, seed=seed)
                 counts = len(summary["stores"]), len(summary["comparisons"])
@@ -233,11 +282,12 @@ def evaluate(
     typer.echo(text)
 
 
-
 @app.command()
 def study(
     study_file: str = typer.Argument(..., help="Study file (YAML); see docs/study.md."),
-    out: str = typer.Option(None, help="Results folder (default: the file's `out`); a rerun recomputes nothing finished."),
+    out: str = typer.Option(
+        None, help="Results folder (default: the file's `out`); a rerun recomputes nothing finished."
+    ),
     set_: list[str] = typer.Option([], "--set", help="key=value override, e.g. explain.layer=mid3 (repeatable)."),
 ) -> None:
     """Explain and measure groups of models (weights trained elsewhere, or trained here) on one set of
@@ -281,7 +331,9 @@ def _run_study(study_file: str, out: str | None, overrides: list[str]) -> None:
 
 
 @app.command()
-def report(results_dir: str = typer.Argument(..., help="A folder written by `salience study` or `salience demo`.")) -> None:
+def report(
+    results_dir: str = typer.Argument(..., help="A folder written by `salience study` or `salience demo`."),
+) -> None:
     """Re-render report.html from a results folder."""
     from salience.report import render
 

@@ -29,15 +29,19 @@ def expand_targets(target: torch.Tensor, batch_size: int) -> tuple[torch.Tensor,
             raise ValueError("target: a [B, C] target must be multi-hot (0/1 entries)")
         image, cls = target.nonzero(as_tuple=True)
         return image, cls
-    raise ValueError(f"target must be a long tensor [B] (class per image) or a multi-hot [B, C] with "
-                     f"B = {batch_size}; got {target.dtype} {tuple(target.shape)}")
+    raise ValueError(
+        f"target must be a long tensor [B] (class per image) or a multi-hot [B, C] with "
+        f"B = {batch_size}; got {target.dtype} {tuple(target.shape)}"
+    )
 
 
 def check_classes(classes: torch.Tensor, num_classes: int) -> None:
     if classes.numel() and (classes.min() < 0 or classes.max() >= num_classes):
         bad = classes[(classes < 0) | (classes >= num_classes)][0].item()
-        raise ValueError(f"target: class index {bad} is out of range for a model with {num_classes} "
-                         f"outputs (accepted 0..{num_classes - 1})")
+        raise ValueError(
+            f"target: class index {bad} is out of range for a model with {num_classes} "
+            f"outputs (accepted 0..{num_classes - 1})"
+        )
 
 
 def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
@@ -45,17 +49,21 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
     if layer is None:
         return None
     if getattr(model, "salience_opaque", False) and layer != "input":
-        raise ValueError(f"layer {layer!r}: {type(model).__name__} was loaded from a TorchScript / torch.export "
-                         "file, whose layers cannot be hooked; use an input method (gradient, input_x_gradient or "
-                         "integrated_gradients without a layer) or load the weights into `build(name, ...)`")
+        raise ValueError(
+            f"layer {layer!r}: {type(model).__name__} was loaded from a TorchScript / torch.export "
+            "file, whose layers cannot be hooked; use an input method (gradient, input_x_gradient or "
+            "integrated_gradients without a layer) or load the weights into `build(name, ...)`"
+        )
     name = layer_name(model, layer) if layer in DEPTHS else layer
     if name is None:
         return None
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         top = [n for n, _ in model.named_children()]
-        raise ValueError(f"layer {layer!r} is not a module of {type(model).__name__}; accepted: "
-                         f"{', '.join(DEPTHS)} or a module name such as {', '.join(top[:8])}")
+        raise ValueError(
+            f"layer {layer!r} is not a module of {type(model).__name__}; accepted: "
+            f"{', '.join(DEPTHS)} or a module name such as {', '.join(top[:8])}"
+        )
     return modules[name]
 
 
@@ -76,8 +84,10 @@ def capture(module: nn.Module, grad_from_here: bool = False):
 
     def hook(_module, _inputs, out):
         if not isinstance(out, torch.Tensor):
-            raise ValueError(f"layer {type(_module).__name__} returns {type(out).__name__}, not a tensor; "
-                             "pick a module whose output is one feature tensor")
+            raise ValueError(
+                f"layer {type(_module).__name__} returns {type(out).__name__}, not a tensor; "
+                "pick a module whose output is one feature tensor"
+            )
         if grad_from_here:
             torch.set_grad_enabled(True)
         if torch.is_grad_enabled() and not out.requires_grad:

@@ -35,18 +35,22 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     method raises `ValueError` naming it."""
     name, sep, layer = spec.partition("@")
     if name not in METHODS:
-        raise ValueError(f"method {spec!r}: {name!r} is unknown; accepted: {', '.join(METHODS)} "
-                         f"(optionally NAME@LAYER, e.g. grad_cam@final)")
+        raise ValueError(
+            f"method {spec!r}: {name!r} is unknown; accepted: {', '.join(METHODS)} "
+            f"(optionally NAME@LAYER, e.g. grad_cam@final)"
+        )
     if sep and not layer:
         raise ValueError(f"method {spec!r}: empty layer after '@'")
     if sep and name not in _TAKES_LAYER:
-        raise ValueError(f"method {spec!r}: {name} works on the input only; layers are accepted by "
-                         f"{', '.join(sorted(_TAKES_LAYER))}")
+        raise ValueError(
+            f"method {spec!r}: {name} works on the input only; layers are accepted by {', '.join(sorted(_TAKES_LAYER))}"
+        )
     return name, layer or None
 
 
-def attribute_many(model: nn.Module, x: torch.Tensor, target, methods: list[str] | tuple[str, ...],
-                   create_graph: bool = False) -> dict[str, torch.Tensor]:
+def attribute_many(
+    model: nn.Module, x: torch.Tensor, target, methods: list[str] | tuple[str, ...], create_graph: bool = False
+) -> dict[str, torch.Tensor]:
     """`{spec: maps [P, h, w]}` for each method spec `NAME` or `NAME@LAYER` (`"gradient"`,
     `"input_x_gradient@mid2"`, `"grad_cam@final"`, `"cam"`), each equal to `attribute(NAME, ..., layer=LAYER)`.
 
@@ -63,8 +67,11 @@ def attribute_many(model: nn.Module, x: torch.Tensor, target, methods: list[str]
         dup = [m for m in methods if list(methods).count(m) > 1]
         raise ValueError(f"methods: {'give at least one' if not specs else f'{dup[0]!r} is given twice'}")
     out: dict[str, torch.Tensor] = {}
-    shared = {s: (n, "final" if n == "grad_cam" and layer is None else layer) for s, (n, layer) in specs.items()
-              if n in SHARED}
+    shared = {
+        s: (n, "final" if n == "grad_cam" and layer is None else layer)
+        for s, (n, layer) in specs.items()
+        if n in SHARED
+    }
     for spec, (name, layer) in specs.items():
         if name not in SHARED:
             out[spec] = attribute(name, model, x, target, layer=layer, create_graph=create_graph)
@@ -96,7 +103,9 @@ def _shared(model, x, target, specs: dict[str, tuple[str, str | None]], create_g
         for m, outputs in zip(modules, recorded):
             if len(outputs) != 1:
                 name = next(n for n, mod in model.named_modules() if mod is m)
-                raise ValueError(f"layer {name!r} ran {len(outputs)} times in one forward; pick a module that runs once")
+                raise ValueError(
+                    f"layer {name!r} ran {len(outputs)} times in one forward; pick a module that runs once"
+                )
         feats = {id(m): outputs[0] for m, outputs in zip(modules, recorded)}
         feats[id(None)] = x
         need = list({id(layers[s]): layers[s] for s, (name, _) in specs.items() if name != "cam"})

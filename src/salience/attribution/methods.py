@@ -46,7 +46,7 @@ def token_grid(feats: torch.Tensor) -> torch.Tensor:
     if feats.dim() == 3:
         side = math.isqrt(feats.shape[1])
         if side > 0:
-            return feats[:, feats.shape[1] - side * side:].transpose(1, 2).reshape(feats.shape[0], -1, side, side)
+            return feats[:, feats.shape[1] - side * side :].transpose(1, 2).reshape(feats.shape[0], -1, side, side)
     raise ValueError(f"layer output {tuple(feats.shape)} is neither a feature map [B, K, h, w] nor tokens [B, N, D]")
 
 
@@ -86,8 +86,15 @@ def input_x_gradient(model: nn.Module, x, target, layer: str | None = None, crea
     return _out(ixg_map(feats, g), create_graph)
 
 
-def integrated_gradients(model: nn.Module, x, target, steps: int = 32, baseline: torch.Tensor | None = None,
-                         internal_batch_size: int | None = None, create_graph: bool = False):
+def integrated_gradients(
+    model: nn.Module,
+    x,
+    target,
+    steps: int = 32,
+    baseline: torch.Tensor | None = None,
+    internal_batch_size: int | None = None,
+    create_graph: bool = False,
+):
     """`Σ_channels (x − x0) ⊙ mean_k ∂y_c/∂x(x0 + α_k (x − x0))`, α_k = (k + ½)/steps (midpoint rule).
 
     All `steps × P` path points run as one batch, or in chunks of `internal_batch_size`.
@@ -96,7 +103,11 @@ def integrated_gradients(model: nn.Module, x, target, steps: int = 32, baseline:
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
     x, cls = _pairs(x, target)
-    x0 = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    x0 = (
+        torch.zeros_like(x)
+        if baseline is None
+        else torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    )
     delta = x - x0
     n_pairs = x.shape[0]
     total = steps * n_pairs
@@ -129,11 +140,15 @@ def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Ten
     `final` layer's output) also checks that K matches. ValueError when CAM does not apply."""
     fc = getattr(model, "fc", None)
     if type(fc) is not nn.Linear:
-        raise ValueError(f"cam needs a model whose classifier `fc` is a plain nn.Linear after global "
-                         f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none")
+        raise ValueError(
+            f"cam needs a model whose classifier `fc` is a plain nn.Linear after global "
+            f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none"
+        )
     if acts is not None and acts.shape[1] != fc.in_features:
-        raise ValueError(f"cam: the final layer ({layer_name(model, 'final')}) gives {acts.shape[1]} channels but "
-                         f"fc takes {fc.in_features}")
+        raise ValueError(
+            f"cam: the final layer ({layer_name(model, 'final')}) gives {acts.shape[1]} channels but "
+            f"fc takes {fc.in_features}"
+        )
     return fc.weight
 
 
@@ -178,18 +193,20 @@ METHODS = {
 _TAKES_LAYER = {"input_x_gradient", "grad_cam", "bcos"}
 
 
-def attribute(method: str, model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False,
-              **options):
+def attribute(
+    method: str, model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False, **options
+):
     """Dispatch by name: `attribute("grad_cam", model, x, target, layer="final")`. `[P, h, w]`."""
     if method not in METHODS:
         raise ValueError(f"method {method!r} is unknown; accepted: {', '.join(METHODS)}")
     if layer is not None and method not in _TAKES_LAYER:
-        raise ValueError(f"layer: method {method!r} works on the input only; layers are accepted by "
-                         f"{', '.join(sorted(_TAKES_LAYER))}")
+        raise ValueError(
+            f"layer: method {method!r} works on the input only; layers are accepted by "
+            f"{', '.join(sorted(_TAKES_LAYER))}"
+        )
     if layer is not None:
         options["layer"] = layer
     return METHODS[method](model, x, target, create_graph=create_graph, **options)
 
 
-__all__ = ["METHODS", "attribute", "bcos", "cam", "grad_cam", "gradient", "input_x_gradient",
-           "integrated_gradients"]
+__all__ = ["METHODS", "attribute", "bcos", "cam", "grad_cam", "gradient", "input_x_gradient", "integrated_gradients"]

@@ -75,8 +75,13 @@ class BuiltinBenchmark(BaseModel):
     def split_size(self, split: str) -> int:
         if split not in SPLITS:
             raise ValueError(f"unknown built-in split {split!r}; choose from {SPLITS}")
-        return {"train": self.n_train, "val": self.n_val, "test": self.n_test,
-                "test_shift": self.n_test, "out_of_set": self.n_out_of_set}[split]
+        return {
+            "train": self.n_train,
+            "val": self.n_val,
+            "test": self.n_test,
+            "test_shift": self.n_test,
+            "out_of_set": self.n_out_of_set,
+        }[split]
 
 
 @lru_cache(maxsize=1)
@@ -102,7 +107,7 @@ def _split_seed(seed: int, split: str) -> np.random.Generator:
 def _identities(cfg: BuiltinBenchmark) -> dict[str, np.ndarray]:
     perm = np.random.default_rng([cfg.seed, 1]).permutation(100)
     a, b, _ = cfg.identities
-    return {"train": perm[:a], "val": perm[a:a + b], "test": perm[a + b:], "test_shift": perm[a + b:]}
+    return {"train": perm[:a], "val": perm[a : a + b], "test": perm[a + b :], "test_shift": perm[a + b :]}
 
 
 def _pca(faces: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,9 +235,17 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
             out_labels.append(face_cls[i, :k].clone())
             img_labels.append(sorted(set(face_cls[i, :k].tolist())))
     group = 2 * labels1 + cue if (k_max == 1 and not oos) else torch.full((n,), -1, dtype=torch.long)
-    return {"images": img, "maps": hm, "boxes": out_boxes, "box_labels": out_labels,
-            "labels": img_labels, "cue": cue, "group": group, "has_map": not oos,
-            "identity": identity}
+    return {
+        "images": img,
+        "maps": hm,
+        "boxes": out_boxes,
+        "box_labels": out_labels,
+        "labels": img_labels,
+        "cue": cue,
+        "group": group,
+        "has_map": not oos,
+        "identity": identity,
+    }
 
 
 def _draw_cue(canvas, cue, face_box, rel_size, gen):
@@ -253,8 +266,12 @@ def _draw_cue(canvas, cue, face_box, rel_size, gen):
         raise RuntimeError("built-in benchmark: no free corner for the cue; lower face_scale or cue_size")
     x0, y0 = x0.gather(1, pick[:, None]), y0.gather(1, pick[:, None])
     ar = torch.arange(s)
-    sq = ((ar[None, None, :] >= x0[:, :, None]) & (ar[None, None, :] < x0[:, :, None] + c)
-          & (ar[None, :, None] >= y0[:, :, None]) & (ar[None, :, None] < y0[:, :, None] + c))
+    sq = (
+        (ar[None, None, :] >= x0[:, :, None])
+        & (ar[None, None, :] < x0[:, :, None] + c)
+        & (ar[None, :, None] >= y0[:, :, None])
+        & (ar[None, :, None] < y0[:, :, None] + c)
+    )
     colour = _CUE_COLOURS[cue.clamp(min=0)]
     canvas.copy_(torch.where(sq[:, None], colour[:, :, None, None], canvas))
 
@@ -264,9 +281,15 @@ def builtin_dataset(split: str, config: BuiltinBenchmark | None = None, transfor
     cfg = config or BuiltinBenchmark()
     d = _render(cfg, split)
     records = [
-        Record(id=f"{split}_{i:05d}", image=d["images"][i], labels=d["labels"][i], boxes=d["boxes"][i],
-               box_labels=d["box_labels"][i], human_map=d["maps"][i] if d["has_map"] else None,
-               group=int(d["group"][i]))
+        Record(
+            id=f"{split}_{i:05d}",
+            image=d["images"][i],
+            labels=d["labels"][i],
+            boxes=d["boxes"][i],
+            box_labels=d["box_labels"][i],
+            human_map=d["maps"][i] if d["has_map"] else None,
+            group=int(d["group"][i]),
+        )
         for i in range(len(d["images"]))
     ]
     ds = SalienceDataset(records, CLASSES, transforms=transforms, name=f"builtin/{split}")
@@ -315,8 +338,15 @@ def make_builtin(root: str | Path, config: BuiltinBenchmark | None = None, split
                 " ".join(f"{v:g}" for v in b.tolist()) + f" {CLASSES[int(c)]}"
                 for b, c in zip(d["boxes"][i], d["box_labels"][i])
             )
-            rows.append({"image": f"images/{split}/{name}", "label": ";".join(CLASSES[c] for c in d["labels"][i]),
-                         "human_map": hm, "boxes": boxes, "group": int(d["group"][i])})
+            rows.append(
+                {
+                    "image": f"images/{split}/{name}",
+                    "label": ";".join(CLASSES[c] for c in d["labels"][i]),
+                    "human_map": hm,
+                    "boxes": boxes,
+                    "group": int(d["group"][i]),
+                }
+            )
         with open(tmp / f"{split}.csv", "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=["image", "label", "human_map", "boxes", "group"])
             w.writeheader()

@@ -115,7 +115,12 @@ def box_dilation(boxes: torch.Tensor, p: float, size: tuple[int, int]) -> torch.
     dh = p * (b[:, 3] - b[:, 1])
     h, w = size
     return torch.stack(
-        [(b[:, 0] - dw).clamp(0, w), (b[:, 1] - dh).clamp(0, h), (b[:, 2] + dw).clamp(0, w), (b[:, 3] + dh).clamp(0, h)],
+        [
+            (b[:, 0] - dw).clamp(0, w),
+            (b[:, 1] - dh).clamp(0, h),
+            (b[:, 2] + dw).clamp(0, w),
+            (b[:, 3] + dh).clamp(0, h),
+        ],
         dim=1,
     )
 
@@ -163,8 +168,19 @@ def joint_transforms(size: int | tuple[int, int] | None = None, train: bool = Fa
     return v2.Compose(steps)
 
 
-_KEYS = ("image", "labels", "boxes", "box_labels", "mask", "human_map", "has_human_map", "annotated", "group",
-         "index", "id")
+_KEYS = (
+    "image",
+    "labels",
+    "boxes",
+    "box_labels",
+    "mask",
+    "human_map",
+    "has_human_map",
+    "annotated",
+    "group",
+    "index",
+    "id",
+)
 
 
 class SalienceDataset(Dataset):
@@ -184,7 +200,9 @@ class SalienceDataset(Dataset):
         self.transforms = transforms
         self.name = name
         n = len(records)
-        self.annotated = torch.ones(n, dtype=torch.bool) if annotated is None else torch.as_tensor(annotated, dtype=torch.bool)
+        self.annotated = (
+            torch.ones(n, dtype=torch.bool) if annotated is None else torch.as_tensor(annotated, dtype=torch.bool)
+        )
         if len(self.annotated) != n:
             raise ValueError(f"annotated has {len(self.annotated)} entries for {n} images")
 
@@ -199,8 +217,10 @@ class SalienceDataset(Dataset):
     def _gray(self, src, hw: tuple[int, int], what: str, image_src) -> torch.Tensor:
         t = src if isinstance(src, torch.Tensor) else read_image(src, "L")[0]
         if tuple(t.shape[-2:]) != hw:
-            raise DataError(f"{src if not isinstance(src, torch.Tensor) else what}: {what} is {tuple(t.shape[-2:])} "
-                            f"but its image {image_src} is {hw} (H, W)")
+            raise DataError(
+                f"{src if not isinstance(src, torch.Tensor) else what}: {what} is {tuple(t.shape[-2:])} "
+                f"but its image {image_src} is {hw} (H, W)"
+            )
         return t.to(torch.float32) / 255.0
 
     def __getitem__(self, index: int) -> dict:
@@ -251,8 +271,10 @@ def collate(samples: list[dict]) -> dict:
     shapes = {tuple(s["image"].shape) for s in samples}
     if len(shapes) > 1:
         ids = [(s["id"], tuple(s["image"].shape)) for s in samples[:4]]
-        raise DataError(f"collate: images of different sizes {sorted(shapes)} (e.g. {ids}); "
-                        "pass transforms=joint_transforms(size) to build_dataset")
+        raise DataError(
+            f"collate: images of different sizes {sorted(shapes)} (e.g. {ids}); "
+            "pass transforms=joint_transforms(size) to build_dataset"
+        )
     return {
         "image": torch.stack([s["image"] for s in samples]),
         "labels": torch.stack([s["labels"] for s in samples]),
@@ -266,4 +288,3 @@ def collate(samples: list[dict]) -> dict:
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
         "id": [s["id"] for s in samples],
     }
-

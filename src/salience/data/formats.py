@@ -26,8 +26,26 @@ from salience.data.core import DataError, Record, SalienceDataset, annotated_fra
 
 FORMATS = ("builtin", "voc", "coco", "waterbirds", "folder", "imagefolder")
 VOC_CLASSES = [
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 ]
 
 
@@ -97,8 +115,10 @@ def read_voc(path: Path, split: str, problems: Problems) -> tuple[list[Record], 
                 break
             if not (xmin <= xmax and ymin <= ymax and math.isfinite(xmax) and math.isfinite(ymax)):
                 # VOC boxes are 1-based and inclusive: xmin == xmax is a one-pixel-wide box
-                problems.error(f"{xml_path}: object {k} ({name}): degenerate bndbox {(xmin, ymin, xmax, ymax)}: "
-                               "needs xmin <= xmax and ymin <= ymax")
+                problems.error(
+                    f"{xml_path}: object {k} ({name}): degenerate bndbox {(xmin, ymin, xmax, ymax)}: "
+                    "needs xmin <= xmax and ymin <= ymax"
+                )
                 bad = True
                 break
             rows.append([xmin - 1, ymin - 1, xmax, ymax])
@@ -110,9 +130,16 @@ def read_voc(path: Path, split: str, problems: Problems) -> tuple[list[Record], 
             problems.skip(f"{xml_path}: no objects; image skipped")
             continue
         fname = (tree.findtext("filename") or f"{img_id}.jpg").strip()
-        records.append(Record(id=img_id, image=root / "JPEGImages" / fname, labels=sorted(set(labels)),
-                              boxes=_boxes(rows), box_labels=torch.tensor(labels),
-                              difficult=torch.tensor(difficult, dtype=torch.bool)))
+        records.append(
+            Record(
+                id=img_id,
+                image=root / "JPEGImages" / fname,
+                labels=sorted(set(labels)),
+                boxes=_boxes(rows),
+                box_labels=torch.tensor(labels),
+                difficult=torch.tensor(difficult, dtype=torch.bool),
+            )
+        )
     return records, VOC_CLASSES
 
 
@@ -164,16 +191,22 @@ def read_coco(path: Path, split: str, problems: Problems, empty: str = "skip") -
         rows, labels = [], []
         for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
             if a["category_id"] not in contiguous:
-                problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: unknown category_id {a['category_id']}")
+                problems.error(
+                    f"{ann_file}: annotation {a.get('id')} of image {img_id}: unknown category_id {a['category_id']}"
+                )
                 continue
             try:
                 x, y, w, h = (float(v) for v in a["bbox"])
             except (TypeError, ValueError):
-                problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']!r} is not "
-                               "[x, y, width, height]")
+                problems.error(
+                    f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']!r} is not "
+                    "[x, y, width, height]"
+                )
                 continue
             if not all(math.isfinite(v) for v in (x, y, w, h)):
-                problems.error(f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']} is not finite")
+                problems.error(
+                    f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']} is not finite"
+                )
                 continue
             if w <= 0 or h <= 0:
                 problems.skip(f"{ann_file}: annotation {a.get('id')} of image {img_id}: empty box {a['bbox']} skipped")
@@ -183,8 +216,15 @@ def read_coco(path: Path, split: str, problems: Problems, empty: str = "skip") -
         if not rows and empty == "skip":
             problems.skip(f"{ann_file}: image {img_id} ({info['file_name']}) has no annotations; skipped")
             continue
-        records.append(Record(id=str(img_id), image=root / f"{split}2014" / info["file_name"], labels=sorted(set(labels)),
-                              boxes=_boxes(rows), box_labels=torch.tensor(labels, dtype=torch.long)))
+        records.append(
+            Record(
+                id=str(img_id),
+                image=root / f"{split}2014" / info["file_name"],
+                labels=sorted(set(labels)),
+                boxes=_boxes(rows),
+                box_labels=torch.tensor(labels, dtype=torch.long),
+            )
+        )
     return records, classes
 
 
@@ -239,8 +279,15 @@ def read_waterbirds(path: Path, split: str, problems: Problems) -> tuple[list[Re
             continue
         fname = row["img_filename"].strip()
         seg = (root / "segmentations" / fname).with_suffix(".png")
-        records.append(Record(id=Path(fname).stem, image=root / fname, labels=[y], group=2 * y + place,
-                              segmentation=seg if seg.is_file() else None))
+        records.append(
+            Record(
+                id=Path(fname).stem,
+                image=root / fname,
+                labels=[y],
+                group=2 * y + place,
+                segmentation=seg if seg.is_file() else None,
+            )
+        )
     return records, ["landbird", "waterbird"]
 
 
@@ -291,9 +338,17 @@ def read_folder(path: Path, split: str, problems: Problems) -> tuple[list[Record
             continue
         hm = (r.get("human_map") or "").strip()
         img = r["image"].strip()
-        records.append(Record(id=Path(img).stem, image=base / img, labels=sorted(index[n] for n in names),
-                              boxes=_boxes(box_rows), box_labels=torch.tensor(box_labels, dtype=torch.long),
-                              human_map=base / hm if hm else None, group=group))
+        records.append(
+            Record(
+                id=Path(img).stem,
+                image=base / img,
+                labels=sorted(index[n] for n in names),
+                boxes=_boxes(box_rows),
+                box_labels=torch.tensor(box_labels, dtype=torch.long),
+                human_map=base / hm if hm else None,
+                group=group,
+            )
+        )
     return records, classes
 
 
@@ -314,15 +369,19 @@ def read_imagefolder(path: Path, split: str, problems: Problems) -> tuple[list[R
     """
     root = Path(path)
     if not root.is_dir():
-        raise DataError(f"{root}: image folder not found (imagefolder reads a folder with one sub-folder per "
-                        "class, or a flat folder of images)")
+        raise DataError(
+            f"{root}: image folder not found (imagefolder reads a folder with one sub-folder per "
+            "class, or a flat folder of images)"
+        )
     entries = sorted(e for e in root.iterdir() if not e.name.startswith("."))
     class_dirs = [e for e in entries if e.is_dir()]
     loose = [e for e in entries if e.is_file() and _is_image(e.name)]
     if class_dirs and loose:
-        raise DataError(f"{root}: holds both images ({', '.join(e.name for e in loose[:3])}) and class folders "
-                        f"({', '.join(e.name for e in class_dirs[:3])}); put every image in a class folder, or "
-                        "use a flat folder of images only")
+        raise DataError(
+            f"{root}: holds both images ({', '.join(e.name for e in loose[:3])}) and class folders "
+            f"({', '.join(e.name for e in class_dirs[:3])}); put every image in a class folder, or "
+            "use a flat folder of images only"
+        )
     if not class_dirs and not loose:
         raise DataError(f"{root}: no class folders and no images (extensions {', '.join(IMG_EXTENSIONS)})")
     if loose:
@@ -334,15 +393,22 @@ def read_imagefolder(path: Path, split: str, problems: Problems) -> tuple[list[R
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             found += [Path(dirpath) / f for f in filenames if _is_image(f)]
         if not found:
-            problems.error(f"{folder}: class folder {folder.name!r} has no images "
-                           f"(extensions {', '.join(IMG_EXTENSIONS)}, in it or in its sub-folders)")
+            problems.error(
+                f"{folder}: class folder {folder.name!r} has no images "
+                f"(extensions {', '.join(IMG_EXTENSIONS)}, in it or in its sub-folders)"
+            )
         records += [Record(id=p.relative_to(root).as_posix(), image=p, labels=[index]) for p in found]
     records.sort(key=lambda r: r.id)
     return records, [d.name for d in class_dirs]
 
 
-READERS = {"voc": read_voc, "coco": read_coco, "waterbirds": read_waterbirds, "folder": read_folder,
-           "imagefolder": read_imagefolder}
+READERS = {
+    "voc": read_voc,
+    "coco": read_coco,
+    "waterbirds": read_waterbirds,
+    "folder": read_folder,
+    "imagefolder": read_imagefolder,
+}
 
 
 def _read(format: str, path, split: str, problems: Problems, **options):
@@ -392,8 +458,9 @@ def check_files(dataset) -> None:
         raise DataError(f"{dataset.name or 'data'}: unreadable files{more}: " + "; ".join(bad[:5]))
 
 
-def build_dataset(format: str, path, split: str, transforms=None, annotated: float = 1.0, seed: int = 0,
-                  **options) -> SalienceDataset:
+def build_dataset(
+    format: str, path, split: str, transforms=None, annotated: float = 1.0, seed: int = 0, **options
+) -> SalienceDataset:
     """Read `split` of the data at `path` in `format` (builtin, voc, coco, waterbirds, folder, imagefolder).
 
     `format="builtin"` with `path=None` generates the benchmark in memory (`config=` a
@@ -417,8 +484,13 @@ def build_dataset(format: str, path, split: str, transforms=None, annotated: flo
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise DataError(f"{len(missing)} file(s) missing: {', '.join(missing[:5])}{more}")
-    ds = SalienceDataset(records, classes, transforms=transforms,
-                         annotated=annotated_fraction(len(records), annotated, seed), name=f"{format}/{split}")
+    ds = SalienceDataset(
+        records,
+        classes,
+        transforms=transforms,
+        annotated=annotated_fraction(len(records), annotated, seed),
+        name=f"{format}/{split}",
+    )
     ds.problems = problems.items
     return ds
 
@@ -434,8 +506,16 @@ def inspect(format: str, path, split: str = "train", check_files: bool = True, *
     try:
         records, classes = _read(format, path, split, problems, **options)
     except DataError as e:
-        return {"format": format, "path": str(path), "split": split, "images": 0, "classes": [],
-                "problems": [{"kind": "error", "message": str(e)}], "errors": 1, "skips": 0}
+        return {
+            "format": format,
+            "path": str(path),
+            "split": split,
+            "images": 0,
+            "classes": [],
+            "problems": [{"kind": "error", "message": str(e)}],
+            "errors": 1,
+            "skips": 0,
+        }
     if check_files:
         for message in _file_problems(records):
             problems.error(message)
@@ -449,7 +529,9 @@ def inspect(format: str, path, split: str = "train", check_files: bool = True, *
         "images_per_class": {classes[c]: n for c, n in sorted(Counter(c for r in records for c in r.labels).items())},
         "boxes_per_class": {classes[c]: n for c, n in sorted(per_class.items())},
         "difficult_boxes": sum(int(r.difficult.sum()) for r in records if r.difficult is not None),
-        "unannotated_images": sum(1 for r in records if not len(r.boxes) and r.human_map is None and r.segmentation is None),
+        "unannotated_images": sum(
+            1 for r in records if not len(r.boxes) and r.human_map is None and r.segmentation is None
+        ),
         "human_maps": sum(1 for r in records if r.human_map is not None),
         "groups": {str(g): n for g, n in sorted(Counter(r.group for r in records if r.group >= 0).items())},
         "problems": problems.items,

@@ -27,8 +27,9 @@ def _check(maps: Tensor, masks: Tensor, name: str) -> Tensor:
             f"got maps {tuple(maps.shape)} and masks {tuple(masks.shape)}"
         )
     if masks.dtype != torch.bool and not masks.is_floating_point():
-        raise TypeError(f"{name}: masks must be bool or floating point, got {masks.dtype} "
-                        f"(use masks.bool() for 0/1 integer masks)")
+        raise TypeError(
+            f"{name}: masks must be bool or floating point, got {masks.dtype} (use masks.bool() for 0/1 integer masks)"
+        )
     return masks.to(maps.dtype)
 
 

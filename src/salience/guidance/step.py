@@ -66,17 +66,22 @@ class Guide:
         if self.output not in ("logit", "log_softmax"):
             raise ValueError(f"guidance.output: {self.output!r} is unknown; accepted: logit, log_softmax")
         if self.output == "log_softmax" and self.method not in SHARED_FORWARD:
-            raise ValueError(f"guidance.output: 'log_softmax' needs method {', '.join(SHARED_FORWARD)}, "
-                             f"not {self.method!r}; use output: logit")
+            raise ValueError(
+                f"guidance.output: 'log_softmax' needs method {', '.join(SHARED_FORWARD)}, "
+                f"not {self.method!r}; use output: logit"
+            )
         if self.method == "bcos" and not isinstance(model, BcosResNet):
-            raise ValueError(f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), "
-                             f"not {type(model).__name__}")
+            raise ValueError(
+                f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), not {type(model).__name__}"
+            )
         if self.method == "cam":
             if self.depth != "final":
                 raise ValueError(f"guidance.depth: method 'cam' uses the final layer; got {self.depth!r}")
             if type(getattr(model, "fc", None)) is not nn.Linear:
-                raise ValueError(f"guidance.method: 'cam' needs a linear `fc` head after global average "
-                                 f"pooling; {type(model).__name__} has none")
+                raise ValueError(
+                    f"guidance.method: 'cam' needs a linear `fc` head after global average "
+                    f"pooling; {type(model).__name__} has none"
+                )
         if self.method == "integrated_gradients" and self.depth != "input":
             raise ValueError(f"guidance.depth: 'integrated_gradients' works at the input only; got {self.depth!r}")
         try:
@@ -86,8 +91,9 @@ class Guide:
         if self.method == "grad_cam" and module is None:
             raise ValueError("guidance.depth: 'grad_cam' needs a layer, not the input")
 
-    def __call__(self, model: nn.Module, batch: dict, generator: torch.Generator | None = None,
-                  multi_label: bool = False) -> dict[str, Tensor]:
+    def __call__(
+        self, model: nn.Module, batch: dict, generator: torch.Generator | None = None, multi_label: bool = False
+    ) -> dict[str, Tensor]:
         """Losses for one batch (model in train mode).
 
         Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images whose
@@ -120,7 +126,9 @@ class Guide:
         total = objective(task, guidance, self.lam)
         return {"total": total, "task": task, "guidance": guidance, "logits": logits, "guided": int(index.numel())}
 
-    def forward_and_maps(self, model: nn.Module, x: Tensor, index: Tensor, classes: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward_and_maps(
+        self, model: nn.Module, x: Tensor, index: Tensor, classes: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
         """Logits `[B, C]` for every image and maps `[len(index), h, w]` (with graph) of `classes`."""
         if index.numel() == 0:
             return model(x), None

@@ -7,5 +7,15 @@ from salience.io.checkpoint import CheckpointError, load_checkpoint, load_run, s
 from salience.io.config import ConfigError, DataConfig, TrainConfig, load_config, validate
 from salience.io.datasets import open_split
 
-__all__ = ["CheckpointError", "ConfigError", "DataConfig", "TrainConfig", "load_checkpoint", "load_config", "load_run",
-           "open_split", "save_checkpoint", "validate"]
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataConfig",
+    "TrainConfig",
+    "load_checkpoint",
+    "load_config",
+    "load_run",
+    "open_split",
+    "save_checkpoint",
+    "validate",
+]

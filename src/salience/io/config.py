@@ -108,8 +108,9 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _check(self):
         if self.schedule.warmup_epochs >= self.epochs and self.schedule.warmup_epochs > 0:
-            raise ValueError(f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be below "
-                             f"epochs ({self.epochs})")
+            raise ValueError(
+                f"schedule.warmup_epochs ({self.schedule.warmup_epochs}) must be below epochs ({self.epochs})"
+            )
         return self
 
     def dump(self) -> dict:
@@ -160,8 +161,9 @@ def validate(tree: dict, source: str = "config") -> TrainConfig:
         raise config_error(err, source) from None
 
 
-def read_tree(source: str | Path | dict | None, overrides: list[str] | None = None,
-              what: str = "config") -> tuple[dict, str]:
+def read_tree(
+    source: str | Path | dict | None, overrides: list[str] | None = None, what: str = "config"
+) -> tuple[dict, str]:
     """`(mapping, name for errors)` of a YAML file (or a copy of a mapping), with `key=value` overrides applied."""
     tree: dict = {}
     name = what

@@ -23,8 +23,15 @@ def open_split(cfg: DataConfig, split: str, train: bool = False, fraction: float
     elif cfg.root is None:
         raise ConfigError(f"data.root: format {cfg.format!r} needs the folder where the data lie")
     try:
-        return build_dataset(cfg.format, cfg.root, split, transforms=transforms, annotated=fraction if train else 1.0,
-                             seed=seed, **options)
+        return build_dataset(
+            cfg.format,
+            cfg.root,
+            split,
+            transforms=transforms,
+            annotated=fraction if train else 1.0,
+            seed=seed,
+            **options,
+        )
     except TypeError as err:  # an option the reader does not take
         raise ConfigError(f"data.options: {err}") from None
 
@@ -42,12 +49,13 @@ def check_guidance_data(loss: str | None, ds) -> None:
         return
     records = [r for r, a in zip(ds.records, ds.annotated.tolist()) if a]
     if not records:
-        raise ConfigError("guidance.annotated_fraction: no training image is annotated; raise the fraction "
-                          "or set guidance.loss: null")
+        raise ConfigError(
+            "guidance.annotated_fraction: no training image is annotated; raise the fraction or set guidance.loss: null"
+        )
     if loss == "cyborg":
         if not any(r.human_map is not None for r in records):
-            raise ConfigError(f"guidance.loss: 'cyborg' needs human salience maps but {ds.name or 'the data'} "
-                              f"has none")
+            raise ConfigError(f"guidance.loss: 'cyborg' needs human salience maps but {ds.name or 'the data'} has none")
     elif not any(len(r.boxes) or r.segmentation is not None for r in records):
-        raise ConfigError(f"guidance.loss: {loss!r} needs object boxes (or segmentations) but "
-                          f"{ds.name or 'the data'} has none")
+        raise ConfigError(
+            f"guidance.loss: {loss!r} needs object boxes (or segmentations) but {ds.name or 'the data'} has none"
+        )

@@ -38,8 +38,9 @@ def check_masks(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     if masks.dtype == torch.bool:
         return masks
     if not masks.is_floating_point():
-        raise TypeError(f"masks must be bool or floating point, got {masks.dtype} (use masks.bool() for 0/1 "
-                        "integer masks)")
+        raise TypeError(
+            f"masks must be bool or floating point, got {masks.dtype} (use masks.bool() for 0/1 integer masks)"
+        )
     return masks > 0.5
 
 
@@ -66,4 +67,6 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.flatten(1)
     lo = flat.min(1).values[:, None, None]
     span = flat.max(1).values[:, None, None] - lo
-    return torch.where(span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps))
+    return torch.where(
+        span > 0, (maps - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(maps)
+    )

@@ -63,9 +63,15 @@ def spatially_varying_blur(x: torch.Tensor, levels: torch.Tensor) -> torch.Tenso
     return out
 
 
-def blur_degradation(model: nn.Module, explain: Explain, x: torch.Tensor, target: torch.Tensor,
-                     modes: Sequence[str] = BLUR_MODES, similarities: Sequence[str] = SIMILARITIES,
-                     batch_size: int = 64) -> dict:
+def blur_degradation(
+    model: nn.Module,
+    explain: Explain,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    modes: Sequence[str] = BLUR_MODES,
+    similarities: Sequence[str] = SIMILARITIES,
+    batch_size: int = 64,
+) -> dict:
     """Degrade `x` by the spatially varying blur driven by its own map, in each mode.
 
     Returns `{"clean": {"score": [B], "pred": [B]}, mode: {"score": [B], "score_change": [B],
@@ -78,19 +84,34 @@ def blur_degradation(model: nn.Module, explain: Explain, x: torch.Tensor, target
     out = {"clean": {"score": score, "pred": pred}}
     for mode in modes:
         levels = blur_levels(maps, tuple(x.shape[-2:]), mode)
-        blurred = torch.cat([spatially_varying_blur(x[i : i + batch_size], levels[i : i + batch_size])
-                             for i in range(0, len(x), batch_size)])
+        blurred = torch.cat(
+            [
+                spatially_varying_blur(x[i : i + batch_size], levels[i : i + batch_size])
+                for i in range(0, len(x), batch_size)
+            ]
+        )
         s, p = predict(model, blurred, target, batch_size)
         m = explain_batched(explain, blurred, target, batch_size)
-        out[mode] = {"score": s, "score_change": s - score, "pred": p, "agreement": p == pred,
-                     "similarity": {k: similarity(k, maps, m) for k in similarities}}
+        out[mode] = {
+            "score": s,
+            "score_change": s - score,
+            "pred": p,
+            "agreement": p == pred,
+            "similarity": {k: similarity(k, maps, m) for k in similarities},
+        }
     return out
 
 
 @torch.no_grad()
-def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-                       steps: int = 20, batch_size: int = 64,
-                       curves: Sequence[str] = ("deletion", "insertion")) -> dict:
+def deletion_insertion(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    maps: torch.Tensor,
+    steps: int = 20,
+    batch_size: int = 64,
+    curves: Sequence[str] = ("deletion", "insertion"),
+) -> dict:
     """Deletion and insertion curves `[B, steps + 1]` and their AUC `[B]` (trapezoid over [0, 1]).
 
     Pixels are ranked by the map (upsampled bilinearly to `(H, W)`), highest first, ties by pixel index.
@@ -113,8 +134,10 @@ def deletion_insertion(model: nn.Module, x: torch.Tensor, target: torch.Tensor, 
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=x.device).expand(b, n))
     rank = rank.view(b, 1, h, w)
     counts = torch.arange(steps + 1, device=x.device) * n // steps
-    substrates = {"deletion": lambda: (torch.zeros_like(x), x),
-                  "insertion": lambda: (x, gaussian_blur(x, 5 * min(h, w) / 224))}
+    substrates = {
+        "deletion": lambda: (torch.zeros_like(x), x),
+        "insertion": lambda: (x, gaussian_blur(x, 5 * min(h, w) / 224)),
+    }
     out = {}
     for name in curves:
         changed, base = substrates[name]()

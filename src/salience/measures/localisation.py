@@ -21,7 +21,9 @@ def epg(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     pos = a.clamp(min=0).flatten(1)
     inside = (pos * m.flatten(1)).sum(1)
     total = pos.sum(1)
-    out = torch.where(total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
+    out = torch.where(
+        total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total)
+    )
     return _nan_if_empty(out, m)
 
 

@@ -63,8 +63,9 @@ def _similarities(a: torch.Tensor, b: torch.Tensor, names: Sequence[str]) -> dic
 # --- (b) out-of-set response ---------------------------------------------------------------------
 
 
-def salt_and_pepper(x: torch.Tensor, amounts: Sequence[float], generator: torch.Generator,
-                    low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+def salt_and_pepper(
+    x: torch.Tensor, amounts: Sequence[float], generator: torch.Generator, low: float = 0.0, high: float = 1.0
+) -> torch.Tensor:
     """`[A, B, C, H, W]`: for each amount, each pixel (all channels together) is replaced with probability
     `amount`, by `low` or `high` with equal odds. Draws come from `generator` on the CPU (device-independent)."""
     a = torch.as_tensor(amounts, dtype=torch.float64)
@@ -77,9 +78,16 @@ def salt_and_pepper(x: torch.Tensor, amounts: Sequence[float], generator: torch.
     return torch.where(hit.to(x.device), value.to(x.device), x.unsqueeze(0))
 
 
-def noise_response(model: nn.Module, explain: Explain, x: torch.Tensor, target: torch.Tensor,
-                   amounts: Sequence[float] = NOISE_AMOUNTS, seed: int = 0,
-                   similarities: Sequence[str] = SIMILARITIES, batch_size: int = 64) -> dict:
+def noise_response(
+    model: nn.Module,
+    explain: Explain,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    amounts: Sequence[float] = NOISE_AMOUNTS,
+    seed: int = 0,
+    similarities: Sequence[str] = SIMILARITIES,
+    batch_size: int = 64,
+) -> dict:
     """Maps and scores of `x` vs `x` with seeded salt-and-pepper noise at each amount.
 
     Returns `{"amounts": [A], "similarity": {name: [B, A]}, "score": [B, A], "score_change": [B, A]
@@ -104,8 +112,15 @@ def noise_response(model: nn.Module, explain: Explain, x: torch.Tensor, target: 
     }
 
 
-def out_of_set_response(model: nn.Module, explain: Explain, x_in: torch.Tensor, target_in: torch.Tensor,
-                        x_out: torch.Tensor, seed: int = 0, batch_size: int = 64) -> dict:
+def out_of_set_response(
+    model: nn.Module,
+    explain: Explain,
+    x_in: torch.Tensor,
+    target_in: torch.Tensor,
+    x_out: torch.Tensor,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
     """Entropy (both kinds) and score of in-set images (explained for `target_in`) and of out-of-set images
     (explained for their predicted class), and the shift between the two sets per quantity
     (`compare_groups(out, in)`: difference of means, Cohen's d, permutation p-value)."""
@@ -115,8 +130,11 @@ def out_of_set_response(model: nn.Module, explain: Explain, x_in: torch.Tensor, 
     for name, x, t in (("in", x_in, target_in), ("out", x_out, pred_out)):
         maps = explain_batched(explain, x, t, batch_size)
         score, _ = predict(model, x, t, batch_size)
-        sets[name] = {"entropy_histogram": entropy(maps, "histogram"), "entropy_spatial": entropy(maps, "spatial"),
-                      "score": score}
+        sets[name] = {
+            "entropy_histogram": entropy(maps, "histogram"),
+            "entropy_spatial": entropy(maps, "spatial"),
+            "score": score,
+        }
     sets["shift"] = {k: compare_groups(sets["out"][k].cpu(), sets["in"][k].cpu(), seed=seed) for k in sets["in"]}
     return sets
 
@@ -156,9 +174,15 @@ def _shift(name: str, size) -> tuple[int, int]:
     return sy * round(size[0] / 14), sx * round(size[1] / 14)
 
 
-def transform_consistency(model: nn.Module, explain: Explain, x: torch.Tensor, target: torch.Tensor,
-                          transforms: Sequence[str] = TRANSFORMS, similarities: Sequence[str] = SIMILARITIES,
-                          batch_size: int = 64) -> dict:
+def transform_consistency(
+    model: nn.Module,
+    explain: Explain,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    transforms: Sequence[str] = TRANSFORMS,
+    similarities: Sequence[str] = SIMILARITIES,
+    batch_size: int = 64,
+) -> dict:
     """Similarity of `T(map(x))` with `map(T(x))` on T's valid region, per image and transform.
 
     Maps are upsampled bilinearly to the input size `(H, W)` before T is applied to them. Rotations need

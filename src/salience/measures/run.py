@@ -37,6 +37,7 @@ class Source:
     `dataset`: the explained images (items of the batch contract; a store item's image is found by its id);
     its masks give localisation. `model`: the explained model; the probes (`PROBES`) run it on the store's
     first `n_probe` items (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
+
     model: nn.Module
     dataset: object
     n_probe: int = 128
@@ -55,8 +56,10 @@ class Source:
             self._index = index
         missing = [image for image in dict.fromkeys(store.meta.image_ids) if image not in self._index]
         if missing:
-            raise ValueError(f"{store.path}: its source data set lacks the store's images {missing[:5]} "
-                             f"({len(missing)} in all); explain it again on this data")
+            raise ValueError(
+                f"{store.path}: its source data set lacks the store's images {missing[:5]} "
+                f"({len(missing)} in all); explain it again on this data"
+            )
         return [self._index[image] for image in store.meta.image_ids]
 
 
@@ -79,8 +82,11 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, .
     `own`: other names the caller writes there."""
     old = out / "summary.json"
     if not old.exists():
-        found = sorted(p.name for p in out.iterdir() if ".tmp" not in p.name and p.name not in ("stores",) + own) \
-            if out.is_dir() else []
+        found = (
+            sorted(p.name for p in out.iterdir() if ".tmp" not in p.name and p.name not in ("stores",) + own)
+            if out.is_dir()
+            else []
+        )
         return f"{out} holds other files {found[:5]} and no summary.json of `salience measure`" if found else None
     try:
         stores = json.loads(old.read_text())["stores"]
@@ -91,9 +97,18 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, .
     return None if before == now else f"{old} holds results of other stores or groups"
 
 
-def measure_stores(groups: dict[str, list[str | Path]], out: str | Path, seed: int = 0, block: int = 1024,
-                   n_boot: int = 2000, n_perm: int = 10000, sources: dict[str, Source] | None = None,
-                   ctx=None, names: dict[str, str] | None = None, own: tuple[str, ...] = ()) -> dict | None:
+def measure_stores(
+    groups: dict[str, list[str | Path]],
+    out: str | Path,
+    seed: int = 0,
+    block: int = 1024,
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    sources: dict[str, Source] | None = None,
+    ctx=None,
+    names: dict[str, str] | None = None,
+    own: tuple[str, ...] = (),
+) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
     - `per_image.csv`: one row per store item (an image, or an (image, class) pair for target "true"): group,
@@ -146,6 +161,7 @@ def _map_values(blocks, workers: int = 2):
     (see `map_values`); up to `workers` blocks are measured at once in threads (torch releases the GIL), each
     with one intra-op thread: per-block tensors are small, and OpenMP's waits made two intra-op threads 4x
     slower than one on a busy 2-core machine."""
+
     def work(item):
         torch.set_num_threads(1)
         start, maps, targets, masks = item
@@ -174,7 +190,7 @@ def _blocks(store: MapStore, block: int, src: Source | None):
     for start, maps, targets in store.iter_chunks(block):
         masks = None
         if src is not None:
-            batch, rows = _images(src, positions[start:start + len(maps)])
+            batch, rows = _images(src, positions[start : start + len(maps)])
             masks = object_masks(batch, rows, targets)
         yield start, maps, targets, masks
 
@@ -188,15 +204,28 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
     device = next(src.model.parameters()).device
     explain = functools.partial(attribute, store.meta.method, src.model, layer=store.meta.layer)
     oos = None if src.out_of_set is None else src.out_of_set.to(device)
-    return probe_suite(src.model, explain, x.to(device), targets.to(device), maps.to(device), out_of_set=oos,
-                       seed=seed, deletion_steps=src.deletion_steps)
+    return probe_suite(
+        src.model,
+        explain,
+        x.to(device),
+        targets.to(device),
+        maps.to(device),
+        out_of_set=oos,
+        seed=seed,
+        deletion_steps=src.deletion_steps,
+    )
 
 
 def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
     """`_probe`, kept in `<store>/probes.json` with what it depends on, so a rerun does not probe again."""
     oos = None if src.out_of_set is None else hashlib.sha256(src.out_of_set.cpu().numpy().tobytes()).hexdigest()[:16]
-    key = {"model_hash": store.meta.model_hash, "n_probe": src.n_probe, "seed": seed,
-           "deletion_steps": src.deletion_steps, "out_of_set": oos}
+    key = {
+        "model_hash": store.meta.model_hash,
+        "n_probe": src.n_probe,
+        "seed": seed,
+        "deletion_steps": src.deletion_steps,
+        "out_of_set": oos,
+    }
     cache = store.path / "probes.json"
     if cache.exists():
         try:
@@ -204,8 +233,10 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
         except ValueError:
             saved = {}  # a damaged cache is recomputed
         if saved.get("key") == key:
-            return {"values": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["values"].items()},
-                    "curves": saved["curves"]}
+            return {
+                "values": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["values"].items()},
+                "curves": saved["curves"],
+            }
     result = _probe(store, src, seed)
     values = {k: v.double().tolist() for k, v in result["values"].items()}
     atomic_write_text(cache, json.dumps({"key": key, "values": values, "curves": result["curves"]}, allow_nan=True))
@@ -248,8 +279,18 @@ def _has_masks(dataset) -> bool:
     return any(len(r.boxes) or r.segmentation is not None for r in records)
 
 
-def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: int, block: int, n_boot: int,
-             n_perm: int, sources: dict[str, Source], probes: dict[str, dict], names: dict[str, str]) -> dict:
+def _measure(
+    opened: dict[str, list[MapStore]],
+    out: Path,
+    staged: list,
+    seed: int,
+    block: int,
+    n_boot: int,
+    n_perm: int,
+    sources: dict[str, Source],
+    probes: dict[str, dict],
+    names: dict[str, str],
+) -> dict:
     summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
     located = any(_has_masks(src.dataset) for src in sources.values())
     columns = ENTROPIES + (LOCALISATION if located else ()) + (PROBES if any(probes.values()) else ())
@@ -271,17 +312,31 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
                             values[m].extend(measured[m].tolist())
                     cells = {m: [f"{v:.6g}" for v in measured[m].tolist()] for m in measured}
                     for m, v in probed.items():
-                        part = v[start:start + n].tolist()
+                        part = v[start : start + n].tolist()
                         cells[m] = [f"{x:.6g}" for x in part] + [""] * (n - len(part))
-                    w.writerows([g, names.get(str(s.path), str(s.path)), s.meta.image_ids[start + j], t,
-                                 *(cells[m][j] if m in cells else "" for m in columns)]
-                                for j, t in enumerate(targets.tolist()))
+                    w.writerows(
+                        [
+                            g,
+                            names.get(str(s.path), str(s.path)),
+                            s.meta.image_ids[start + j],
+                            t,
+                            *(cells[m][j] if m in cells else "" for m in columns),
+                        ]
+                        for j, t in enumerate(targets.tolist())
+                    )
                 for m, v in probed.items():
                     values[m] = v.tolist()
                 stats = {m: summarise(v, seed=seed, n_boot=n_boot) for m, v in values.items() if v}
-                summary["stores"][str(s.path)] = {"group": g, "model": names.get(str(s.path), str(s.path)),
-                                                  "model_hash": s.meta.model_hash, "method": s.meta.method,
-                                                  "layer": s.meta.layer, "split": s.meta.split, "n": s.n, **stats}
+                summary["stores"][str(s.path)] = {
+                    "group": g,
+                    "model": names.get(str(s.path), str(s.path)),
+                    "model_hash": s.meta.model_hash,
+                    "method": s.meta.method,
+                    "layer": s.meta.layer,
+                    "split": s.meta.split,
+                    "n": s.n,
+                    **stats,
+                }
                 if probe:
                     summary["stores"][str(s.path)]["curves"] = probe["curves"]
                 for m in stats:
@@ -307,9 +362,12 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
                     for k in sims:
                         values[k].extend(mean[k].tolist())
                     same = (torch.stack(targets) == targets[0]).all(0)  # blank where the models explain other classes
-                    w.writerows([g, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
-                                for i, t, agree, *vs in zip(range(start, stop), targets[0].tolist(), same.tolist(),
-                                                            *(mean[k].tolist() for k in sims)))
+                    w.writerows(
+                        [g, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
+                        for i, t, agree, *vs in zip(
+                            range(start, stop), targets[0].tolist(), same.tolist(), *(mean[k].tolist() for k in sims)
+                        )
+                    )
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
                 matrix = torch.eye(len(stores), dtype=torch.float64)
                 for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist()):
@@ -320,7 +378,8 @@ def _measure(opened: dict[str, list[MapStore]], out: Path, staged: list, seed: i
         if len(opened[a]) >= 2 and len(opened[b]) >= 2:
             summary["comparisons"][f"{a} vs {b}"] = {
                 m: compare_groups(per_store_means[a][m], per_store_means[b][m], seed=seed, n_perm=n_perm)
-                for m in columns if _finite(per_store_means[a][m]) >= 2 and _finite(per_store_means[b][m]) >= 2
+                for m in columns
+                if _finite(per_store_means[a][m]) >= 2 and _finite(per_store_means[b][m]) >= 2
             }
     with _stage(out / "summary.json", staged) as f:
         json.dump(summary, f, indent=2)

@@ -31,8 +31,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01, 
     a, b = a.to(torch.float64), b.to(torch.float64)  # float32 rounding could put identical maps above 1
     size = small_map_size(tuple(a.shape[-2:]), win_size)
     if size != tuple(a.shape[-2:]):
-        a, b = (F.interpolate(unit_scale(t)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-                for t in (a, b))  # unit_scale: exact, and keeps the interpolation of huge values finite
+        a, b = (
+            F.interpolate(unit_scale(t)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for t in (a, b)
+        )  # unit_scale: exact, and keeps the interpolation of huge values finite
     x, y = minmax(a)[:, None], minmax(b)[:, None]
     mean = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
     n = win_size * win_size

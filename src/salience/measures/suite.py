@@ -13,8 +13,14 @@ from salience.measures.probes import Explain, noise_response, out_of_set_respons
 
 ENTROPIES = ("entropy_histogram", "entropy_spatial")
 LOCALISATION = ("epg", "iou", "pointing_game")
-PROBES = ("noise_ssim_0.1", "transform_ssim", "blur_nonsalient_score_change", "blur_salient_score_change",
-          "deletion_auc", "insertion_auc")
+PROBES = (
+    "noise_ssim_0.1",
+    "transform_ssim",
+    "blur_nonsalient_score_change",
+    "blur_salient_score_change",
+    "deletion_auc",
+    "insertion_auc",
+)
 """Per-image probe values: SSIM of the map under 10% salt-and-pepper noise (b), mean SSIM of `T(map(x))`
 and `map(T(x))` over the transforms (c), change of the target's probability when the non-salient or the
 salient region is blurred (e), deletion and insertion AUC."""
@@ -29,8 +35,16 @@ def map_values(maps: torch.Tensor, masks: torch.Tensor | None = None) -> dict[st
     return out
 
 
-def probe_suite(model: nn.Module, explain: Explain, x: torch.Tensor, target: torch.Tensor, maps: torch.Tensor,
-                out_of_set: torch.Tensor | None = None, seed: int = 0, deletion_steps: int = 16) -> dict:
+def probe_suite(
+    model: nn.Module,
+    explain: Explain,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    maps: torch.Tensor,
+    out_of_set: torch.Tensor | None = None,
+    seed: int = 0,
+    deletion_steps: int = 16,
+) -> dict:
     """Run the probes on images `x [B, C, H, W]` explained for `target [B]`, whose maps are `maps [B, h, w]`.
 
     Returns `{"values": {name in PROBES: [B]}, "curves": {...}}`; the curves are means over the images:
@@ -47,31 +61,49 @@ def probe_suite(model: nn.Module, explain: Explain, x: torch.Tensor, target: tor
         "transform_ssim": trans["similarity"]["ssim"].double().mean(1),
         "blur_nonsalient_score_change": blur["nonsalient"]["score_change"],
         "blur_salient_score_change": blur["salient"]["score_change"],
-        "deletion_auc": del_ins["deletion_auc"], "insertion_auc": del_ins["insertion_auc"],
+        "deletion_auc": del_ins["deletion_auc"],
+        "insertion_auc": del_ins["insertion_auc"],
     }
     curves = {
-        "noise": {"amounts": noise["amounts"].tolist(), "ssim": noise["similarity"]["ssim"].double().mean(0).tolist(),
-                  "score_change": noise["score_change"].double().mean(0).tolist()},
+        "noise": {
+            "amounts": noise["amounts"].tolist(),
+            "ssim": noise["similarity"]["ssim"].double().mean(0).tolist(),
+            "score_change": noise["score_change"].double().mean(0).tolist(),
+        },
         "transforms": dict(zip(trans["transforms"], trans["similarity"]["ssim"].double().mean(0).tolist())),
-        "blur": {mode: {"score_change": blur[mode]["score_change"].double().mean().item(),
-                        "agreement": blur[mode]["agreement"].double().mean().item(),
-                        "ssim": blur[mode]["similarity"]["ssim"].double().mean().item()}
-                 for mode in ("nonsalient", "salient")},
+        "blur": {
+            mode: {
+                "score_change": blur[mode]["score_change"].double().mean().item(),
+                "agreement": blur[mode]["agreement"].double().mean().item(),
+                "ssim": blur[mode]["similarity"]["ssim"].double().mean().item(),
+            }
+            for mode in ("nonsalient", "salient")
+        },
         "deletion_curve": del_ins["deletion"].double().mean(0).tolist(),
         "insertion_curve": del_ins["insertion"].double().mean(0).tolist(),
     }
     if out_of_set is not None:
         oos = out_of_set_response(model, explain, x, target, out_of_set, seed=seed)
-        curves["out_of_set"] = {"entropy_in": oos["in"]["entropy_histogram"].tolist(),
-                                "entropy_out": oos["out"]["entropy_histogram"].tolist(),
-                                "score_in": oos["in"]["score"].double().mean().item(),
-                                "score_out": oos["out"]["score"].double().mean().item(), "shift": oos["shift"]}
+        curves["out_of_set"] = {
+            "entropy_in": oos["in"]["entropy_histogram"].tolist(),
+            "entropy_out": oos["out"]["entropy_histogram"].tolist(),
+            "score_in": oos["in"]["score"].double().mean().item(),
+            "score_out": oos["out"]["score"].double().mean().item(),
+            "shift": oos["shift"],
+        }
     return {"values": {k: v.detach().cpu() for k, v in values.items()}, "curves": curves}
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, target: torch.Tensor, method: str = "grad_cam",
-             layer: str | None = "final", masks: torch.Tensor | None = None, seed: int = 0,
-             deletion_steps: int = 16) -> dict[str, torch.Tensor]:
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    target: torch.Tensor,
+    method: str = "grad_cam",
+    layer: str | None = "final",
+    masks: torch.Tensor | None = None,
+    seed: int = 0,
+    deletion_steps: int = 16,
+) -> dict[str, torch.Tensor]:
     """Every measure that needs one model, per image, in one call: `{name: [B]}`.
 
     `images [B, C, H, W]` are explained for `target` (long `[B]`) with `method` at `layer` (see

@@ -26,7 +26,14 @@ def summarise(values, seed: int = 0, n_boot: int = 2000, level: float = 0.95) ->
     raw = torch.as_tensor(values, dtype=torch.float64).flatten()
     v = _clean(values, "values")
     n = v.numel()
-    out = {"n": n, "n_nan": int(raw.numel() - n), "mean": math.nan, "sd": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    out = {
+        "n": n,
+        "n_nan": int(raw.numel() - n),
+        "mean": math.nan,
+        "sd": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+    }
     if n == 0:
         return out
     out["mean"] = v.mean().item()

@@ -67,8 +67,13 @@ class BcosResNet(resnet.ResNet):
             for child_name, child in parent.named_children():
                 if isinstance(child, nn.Conv2d) and not isinstance(child, BcosConv2d):
                     in_ch = 6 if child is self.conv1 else child.in_channels
-                    setattr(parent, child_name, BcosConv2d(in_ch, child.out_channels, child.kernel_size,
-                                                           child.stride, child.padding, child.dilation, b))
+                    setattr(
+                        parent,
+                        child_name,
+                        BcosConv2d(
+                            in_ch, child.out_channels, child.kernel_size, child.stride, child.padding, child.dilation, b
+                        ),
+                    )
                 elif isinstance(child, nn.ReLU):
                     setattr(parent, child_name, nn.Identity())
         self.fc = BcosLinear(self.fc.in_features, num_classes, b)
@@ -98,8 +103,11 @@ class BcosResNet(resnet.ResNet):
                 m.detach_scale = False
 
 
-_BLOCKS = {18: (resnet.BasicBlock, [2, 2, 2, 2]), 34: (resnet.BasicBlock, [3, 4, 6, 3]),
-           50: (resnet.Bottleneck, [3, 4, 6, 3])}
+_BLOCKS = {
+    18: (resnet.BasicBlock, [2, 2, 2, 2]),
+    34: (resnet.BasicBlock, [3, 4, 6, 3]),
+    50: (resnet.Bottleneck, [3, 4, 6, 3]),
+}
 
 
 def bcos_resnet(depth: int, num_classes: int) -> BcosResNet:

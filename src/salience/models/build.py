@@ -17,8 +17,11 @@ from salience.models.xresnet import xresnet
 
 log = logging.getLogger("salience")
 
-_OWN = {"smallcnn": "small CNN for 64 px CPU runs", "xresnet18/34/50": "bias-free X-DNN ResNet",
-        "bcos_resnet18/34/50": "B-cos ResNet, B=2"}
+_OWN = {
+    "smallcnn": "small CNN for 64 px CPU runs",
+    "xresnet18/34/50": "bias-free X-DNN ResNet",
+    "bcos_resnet18/34/50": "B-cos ResNet, B=2",
+}
 
 
 def build(name: str, num_classes: int, weights: str | Path | None = None, allow_pickle: bool = False) -> nn.Module:
@@ -42,9 +45,11 @@ def build(name: str, num_classes: int, weights: str | Path | None = None, allow_
     else:
         known = torchvision.models.list_models(module=torchvision.models)
         if name not in known:
-            raise ValueError(f"model name {name!r} is unknown; accepted: {', '.join(_OWN)}, "
-                             f"a torchvision classification model such as {', '.join(known[:8])}, ..., "
-                             f"or timm:<name> for a timm model")
+            raise ValueError(
+                f"model name {name!r} is unknown; accepted: {', '.join(_OWN)}, "
+                f"a torchvision classification model such as {', '.join(known[:8])}, ..., "
+                f"or timm:<name> for a timm model"
+            )
         model = torchvision.models.get_model(name, num_classes=num_classes)
     if weights is not None:
         load_weights(model, weights, name, allow_pickle=allow_pickle)
@@ -58,15 +63,18 @@ def _timm_model(name: str, num_classes: int) -> nn.Module:
         raise ValueError(f"model 'timm:{name}' needs timm: pip install 'salience[timm]'") from err
     if not timm.is_model(name):
         close = timm.list_models(f"*{name}*")[:8]
-        raise ValueError(f"model 'timm:{name}' is not a timm model name"
-                         + (f"; similar: {', '.join(close)}" if close else ""))
+        raise ValueError(
+            f"model 'timm:{name}' is not a timm model name" + (f"; similar: {', '.join(close)}" if close else "")
+        )
     return timm.create_model(name, pretrained=False, num_classes=num_classes)
 
 
 def _torchvision_state_dict(weights: str, name: str) -> dict:
     if name.startswith("timm:"):
-        raise FileNotFoundError(f"weights {weights!r} is not a file; timm models take a local weights file "
-                                f"(a state dict saved with torch.save(model.state_dict(), path))")
+        raise FileNotFoundError(
+            f"weights {weights!r} is not a file; timm models take a local weights file "
+            f"(a state dict saved with torch.save(model.state_dict(), path))"
+        )
     try:
         if "." in weights:
             entry = torchvision.models.get_weight(weights)
@@ -75,7 +83,8 @@ def _torchvision_state_dict(weights: str, name: str) -> dict:
     except (KeyError, ValueError, AttributeError) as err:
         raise FileNotFoundError(
             f"weights {weights!r} is neither a file nor a torchvision weight name for {name!r} "
-            f"(e.g. 'ResNet50_Weights.IMAGENET1K_V2' or a path to a .pth file)") from err
+            f"(e.g. 'ResNet50_Weights.IMAGENET1K_V2' or a path to a .pth file)"
+        ) from err
     try:
         return entry.get_state_dict(progress=False)
     except Exception as err:  # urllib/OS errors differ by platform; all mean "not fetchable here"
@@ -84,7 +93,8 @@ def _torchvision_state_dict(weights: str, name: str) -> dict:
             f"cannot fetch torchvision weights {weights!r} from {entry.url} ({type(err).__name__}: {err}). "
             f"Download that file on a machine with internet access and pass its local path instead: "
             f"build({name!r}, num_classes, weights='/path/to/{file_name}') or `model.weights: "
-            f"/path/to/{file_name}` in a config") from err
+            f"/path/to/{file_name}` in a config"
+        ) from err
 
 
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")  # torch.save before 1.6
@@ -108,7 +118,9 @@ def _archive_kind(path: Path) -> str | None:
 
 # DenseNet files saved before torchvision 0.3 (ImageNet's densenet121-a639ec97.pth among them) name
 # `denselayer1.norm.1.weight` what is now `denselayer1.norm1.weight`; torchvision renames them the same way.
-_OLD_DENSENET = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_OLD_DENSENET = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def _tensor_dict(obj) -> bool:
@@ -129,8 +141,9 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
     kind = _archive_kind(path)
     if kind in ("torchscript", "export"):
         what = "a TorchScript archive (torch.jit.save)" if kind == "torchscript" else "a torch.export archive"
-        raise ValueError(f"weights file {path} is {what}, not a state dict: open it with "
-                         f"salience.models.load_model({str(path)!r})")
+        raise ValueError(
+            f"weights file {path} is {what}, not a state dict: open it with salience.models.load_model({str(path)!r})"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
@@ -140,10 +153,12 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
             f"weights file {path} holds pickled Python objects, not only tensors (e.g. a whole model saved "
             f"with torch.save(model)); loading it would run code from the file. Save a state dict instead: "
             f"torch.save(model.state_dict(), {str(path)!r}); or, only for a file you trust, pass "
-            f"allow_pickle=True (build(..., allow_pickle=True) / load_model(..., allow_pickle=True))") from None
+            f"allow_pickle=True (build(..., allow_pickle=True) / load_model(..., allow_pickle=True))"
+        ) from None
     except Exception as err:
-        raise ValueError(f"weights file {path} could not be read as a torch state dict: "
-                         f"{type(err).__name__}: {err}") from err
+        raise ValueError(
+            f"weights file {path} could not be read as a torch state dict: {type(err).__name__}: {err}"
+        ) from err
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if _tensor_dict(obj):
@@ -155,8 +170,10 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, t
                 return inner.state_dict()
             if _tensor_dict(inner):
                 return inner
-        raise ValueError(f"weights file {path} holds a dict that is not a state dict (name -> tensor) and has no "
-                         f"'state_dict' or 'model' entry holding one; its keys: {list(obj)[:10]}")
+        raise ValueError(
+            f"weights file {path} holds a dict that is not a state dict (name -> tensor) and has no "
+            f"'state_dict' or 'model' entry holding one; its keys: {list(obj)[:10]}"
+        )
     raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
 
 
@@ -181,23 +198,26 @@ def load_weights(model: nn.Module, weights: str | Path, name: str = "", allow_pi
     own = model.state_dict()
     prefix = "module."
     if state and all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in own):
-        state = {k[len(prefix):]: v for k, v in state.items()}
+        state = {k[len(prefix) :]: v for k, v in state.items()}
     state = {_OLD_DENSENET.sub(r"\1\2", k): v for k, v in state.items()}
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     kept = {k: v for k, v in state.items() if k not in skipped}
     missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]  # older files lack it
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
-        raise ValueError(f"weights {weights} do not match model {name or type(model).__name__!r}: "
-                         f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
-                         f"{unexpected[:5]}")
+        raise ValueError(
+            f"weights {weights} do not match model {name or type(model).__name__!r}: "
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:5]}"
+        )
     model.load_state_dict(kept, strict=False)
     if skipped:
         log.info("weights %s: kept fresh initialisation for %s (shape differs)", weights, skipped)
 
 
-def load_model(path: str | Path, name: str | None = None, num_classes: int | None = None,
-               allow_pickle: bool = False) -> nn.Module:
+def load_model(
+    path: str | Path, name: str | None = None, num_classes: int | None = None, allow_pickle: bool = False
+) -> nn.Module:
     """A model from a file trained anywhere.
 
     A TorchScript archive (`torch.jit.save`) is returned as the scripted module in eval mode; a
@@ -221,11 +241,14 @@ def load_model(path: str | Path, name: str | None = None, num_classes: int | Non
                     model = torch.export.load(f).module()
         except Exception as err:
             what = "TorchScript" if kind == "torchscript" else "torch.export"
-            raise ValueError(f"model file {path} looks like a {what} archive but could not be loaded: "
-                             f"{type(err).__name__}: {err}") from err
+            raise ValueError(
+                f"model file {path} looks like a {what} archive but could not be loaded: {type(err).__name__}: {err}"
+            ) from err
         model.salience_opaque = True
         return model
     if name is None or num_classes is None:
-        raise ValueError(f"model file {path} is not a TorchScript or torch.export archive; as weights it needs "
-                         f"the architecture: load_model(path, name='densenet121', num_classes=2)")
+        raise ValueError(
+            f"model file {path} is not a TorchScript or torch.export archive; as weights it needs "
+            f"the architecture: load_model(path, name='densenet121', num_classes=2)"
+        )
     return build(name, num_classes, weights=path, allow_pickle=allow_pickle)

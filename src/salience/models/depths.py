@@ -29,11 +29,24 @@ from torchvision import models as tvm
 DEPTHS = ("input", "mid1", "mid2", "mid3", "final")
 _STRIDES = {"mid1": 4, "mid2": 8, "mid3": 16}
 _RESNET = {"input": None, "mid1": "layer1", "mid2": "layer2", "mid3": "layer3", "final": "layer4"}
-_DENSENET = {"input": None, "mid1": "features.denseblock1", "mid2": "features.denseblock2",
-             "mid3": "features.denseblock3", "final": "features"}
+_DENSENET = {
+    "input": None,
+    "mid1": "features.denseblock1",
+    "mid2": "features.denseblock2",
+    "mid3": "features.denseblock3",
+    "final": "features",
+}
 _INCEPTION = {"input": None, "mid1": "Conv2d_4a_3x3", "mid2": "Mixed_5d", "mid3": "Mixed_6e", "final": "Mixed_7c"}
-_SEQUENTIAL_FAMILIES = (tvm.VGG, tvm.AlexNet, tvm.SqueezeNet, tvm.MobileNetV2, tvm.MobileNetV3, tvm.EfficientNet,
-                        tvm.ConvNeXt, tvm.MNASNet)
+_SEQUENTIAL_FAMILIES = (
+    tvm.VGG,
+    tvm.AlexNet,
+    tvm.SqueezeNet,
+    tvm.MobileNetV2,
+    tvm.MobileNetV3,
+    tvm.EfficientNet,
+    tvm.ConvNeXt,
+    tvm.MNASNet,
+)
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -58,8 +71,10 @@ def depth_table(model: nn.Module) -> dict[str, str | None]:
         else:
             names = [n for n, _ in model.named_modules() if n]
             shown = ", ".join(names[:40]) + (f", ... ({len(names)} modules)" if len(names) > 40 else "")
-            raise ValueError(f"named depths ({', '.join(DEPTHS)}) are not defined for {type(model).__name__}; "
-                             f"pass a module name instead, one of: {shown}")
+            raise ValueError(
+                f"named depths ({', '.join(DEPTHS)}) are not defined for {type(model).__name__}; "
+                f"pass a module name instead, one of: {shown}"
+            )
     return _cache[model]
 
 

@@ -10,8 +10,11 @@ from torchvision.models import resnet
 
 from salience.models.layers import UncentredBatchNorm2d
 
-_BLOCKS = {18: (resnet.BasicBlock, [2, 2, 2, 2]), 34: (resnet.BasicBlock, [3, 4, 6, 3]),
-           50: (resnet.Bottleneck, [3, 4, 6, 3])}
+_BLOCKS = {
+    18: (resnet.BasicBlock, [2, 2, 2, 2]),
+    34: (resnet.BasicBlock, [3, 4, 6, 3]),
+    50: (resnet.Bottleneck, [3, 4, 6, 3]),
+}
 
 
 def xresnet(depth: int, num_classes: int) -> resnet.ResNet:

@@ -45,7 +45,7 @@ def _label(key: str) -> str:
         return f"Out-of-set images called '{key[18:]}'"
     for base in ("worst_group_accuracy", "accuracy", "auc", "f1"):
         if key.endswith("_" + base):
-            return f"{LABELS[base]} on {key[:-len(base) - 1]}"
+            return f"{LABELS[base]} on {key[: -len(base) - 1]}"
     return key
 
 
@@ -83,8 +83,9 @@ def fig_gallery(gallery: dict, results: dict) -> str | None:
         panels = [(name + (" + boxes" if len(gallery["boxes"][i]) else ""), img, None)]
         if human:
             panels.append(("human salience", gallery["human_maps"][i].numpy(), "inferno"))
-        panels += [(g, gallery["maps"][g][i].clamp(min=0).numpy(), "inferno") for g in groups
-                   if i < len(gallery["maps"][g])]
+        panels += [
+            (g, gallery["maps"][g][i].clamp(min=0).numpy(), "inferno") for g in groups if i < len(gallery["maps"][g])
+        ]
         for j, (title, data, cmap) in enumerate(panels):
             ax = axes[i, j]
             if cmap is None:
@@ -220,9 +221,17 @@ def fig_blur(results: dict) -> str | None:
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     for k, key in enumerate(["score_change", "ssim"]):
         for gi, g in enumerate(groups):
-            vals = [sum(results["models"][n]["blur"][mode][key] for n in results["groups"][g]) / len(results["groups"][g])
-                    for mode in ("nonsalient", "salient")]
-            axes[k].bar([m + gi * 0.8 / len(groups) for m in range(2)], vals, 0.8 / len(groups), color=_color(results, g), label=g)
+            vals = [
+                sum(results["models"][n]["blur"][mode][key] for n in results["groups"][g]) / len(results["groups"][g])
+                for mode in ("nonsalient", "salient")
+            ]
+            axes[k].bar(
+                [m + gi * 0.8 / len(groups) for m in range(2)],
+                vals,
+                0.8 / len(groups),
+                color=_color(results, g),
+                label=g,
+            )
         axes[k].set_xticks([m + 0.4 - 0.4 / len(groups) for m in range(2)])
         axes[k].set_xticklabels(["blur non-salient", "blur salient"])
     axes[0].set_ylabel("score change")
@@ -257,8 +266,13 @@ def fig_pareto(results: dict) -> str | None:
         color = _color(results, m["group"])
         ax.plot([p["epg"] for p in pts], [p["accuracy"] for p in pts], "-", color=color, alpha=0.4, lw=0.8)
         front = [p for p in pts if p["pareto"]]
-        ax.scatter([p["epg"] for p in front], [p["accuracy"] for p in front], color=color, s=18,
-                   label=None if m["group"] in labelled else m["group"])
+        ax.scatter(
+            [p["epg"] for p in front],
+            [p["accuracy"] for p in front],
+            color=color,
+            s=18,
+            label=None if m["group"] in labelled else m["group"],
+        )
         labelled.add(m["group"])
     ax.set_xlabel("validation EPG")
     ax.set_ylabel("validation accuracy")
@@ -273,29 +287,46 @@ def _fmt(v: float | None, digits: int = 3) -> str:
 def _table(results: dict, key: str) -> str:
     groups = _groups(results)
     s = results["summary"][key]
-    cells = "".join(f"<td>{_fmt(s[g]['mean'])}<br><small>[{_fmt(s[g]['ci_low'])}, {_fmt(s[g]['ci_high'])}] "
-                    f"n={s[g]['n']}</small></td>" for g in groups)
+    cells = "".join(
+        f"<td>{_fmt(s[g]['mean'])}<br><small>[{_fmt(s[g]['ci_low'])}, {_fmt(s[g]['ci_high'])}] "
+        f"n={s[g]['n']}</small></td>"
+        for g in groups
+    )
     comps = results["comparisons"].get(key, {})
-    comp = "; ".join(f"{name}: Δ {c['diff']:+.3f}, d {c['cohens_d']:.2f}, p {c['p_value']:.3g}" for name, c in comps.items())
+    comp = "; ".join(
+        f"{name}: Δ {c['diff']:+.3f}, d {c['cohens_d']:.2f}, p {c['p_value']:.3g}" for name, c in comps.items()
+    )
     return f"<tr><td>{html.escape(_label(key))}</td>{cells}<td><small>{comp or '–'}</small></td></tr>"
 
 
 def _provenance(results: dict) -> str:
     """Where the models and the images came from."""
     data = results["data"]
-    lines = [f"Images: {html.escape(data['description'])}, {data['images']} images"
-             + (f", classes {html.escape(', '.join(data['classes']))}" if data["classes"] else "") + "."]
+    lines = [
+        f"Images: {html.escape(data['description'])}, {data['images']} images"
+        + (f", classes {html.escape(', '.join(data['classes']))}" if data["classes"] else "")
+        + "."
+    ]
     if data["out_of_set"]:
         lines.append(f"Out-of-set images: {html.escape(data['out_of_set'])}.")
     for name, what in data["evaluate"].items():
         lines.append(f"Also evaluated on {html.escape(name)}: {html.escape(what)}.")
     ex = results["explain"]
-    lines.append(f"Salience: {html.escape(ex['method'])} at {html.escape(str(ex['layer']))}, explaining the "
-                 f"{html.escape(ex['target'])} class.")
-    items = "".join(f"<li><b>{html.escape(g)}</b>: " + "; ".join(
-        f"{html.escape(n)} ({html.escape(results['models'][n]['source'])})" for n in names) + "</li>"
-        for g, names in results["groups"].items())
-    return "<p>" + " ".join(lines) + f"</p><p>Models, by group (compared with {html.escape(results['reference'])}):</p><ul>{items}</ul>"
+    lines.append(
+        f"Salience: {html.escape(ex['method'])} at {html.escape(str(ex['layer']))}, explaining the "
+        f"{html.escape(ex['target'])} class."
+    )
+    items = "".join(
+        f"<li><b>{html.escape(g)}</b>: "
+        + "; ".join(f"{html.escape(n)} ({html.escape(results['models'][n]['source'])})" for n in names)
+        + "</li>"
+        for g, names in results["groups"].items()
+    )
+    return (
+        "<p>"
+        + " ".join(lines)
+        + f"</p><p>Models, by group (compared with {html.escape(results['reference'])}):</p><ul>{items}</ul>"
+    )
 
 
 def render(results_dir: str | Path) -> Path:
@@ -303,8 +334,9 @@ def render(results_dir: str | Path) -> Path:
     d = Path(results_dir)
     results_file = d / "results.json"
     if not results_file.is_file():
-        raise FileNotFoundError(f"{results_file}: not found; run `salience study` (or `salience demo`) with "
-                                f"--out {d} first")
+        raise FileNotFoundError(
+            f"{results_file}: not found; run `salience study` (or `salience demo`) with --out {d} first"
+        )
     results = json.loads(results_file.read_text())
     gallery_file = d / "gallery.pt"
     gallery = torch.load(gallery_file, weights_only=False) if gallery_file.is_file() else None
@@ -314,28 +346,63 @@ def render(results_dir: str | Path) -> Path:
     rows = "".join(_table(results, k) for k in results["summary"])
     method = f"{results['explain']['method']} at {results['explain']['layer']}"
     figures = [
-        ("Gallery", f"Images with their boxes (green), the human salience map where the data have one, and the "
-                    f"map of each group's first model ({method}, positive part).",
-         fig_gallery(gallery, results) if gallery else None),
-        ("Accuracy", "Task metrics per group on each labelled split, and how out-of-set images are classified. "
-                     "Bars: mean ± sd over models.", fig_accuracy(results)),
-        ("(a) Entropy distributions", "Normalised histogram entropy of the salience maps of in-set (left) and "
-         "out-of-set (right) images.", fig_entropy(results)),
-        ("(b) Response to salt-and-pepper noise", "Similarity of maps of noisy images to the clean map, and "
-         "the change of the explained class's score.", fig_noise(results)),
-        ("(c) Transformation consistency", "SSIM of T(map(x)) with map(T(x)) on the valid region, per "
-         "transform. 1 = the map moves exactly with the image.", fig_transforms(results)),
-        ("(d) Stability across models", "Mean SSIM between the maps of the models of one group (e.g. trained "
-         "with different seeds).", fig_stability(results)),
-        ("(e) Salience-guided degradation", "Spatially varying blur driven by each model's own map: blurring "
-         "non-salient regions should hurt little, blurring salient ones a lot.", fig_blur(results)),
-        ("Deletion and insertion", "Score of the explained class as the most salient pixels are deleted (to 0) "
-         "or inserted (into a blurred copy).", fig_deletion(results)),
-        ("Training: validation accuracy vs EPG", "One line per training run over epochs; dots are the epochs "
-         "kept on the Pareto front of (accuracy, EPG, IoU).", fig_pareto(results)),
+        (
+            "Gallery",
+            f"Images with their boxes (green), the human salience map where the data have one, and the "
+            f"map of each group's first model ({method}, positive part).",
+            fig_gallery(gallery, results) if gallery else None,
+        ),
+        (
+            "Accuracy",
+            "Task metrics per group on each labelled split, and how out-of-set images are classified. "
+            "Bars: mean ± sd over models.",
+            fig_accuracy(results),
+        ),
+        (
+            "(a) Entropy distributions",
+            "Normalised histogram entropy of the salience maps of in-set (left) and out-of-set (right) images.",
+            fig_entropy(results),
+        ),
+        (
+            "(b) Response to salt-and-pepper noise",
+            "Similarity of maps of noisy images to the clean map, and the change of the explained class's score.",
+            fig_noise(results),
+        ),
+        (
+            "(c) Transformation consistency",
+            "SSIM of T(map(x)) with map(T(x)) on the valid region, per "
+            "transform. 1 = the map moves exactly with the image.",
+            fig_transforms(results),
+        ),
+        (
+            "(d) Stability across models",
+            "Mean SSIM between the maps of the models of one group (e.g. trained with different seeds).",
+            fig_stability(results),
+        ),
+        (
+            "(e) Salience-guided degradation",
+            "Spatially varying blur driven by each model's own map: blurring "
+            "non-salient regions should hurt little, blurring salient ones a lot.",
+            fig_blur(results),
+        ),
+        (
+            "Deletion and insertion",
+            "Score of the explained class as the most salient pixels are deleted (to 0) "
+            "or inserted (into a blurred copy).",
+            fig_deletion(results),
+        ),
+        (
+            "Training: validation accuracy vs EPG",
+            "One line per training run over epochs; dots are the epochs "
+            "kept on the Pareto front of (accuracy, EPG, IoU).",
+            fig_pareto(results),
+        ),
     ]
-    sections = [f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'>"
-                f"</section>" for t, cap, src in figures if src]
+    sections = [
+        f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'></section>"
+        for t, cap, src in figures
+        if src
+    ]
     left_out = [t for t, _, src in figures if not src]
     finds = "".join(f"<li>{html.escape(f)}</li>" for f in results["findings"])
     page = f"""<!doctype html>
@@ -349,7 +416,7 @@ section {{ margin: 1.5em 0; }} .findings li {{ margin: 0.3em 0; }}
 </style></head><body>
 <h1>salience: are the models right for the right reasons?</h1>
 {_provenance(results)}
-<p>Study time: {results.get('seconds', 0):.0f} s.</p>
+<p>Study time: {results.get("seconds", 0):.0f} s.</p>
 <h2>Findings</h2><ul class="findings">{finds}</ul>
 {"".join(sections[:2])}
 <h2>Measures per group</h2>

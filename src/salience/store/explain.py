@@ -27,7 +27,11 @@ def targets_for(policy: str, logits: torch.Tensor) -> torch.Tensor:
 
 def dataset_ids(dataset) -> list[str]:
     """Image ids of a data set of the batch contract, in order (from its records when it has them)."""
-    return [r.id for r in dataset.records] if hasattr(dataset, "records") else [dataset[i]["id"] for i in range(len(dataset))]
+    return (
+        [r.id for r in dataset.records]
+        if hasattr(dataset, "records")
+        else [dataset[i]["id"] for i in range(len(dataset))]
+    )
 
 
 def true_pairs(dataset) -> tuple[list[int], list[int]]:
@@ -40,18 +44,36 @@ def true_pairs(dataset) -> tuple[list[int], list[int]]:
         labels = [torch.as_tensor(dataset[i]["labels"]).nonzero().flatten().tolist() for i in range(len(dataset))]
     pairs = [(i, c) for i, classes in enumerate(labels) for c in classes]
     if not pairs:
-        raise ValueError(f"target_policy 'true': none of the {len(labels)} images has a class (unlabelled images); "
-                         "use 'predicted' or 'class:<k>'")
+        raise ValueError(
+            f"target_policy 'true': none of the {len(labels)} images has a class (unlabelled images); "
+            "use 'predicted' or 'class:<k>'"
+        )
     bare = [i for i, classes in enumerate(labels) if not classes]
     if bare:
-        logging.getLogger("salience").warning("target_policy 'true': %d images have no class and are not explained "
-                                              "(the first: %s)", len(bare), [dataset_ids(dataset)[i] for i in bare[:5]])
+        logging.getLogger("salience").warning(
+            "target_policy 'true': %d images have no class and are not explained (the first: %s)",
+            len(bare),
+            [dataset_ids(dataset)[i] for i in bare[:5]],
+        )
     return [i for i, _ in pairs], [c for _, c in pairs]
 
 
-def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Path, *, layer: str | None = None,
-                    target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
-                    batch_size: int = 64, workers: int = 0, progress: bool = False, ctx=None) -> MapStore:
+def explain_dataset(
+    model: torch.nn.Module,
+    dataset,
+    method: str,
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    target_policy: str = "true",
+    data: str = "",
+    split: str = "",
+    chunk_size: int = 256,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    ctx=None,
+) -> MapStore:
     """Write the maps of `method` (a name, or `NAME@LAYER`; or the name and `layer`) for every image (or, for
     `target_policy` "true", every (image, present class) pair) of `dataset` (items of the batch contract) into
     the store at `out`, resuming an existing store with the same
@@ -61,15 +83,37 @@ def explain_dataset(model: torch.nn.Module, dataset, method: str, out: str | Pat
         if "@" in method:
             raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
         method = f"{method}@{layer}"
-    return explain_stores([model], dataset, [method], [{method: out}], target_policy=target_policy, data=data,
-                          split=split, chunk_size=chunk_size, batch_size=batch_size, workers=workers,
-                          progress=progress, ctx=ctx)[0][method]
+    return explain_stores(
+        [model],
+        dataset,
+        [method],
+        [{method: out}],
+        target_policy=target_policy,
+        data=data,
+        split=split,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+        ctx=ctx,
+    )[0][method]
 
 
-def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], outs: list[dict[str, str | Path]], *,
-                   target_policy: str = "true", data: str = "", split: str = "", chunk_size: int = 256,
-                   batch_size: int = 64, workers: int = 0, progress: bool = False,
-                   ctx=None) -> list[dict[str, MapStore]]:
+def explain_stores(
+    models: list[torch.nn.Module],
+    dataset,
+    methods: list[str],
+    outs: list[dict[str, str | Path]],
+    *,
+    target_policy: str = "true",
+    data: str = "",
+    split: str = "",
+    chunk_size: int = 256,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    ctx=None,
+) -> list[dict[str, MapStore]]:
     """Explain every image of `dataset` with every model and method in one read of the images: the maps of
     `models[m]` and method spec `s` (`NAME` or `NAME@LAYER`, see `attribute_many`) go to the store
     `outs[m][s]`, created or resumed (only the chunks unfinished in some store are computed, and only for
@@ -107,8 +151,9 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     else:  # one per image, its class chosen by the model
         item_image, item_class = list(range(len(ids))), None
 
-    def explain(m: int, x: torch.Tensor, classes: torch.Tensor | None,
-                wanted: list[str]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def explain(
+        m: int, x: torch.Tensor, classes: torch.Tensor | None, wanted: list[str]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         model = models[m]
         x = x.to(next(model.parameters()).device)
         if classes is None:
@@ -128,9 +173,16 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
             stores = []
             for m, spec, path in flat:
                 name, layer = specs[spec]
-                meta = StoreMeta(model_hash=model_hash(models[m]), method=name, layer=layer,
-                                 target_policy=target_policy, resolution=resolution, data=data, split=split,
-                                 image_ids=tuple(ids[i] for i in item_image))
+                meta = StoreMeta(
+                    model_hash=model_hash(models[m]),
+                    method=name,
+                    layer=layer,
+                    target_policy=target_policy,
+                    resolution=resolution,
+                    data=data,
+                    split=split,
+                    image_ids=tuple(ids[i] for i in item_image),
+                )
                 stores.append(MapStore.resume(path, meta, tuple(first[m][spec].shape[-2:]), chunk_size))
             pending = [s.pending() for s in stores]
         except Exception as err:
@@ -149,7 +201,7 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
     for k, chunks in enumerate(pending):
         for i in chunks:
             need.setdefault(i, []).append(k)
-    mine = sorted(need)[ctx.rank::ctx.world_size]
+    mine = sorted(need)[ctx.rank :: ctx.world_size]
 
     def compute(start: int, stop: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         wanted = need[start // chunk_size]
@@ -162,8 +214,12 @@ def explain_stores(models: list[torch.nn.Module], dataset, methods: list[str], o
         unique = sorted(set(images))
         row = {d: j for j, d in enumerate(unique)}  # dataset index -> position among the chunk's images
         classes = None if item_class is None else torch.tensor(item_class[start:stop])
-        loader = DataLoader(Subset(dataset, unique), batch_size=batch_size, collate_fn=collate,
-                            num_workers=workers if len(unique) > batch_size else 0)
+        loader = DataLoader(
+            Subset(dataset, unique),
+            batch_size=batch_size,
+            collate_fn=collate,
+            num_workers=workers if len(unique) > batch_size else 0,
+        )
         done = 0  # items explained so far
         for b, batch in enumerate(loader):  # each image read once, for every model, method and class
             first, end = b * batch_size, done
@@ -202,8 +258,10 @@ def method_outs(methods: list[str], out: str | Path, layer: str | None = None) -
         raise ValueError("method: give at least one")
     if layer is not None:
         if len(methods) != 1 or "@" in methods[0]:
-            raise ValueError(f"--layer {layer!r} applies to one method without a layer; write each method's layer "
-                             f"as NAME@LAYER (e.g. grad_cam@{layer})")
+            raise ValueError(
+                f"--layer {layer!r} applies to one method without a layer; write each method's layer "
+                f"as NAME@LAYER (e.g. grad_cam@{layer})"
+            )
         methods = [f"{methods[0]}@{layer}"]
     for spec in methods:
         parse_method(spec)
@@ -211,15 +269,27 @@ def method_outs(methods: list[str], out: str | Path, layer: str | None = None) -
     if len(methods) == 1:
         return {methods[0]: out}
     if (out / "zarr.json").exists():
-        raise ValueError(f"{out} is a map store; with several methods the output is a folder holding one store "
-                         "per method")
+        raise ValueError(
+            f"{out} is a map store; with several methods the output is a folder holding one store per method"
+        )
     return {spec: out / spec for spec in methods}
 
 
-def explain_checkpoint(checkpoint: str | Path, split: str, methods: str | list[str], out: str | Path, *,
-                       layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
-                       chunk_size: int = 256, batch_size: int = 64, device: str = "cpu", progress: bool = False,
-                       ctx=None) -> dict[str, MapStore]:
+def explain_checkpoint(
+    checkpoint: str | Path,
+    split: str,
+    methods: str | list[str],
+    out: str | Path,
+    *,
+    layer: str | None = None,
+    target_policy: str = "true",
+    overrides: list[str] | None = None,
+    chunk_size: int = 256,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+    ctx=None,
+) -> dict[str, MapStore]:
     """`explain_stores` for a training checkpoint on `split` of its saved data config, `{spec: store}` with the
     stores of `method_outs(methods, out, layer)` (`overrides`: see `load_run`; `data.workers=1` loads images in
     a second process). Under torchrun pass `ctx` (its device is used)."""
@@ -228,6 +298,17 @@ def explain_checkpoint(checkpoint: str | Path, split: str, methods: str | list[s
 
     outs = method_outs([methods] if isinstance(methods, str) else methods, out, layer)
     model, config = load_run(checkpoint, overrides, ctx.device if ctx else device)
-    return explain_stores([model], open_split(config.data, split), list(outs), [outs], target_policy=target_policy,
-                          data=data_name(config), split=split, chunk_size=chunk_size, batch_size=batch_size,
-                          workers=config.data.workers, progress=progress, ctx=ctx)[0]
+    return explain_stores(
+        [model],
+        open_split(config.data, split),
+        list(outs),
+        [outs],
+        target_policy=target_policy,
+        data=data_name(config),
+        split=split,
+        chunk_size=chunk_size,
+        batch_size=batch_size,
+        workers=config.data.workers,
+        progress=progress,
+        ctx=ctx,
+    )[0]

@@ -112,13 +112,22 @@ class MapStore:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-            group.create_array("maps", shape=(n, *map_shape), chunks=(chunk_size, *map_shape), dtype="float32",
-                               **_codecs())
+            group.create_array(
+                "maps", shape=(n, *map_shape), chunks=(chunk_size, *map_shape), dtype="float32", **_codecs()
+            )
             group.create_array("targets", shape=(n,), chunks=(chunk_size,), dtype="int64", fill_value=-1, **_codecs())
-            group.create_array("done", shape=(-(-n // chunk_size),), chunks=(1,), dtype="bool", fill_value=False,
-                               **_codecs())
-            group.attrs.update({"salience_store": FORMAT, "meta": meta.model_dump(mode="json"), "n": n,
-                                "map_shape": list(map_shape), "chunk_size": chunk_size})
+            group.create_array(
+                "done", shape=(-(-n // chunk_size),), chunks=(1,), dtype="bool", fill_value=False, **_codecs()
+            )
+            group.attrs.update(
+                {
+                    "salience_store": FORMAT,
+                    "meta": meta.model_dump(mode="json"),
+                    "n": n,
+                    "map_shape": list(map_shape),
+                    "chunk_size": chunk_size,
+                }
+            )
             os.replace(tmp, path)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -167,8 +176,9 @@ class MapStore:
                 try:
                     flags[i] = bool(self._group["done"][i])
                 except Exception as err:
-                    log.warning("%s: unreadable (%s); chunk %d counts as unfinished",
-                                self.path / "done" / "c" / str(i), err, i)
+                    log.warning(
+                        "%s: unreadable (%s); chunk %d counts as unfinished", self.path / "done" / "c" / str(i), err, i
+                    )
         self._seen_done = flags.copy()
         return flags
 
@@ -204,8 +214,10 @@ class MapStore:
         """Write chunk `i` (maps `[n_i, h, w]`, targets `[n_i]`), then mark it done."""
         start, stop = self.chunk_range(i)
         if tuple(maps.shape) != (stop - start, *self.map_shape) or tuple(targets.shape) != (stop - start,):
-            raise ValueError(f"{self.path}: chunk {i} needs maps {(stop - start, *self.map_shape)} and targets "
-                             f"({stop - start},); got {tuple(maps.shape)} and {tuple(targets.shape)}")
+            raise ValueError(
+                f"{self.path}: chunk {i} needs maps {(stop - start, *self.map_shape)} and targets "
+                f"({stop - start},); got {tuple(maps.shape)} and {tuple(targets.shape)}"
+            )
         if not torch.isfinite(maps).all():
             raise ValueError(f"{self.path}: chunk {i} maps contain NaN or inf")
         full = {"write_empty_chunks": True}  # a finished chunk always has its files, even an all-zero one
@@ -229,8 +241,10 @@ class MapStore:
             damaged = True
         if damaged:
             bad = [reason for i in chunks if (reason := self._check_chunk(i))]
-            raise DamagedStoreError("; ".join(bad) + ". Run `salience explain` again with the same arguments "
-                                    "to recompute the damaged chunks")
+            raise DamagedStoreError(
+                "; ".join(bad) + ". Run `salience explain` again with the same arguments "
+                "to recompute the damaged chunks"
+            )
         return maps, targets
 
     def iter_chunks(self, size: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -243,8 +257,12 @@ class MapStore:
             yield (start, *self.read(start, min(start + size, self.n)))
 
 
-def fill(stores: MapStore | Sequence[MapStore], compute: Callable, progress: bool = False,
-         chunks: Sequence[int] | None = None) -> int:
+def fill(
+    stores: MapStore | Sequence[MapStore],
+    compute: Callable,
+    progress: bool = False,
+    chunks: Sequence[int] | None = None,
+) -> int:
     """Compute and write every unfinished chunk: `compute(start, stop) -> (maps, targets)`.
     Returns the number of chunks computed (0 when the store was already complete).
 
@@ -259,15 +277,19 @@ def fill(stores: MapStore | Sequence[MapStore], compute: Callable, progress: boo
         raise ValueError("fill: no stores given")
     for s in group[1:]:
         if (s.n, s.chunk_size) != (group[0].n, group[0].chunk_size):
-            raise ValueError(f"fill: {s.path} has {s.n} images in chunks of {s.chunk_size}, {group[0].path} "
-                             f"{group[0].n} in chunks of {group[0].chunk_size}; stores filled together must agree")
+            raise ValueError(
+                f"fill: {s.path} has {s.n} images in chunks of {s.chunk_size}, {group[0].path} "
+                f"{group[0].n} in chunks of {group[0].chunk_size}; stores filled together must agree"
+            )
     if chunks is None:
         chunks = np.flatnonzero(~np.stack([s.done() for s in group]).all(0)).tolist()
     todo = chunks
     if progress and todo:
         from rich.progress import track
 
-        todo = track(todo, description=f"explain -> {group[0].path.name}" + (f" (+{len(group) - 1})" if len(group) > 1 else ""))
+        todo = track(
+            todo, description=f"explain -> {group[0].path.name}" + (f" (+{len(group) - 1})" if len(group) > 1 else "")
+        )
     count = 0
     for i in todo:
         start, stop = group[0].chunk_range(i)
@@ -287,10 +309,13 @@ def check_aligned(stores: list[MapStore]) -> None:
     for s in stores[1:]:
         for key in ("data", "split", "method", "layer", "target_policy", "resolution"):
             if getattr(s.meta, key) != getattr(ref.meta, key):
-                raise ValueError(f"{s.path} and {ref.path} differ in {key}: "
-                                 f"{getattr(s.meta, key)!r} vs {getattr(ref.meta, key)!r}")
+                raise ValueError(
+                    f"{s.path} and {ref.path} differ in {key}: {getattr(s.meta, key)!r} vs {getattr(ref.meta, key)!r}"
+                )
         if s.meta.image_ids != ref.meta.image_ids:
             same_set = set(s.meta.image_ids) == set(ref.meta.image_ids)
-            raise ValueError(f"{s.path} and {ref.path} hold {'the same images in a different order' if same_set else 'different images'}")
+            raise ValueError(
+                f"{s.path} and {ref.path} hold {'the same images in a different order' if same_set else 'different images'}"
+            )
         if s.map_shape != ref.map_shape:
             raise ValueError(f"{s.path} and {ref.path} differ in map shape: {s.map_shape} vs {ref.map_shape}")

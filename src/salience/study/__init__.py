@@ -17,5 +17,13 @@ def demo_study(quick: bool = False) -> Path:
     return Path(__file__).with_name("demo_quick.yaml" if quick else "demo.yaml")
 
 
-__all__ = ["StudyConfig", "TrainGroup", "WeightsGroup", "demo_study", "findings", "load_study", "measure_checkpoints",
-           "run"]
+__all__ = [
+    "StudyConfig",
+    "TrainGroup",
+    "WeightsGroup",
+    "demo_study",
+    "findings",
+    "load_study",
+    "measure_checkpoints",
+    "run",
+]

@@ -46,8 +46,14 @@ class StudyData(_Strict):
     workers: int = Field(0, ge=0)
 
     def data_config(self) -> DataConfig:
-        return DataConfig(format=self.format, root=self.root, size=self.size, options=self.options,
-                          workers=self.workers, augment=False)
+        return DataConfig(
+            format=self.format,
+            root=self.root,
+            size=self.size,
+            options=self.options,
+            workers=self.workers,
+            augment=False,
+        )
 
     def mean_std(self) -> tuple[tuple, tuple] | None:
         if self.normalize == "none":
@@ -106,6 +112,7 @@ class WeightsGroup(_Strict):
         if (self.model is None) != (self.num_classes is None):
             raise ValueError("give both model and num_classes, or neither (salience checkpoints name their model)")
         return self
+
     allow_pickle: bool = False
     """Load whole pickled models (`torch.save(model)`): runs code from the files; only for files you trust."""
 
@@ -125,8 +132,9 @@ def _group_kind(value) -> str:
     return "train" if "train" in keys else "weights"
 
 
-Group = Annotated[Annotated[WeightsGroup, Tag("weights")] | Annotated[TrainGroup, Tag("train")],
-                  Discriminator(_group_kind)]
+Group = Annotated[
+    Annotated[WeightsGroup, Tag("weights")] | Annotated[TrainGroup, Tag("train")], Discriminator(_group_kind)
+]
 """A group with a `train` key is trained by the study; any other is a group of weights files."""
 
 
@@ -153,8 +161,10 @@ class StudyConfig(_Strict):
             if "/" in name or name.startswith("."):
                 raise ValueError(f"groups: {name!r}: a group name is used in file names; no '/' or leading '.'")
             if isinstance(g, TrainGroup) and self.data.normalize != "none":
-                raise ValueError(f"groups.{name}: models trained by salience see images in [0, 1]; "
-                                 f"data.normalize must be none for a study that trains")
+                raise ValueError(
+                    f"groups.{name}: models trained by salience see images in [0, 1]; "
+                    f"data.normalize must be none for a study that trains"
+                )
         return self
 
     @property

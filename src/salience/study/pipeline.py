@@ -52,6 +52,7 @@ OWN_FILES = ("runs", "stores", "models", "results.json", "report.html", "gallery
 @dataclass
 class Member:
     """One model of a study: its group, name (the weights file's stem, or `<group>_s<seed>`), where it came from."""
+
     group: str
     name: str
     model: nn.Module
@@ -60,8 +61,13 @@ class Member:
     run: Path | None = None
 
 
-def run(study: StudyConfig | str | Path | dict, out: str | Path | None = None, overrides: list[str] | None = None,
-        progress: bool = True, ctx=None) -> dict | None:
+def run(
+    study: StudyConfig | str | Path | dict,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+    ctx=None,
+) -> dict | None:
     """Run a study (a `StudyConfig`, a study file or a mapping; `overrides`: `key=value`) and return its
     results (also in `out/results.json`). Under torchrun (`ctx`) the processes share explaining and probes;
     rank 0 writes the results and returns them, the others return None."""
@@ -88,16 +94,36 @@ def run(study: StudyConfig | str | Path | dict, out: str | Path | None = None, o
     stores = {m.name: out / "stores" / m.name for m in members}
     if progress and main:
         console.rule(f"explaining {len(members)} models on {len(data)} images ({spec})")
-    explain_stores([m.model for m in members], data, [spec], [{spec: stores[m.name]} for m in members],
-                   target_policy=cfg.explain.target, data=cfg.data.describe(), split=cfg.data.split,
-                   chunk_size=cfg.explain.chunk_size, batch_size=cfg.explain.batch_size, workers=cfg.data.workers,
-                   progress=progress and main, ctx=ctx)
+    explain_stores(
+        [m.model for m in members],
+        data,
+        [spec],
+        [{spec: stores[m.name]} for m in members],
+        target_policy=cfg.explain.target,
+        data=cfg.data.describe(),
+        split=cfg.data.split,
+        chunk_size=cfg.explain.chunk_size,
+        batch_size=cfg.explain.batch_size,
+        workers=cfg.data.workers,
+        progress=progress and main,
+        ctx=ctx,
+    )
     groups = {g: [stores[m.name] for m in members if m.group == g] for g in cfg.groups}
-    sources = {str(stores[m.name]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
-               for m in members}
-    summary = measure_stores(groups, out, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot,
-                             n_perm=cfg.measures.n_perm, sources=sources, ctx=ctx,
-                             names={str(stores[m.name]): m.name for m in members}, own=OWN_FILES)
+    sources = {
+        str(stores[m.name]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
+        for m in members
+    }
+    summary = measure_stores(
+        groups,
+        out,
+        seed=cfg.measures.seed,
+        n_boot=cfg.measures.n_boot,
+        n_perm=cfg.measures.n_perm,
+        sources=sources,
+        ctx=ctx,
+        names={str(stores[m.name]): m.name for m in members},
+        own=OWN_FILES,
+    )
     if not main:
         return None
     accuracy = _accuracies(cfg, members, out, data)
@@ -128,8 +154,9 @@ def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, 
                 else:
                     model = load_model(w, g.model, g.num_classes, allow_pickle=g.allow_pickle)
                     members.append(Member(group, name, model, f"{g.model} weights {w}"))
-    names = [m.name for m in members] + [f"{group}_s{seed}" for group, g in cfg.groups.items()
-                                          if isinstance(g, TrainGroup) for seed in g.seeds]
+    names = [m.name for m in members] + [
+        f"{group}_s{seed}" for group, g in cfg.groups.items() if isinstance(g, TrainGroup) for seed in g.seeds
+    ]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
         raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
@@ -165,9 +192,11 @@ def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
     needs_layer = cfg.explain.layer not in (None, "input") or cfg.explain.method == "cam"
     for m in members:
         if needs_layer and getattr(m.model, "salience_opaque", False):
-            raise ConfigError(f"explain: {m.name} ({m.source}) is a TorchScript / torch.export model; its layers "
-                              f"cannot be hooked, so only input methods (gradient, input_x_gradient, "
-                              f"integrated_gradients with layer: null) work for it")
+            raise ConfigError(
+                f"explain: {m.name} ({m.source}) is a TorchScript / torch.export model; its layers "
+                f"cannot be hooked, so only input methods (gradient, input_x_gradient, "
+                f"integrated_gradients with layer: null) work for it"
+            )
         if cfg.explain.layer not in (None, "input"):
             try:
                 A.resolve_layer(m.model, cfg.explain.layer)
@@ -185,8 +214,11 @@ def _train_one(tree: dict, run_dir: Path, threads: int | None = None) -> Path:
 
     if threads:
         torch.set_num_threads(threads)
-    return train(validate(tree, f"training run {run_dir.name}"), resume=(run_dir / "checkpoints" / "last.pt").exists(),
-                 progress=threads is None)
+    return train(
+        validate(tree, f"training run {run_dir.name}"),
+        resume=(run_dir / "checkpoints" / "last.pt").exists(),
+        progress=threads is None,
+    )
 
 
 def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -> dict[tuple[str, int], Path]:
@@ -232,9 +264,11 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dic
     splits = {"data": cfg.data} | dict(cfg.evaluate)
     result = {}
     opened: dict = {"data": data}
-    key = json.dumps({k: v.model_dump(mode="json") for k, v in splits.items()}
-                     | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
-                     sort_keys=True)
+    key = json.dumps(
+        {k: v.model_dump(mode="json") for k, v in splits.items()}
+        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
+        sort_keys=True,
+    )
     (out / "models").mkdir(exist_ok=True)
     for m in members:
         cache = out / "models" / f"{m.name}.json"
@@ -290,9 +324,15 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
     models = {}
     for m in members:
         s = by_store[m.name]
-        models[m.name] = {"group": m.group, "seed": m.seed, "source": m.source, "model_hash": s["model_hash"],
-                          "accuracy": accuracy[m.name], "measures": {c: s[c] for c in columns if c in s},
-                          **s.get("curves", {})}
+        models[m.name] = {
+            "group": m.group,
+            "seed": m.seed,
+            "source": m.source,
+            "model_hash": s["model_hash"],
+            "accuracy": accuracy[m.name],
+            "measures": {c: s[c] for c in columns if c in s},
+            **s.get("curves", {}),
+        }
         if m.run is not None:
             models[m.name]["pareto"] = _pareto(m.run)
     groups = {g: [m.name for m in members if m.group == g] for g in cfg.groups}
@@ -301,27 +341,44 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
     def add(key: str, values: dict[str, torch.Tensor]) -> None:
         """Summaries per group and comparisons with the reference group of `values` (group -> [n])."""
         table[key] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
-        comparisons[key] = {f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed,
-                                                           n_perm=cfg.measures.n_perm)
-                            for g in groups if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2}
+        comparisons[key] = {
+            f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed, n_perm=cfg.measures.n_perm)
+            for g in groups
+            if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2
+        }
 
     for c in columns:  # per-image values pooled over the models of a group
-        values = {g: torch.tensor([float(r[c]) for r in rows if r["group"] == g and r[c] != ""], dtype=torch.float64)
-                  for g in groups}
+        values = {
+            g: torch.tensor([float(r[c]) for r in rows if r["group"] == g and r[c] != ""], dtype=torch.float64)
+            for g in groups
+        }
         values = {g: v[~torch.isnan(v)] for g, v in values.items()}
         if any(len(v) for v in values.values()):
             add(c, values)
     keys = list(dict.fromkeys(k for a in accuracy.values() for k in a))  # data, then each split, then out of set
     for k in keys:  # per-model values
-        add(k, {g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
-                for g, names in groups.items()})
+        add(
+            k,
+            {
+                g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
+                for g, names in groups.items()
+            },
+        )
     results = {
         "study": cfg.model_dump(mode="json"),
-        "data": {"description": cfg.data.describe(), "images": len(data), "classes": list(getattr(data, "classes", [])),
-                 "out_of_set": cfg.out_of_set.describe() if cfg.out_of_set else None,
-                 "evaluate": {k: v.describe() for k, v in cfg.evaluate.items()}},
+        "data": {
+            "description": cfg.data.describe(),
+            "images": len(data),
+            "classes": list(getattr(data, "classes", [])),
+            "out_of_set": cfg.out_of_set.describe() if cfg.out_of_set else None,
+            "evaluate": {k: v.describe() for k, v in cfg.evaluate.items()},
+        },
         "explain": {"method": cfg.explain.method, "layer": cfg.explain.layer, "target": cfg.explain.target},
-        "reference": ref, "models": models, "groups": groups, "summary": table, "comparisons": comparisons,
+        "reference": ref,
+        "models": models,
+        "groups": groups,
+        "summary": table,
+        "comparisons": comparisons,
         "accuracy_keys": keys,
         "stability": summary["stability"],
     }
@@ -337,8 +394,15 @@ def _pareto(run_dir: Path) -> list[dict]:
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         rec = json.loads(line)
         val = rec["val"]
-        points.append({"epoch": rec["epoch"], "accuracy": val.get("accuracy", val.get("f1")), "epg": val.get("epg"),
-                       "iou": val.get("iou"), "pareto": rec["epoch"] in kept})
+        points.append(
+            {
+                "epoch": rec["epoch"],
+                "accuracy": val.get("accuracy", val.get("f1")),
+                "epg": val.get("epg"),
+                "iou": val.get("iou"),
+                "pareto": rec["epoch"] in kept,
+            }
+        )
     return points
 
 
@@ -361,9 +425,19 @@ def _gallery(cfg: StudyConfig, members: list[Member], data, stores: dict, out: P
             first[m.group] = A.upsample(maps[[r - rows[0] for r in rows]], tuple(batch["image"].shape[-2:]))
     classes = list(getattr(data, "classes", []))
     labels = [int(row.argmax()) if row.numel() and row.any() else -1 for row in batch["labels"]]
-    torch.save({"images": batch["image"], "boxes": batch["boxes"], "human_maps": batch["human_map"],
-                "has_human_map": batch["has_human_map"], "labels": labels, "classes": classes, "maps": first,
-                "ids": batch["id"]}, out / "gallery.pt.tmp")
+    torch.save(
+        {
+            "images": batch["image"],
+            "boxes": batch["boxes"],
+            "human_maps": batch["human_map"],
+            "has_human_map": batch["has_human_map"],
+            "labels": labels,
+            "classes": classes,
+            "maps": first,
+            "ids": batch["id"],
+        },
+        out / "gallery.pt.tmp",
+    )
     os.replace(out / "gallery.pt.tmp", out / "gallery.pt")
 
 
@@ -372,8 +446,11 @@ def findings(results: dict) -> list[str]:
     s, c, ref = results["summary"], results["comparisons"], results["reference"]
     groups = [g for g, names in results["groups"].items() if names]
     out = []
-    about = {"epg": "EPG (share of positive salience inside the objects' boxes)", "accuracy": "accuracy",
-             **{f"{k}_accuracy": f"accuracy on {k}" for k in results["data"]["evaluate"]}}
+    about = {
+        "epg": "EPG (share of positive salience inside the objects' boxes)",
+        "accuracy": "accuracy",
+        **{f"{k}_accuracy": f"accuracy on {k}" for k in results["data"]["evaluate"]},
+    }
     for g in groups:
         if g == ref:
             continue
@@ -396,22 +473,34 @@ def findings(results: dict) -> list[str]:
             if "accuracy" in s and key in s:
                 gap = s["accuracy"][g]["mean"] - s[key][g]["mean"]
                 if gap > 0.2:
-                    out.append(f"{g} models lose {gap:.2f} accuracy on {split}: they follow something that "
-                               f"{split} changes.")
+                    out.append(
+                        f"{g} models lose {gap:.2f} accuracy on {split}: they follow something that {split} changes."
+                    )
     if "accuracy" in s and s["accuracy"][ref]["mean"] < 0.75:
-        out.append(f"{ref} models barely learned the task (accuracy {s['accuracy'][ref]['mean']:.2f}): the "
-                   f"comparisons above mean little.")
+        out.append(
+            f"{ref} models barely learned the task (accuracy {s['accuracy'][ref]['mean']:.2f}): the "
+            f"comparisons above mean little."
+        )
     sizes = [len(results["groups"][g]) for g in groups]
     if min(sizes) >= 2 and results["accuracy_keys"]:
         n = min(sizes)
-        out.append(f"Accuracies are compared per model ({n} per group): the smallest p-value a permutation test "
-                   f"can give is {2 / math.comb(2 * n, n):.2g}.")
-    ranked = {"entropy_histogram": (min, "Lowest histogram entropy (most concentrated salience)"),
-              "stability": (max, "Most stable across models of a group (mean pairwise SSIM)"),
-              "transform_ssim": (max, "Most consistent under flips, rotations and shifts (mean SSIM)")}
+        out.append(
+            f"Accuracies are compared per model ({n} per group): the smallest p-value a permutation test "
+            f"can give is {2 / math.comb(2 * n, n):.2g}."
+        )
+    ranked = {
+        "entropy_histogram": (min, "Lowest histogram entropy (most concentrated salience)"),
+        "stability": (max, "Most stable across models of a group (mean pairwise SSIM)"),
+        "transform_ssim": (max, "Most consistent under flips, rotations and shifts (mean SSIM)"),
+    }
     for key, (pick, what) in ranked.items():
-        means = ({g: v["ssim"]["mean"] for g, v in results["stability"].items()} if key == "stability"
-                 else {g: s[key][g]["mean"] for g in groups} if key in s else {})
+        means = (
+            {g: v["ssim"]["mean"] for g, v in results["stability"].items()}
+            if key == "stability"
+            else {g: s[key][g]["mean"] for g in groups}
+            if key in s
+            else {}
+        )
         if means:
             best = pick(means, key=means.get)
             out.append(f"{what}: {best} ({means[best]:.3f}).")
@@ -422,10 +511,23 @@ def _write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
-def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *, method: str, split: str = "test",
-                        layer: str | None = None, target_policy: str = "true", overrides: list[str] | None = None,
-                        n_probe: int = 128, out_of_set: str | None = None, seed: int = 0, batch_size: int = 64,
-                        device: str = "cpu", progress: bool = False, ctx=None) -> dict | None:
+def measure_checkpoints(
+    groups: dict[str, list[str | Path]],
+    out: str | Path,
+    *,
+    method: str,
+    split: str = "test",
+    layer: str | None = None,
+    target_policy: str = "true",
+    overrides: list[str] | None = None,
+    n_probe: int = 128,
+    out_of_set: str | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = False,
+    ctx=None,
+) -> dict | None:
     """`salience measure --checkpoints / --group`: a study of salience checkpoints (group -> paths) on `split`
     of their (shared) data config, explained with `method` (`NAME`, `NAME@LAYER`, or the name and `layer`),
     with the first `n_probe` images of the split `out_of_set` as out-of-set samples. `overrides` change the
@@ -440,12 +542,21 @@ def measure_checkpoints(groups: dict[str, list[str | Path]], out: str | Path, *,
             if data is None:
                 data, first = config.data, path
             elif config.data != data:
-                raise ValueError(f"{path}: its data config differs from that of {first}; measure checkpoints of "
-                                 f"one data set together (or align them with --set data.<key>=...)")
-    section = {"format": data.format, "root": data.root, "size": data.size, "options": data.options,
-               "workers": data.workers}
+                raise ValueError(
+                    f"{path}: its data config differs from that of {first}; measure checkpoints of "
+                    f"one data set together (or align them with --set data.<key>=...)"
+                )
+    section = {
+        "format": data.format,
+        "root": data.root,
+        "size": data.size,
+        "options": data.options,
+        "workers": data.workers,
+    }
     study = {
-        "out": str(out), "device": device, "data": section | {"split": split},
+        "out": str(out),
+        "device": device,
+        "data": section | {"split": split},
         "explain": {"method": name, "layer": at or layer, "target": target_policy, "batch_size": batch_size},
         "measures": {"n_probe": n_probe, "seed": seed},
         "groups": {g: {"weights": [str(p) for p in paths]} for g, paths in groups.items()},

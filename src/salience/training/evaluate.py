@@ -33,9 +33,17 @@ def task_metric_name(multi_label: bool) -> str:
     return "f1" if multi_label else "accuracy"
 
 
-def evaluate(model: nn.Module, loader, multi_label: bool, method: str = "input_x_gradient", depth: str = "input",
-             iou_threshold: float = 0.5, ctx: dist.Context | None = None, amp: bool = False,
-             localisation: bool = True) -> dict:
+def evaluate(
+    model: nn.Module,
+    loader,
+    multi_label: bool,
+    method: str = "input_x_gradient",
+    depth: str = "input",
+    iou_threshold: float = 0.5,
+    ctx: dist.Context | None = None,
+    amp: bool = False,
+    localisation: bool = True,
+) -> dict:
     """Metrics of `model` on `loader` (model put in eval mode). Returns a JSON-ready dict."""
     ctx = ctx or dist.Context(0, 1, next(model.parameters()).device, False)
     was_training = model.training
@@ -67,8 +75,14 @@ def evaluate(model: nn.Module, loader, multi_label: bool, method: str = "input_x
     return metrics(allp["logits"], allp["labels"], allp["group"], allp["epg"], allp["iou"], multi_label)
 
 
-def metrics(logits: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, epg: torch.Tensor,
-            iou: torch.Tensor, multi_label: bool) -> dict:
+def metrics(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    group: torch.Tensor,
+    epg: torch.Tensor,
+    iou: torch.Tensor,
+    multi_label: bool,
+) -> dict:
     """Metrics from per-image logits `[N, C]`, multi-hot labels `[N, C]`, groups `[N]` and per-pair
     EPG / IoU values (NaN where undefined)."""
     out: dict = {"images": int(logits.shape[0])}
@@ -77,13 +91,17 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, group: torch.Tensor, epg
         raise ValueError("evaluate: the split has no images")
     if multi_label:
         # integer predictions skip torchmetrics' threshold (it tests p > t; docs/definitions.md says logit >= 0)
-        out["f1"] = multilabel_f1_score((logits >= 0).int(), labels.int(), num_labels=num_classes,
-                                        average="micro").item()
+        out["f1"] = multilabel_f1_score(
+            (logits >= 0).int(), labels.int(), num_labels=num_classes, average="micro"
+        ).item()
     else:
         target = labels.argmax(1)
         pred = logits.argmax(1)
-        out["accuracy"] = multiclass_accuracy(pred, target, num_classes=num_classes, average="micro").item() \
-            if num_classes > 1 else 1.0
+        out["accuracy"] = (
+            multiclass_accuracy(pred, target, num_classes=num_classes, average="micro").item()
+            if num_classes > 1
+            else 1.0
+        )
         if num_classes == 2:
             out["auc"] = binary_auroc(torch.softmax(logits, 1)[:, 1], target).item()
         elif num_classes > 2:

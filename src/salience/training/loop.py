@@ -78,9 +78,15 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def _progress(enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeRemainingColumn(),
-                    disable=not enabled, transient=True)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=True,
+    )
 
 
 def _same_run(old: dict, new: dict) -> list[str]:
@@ -131,8 +137,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
             raise ConfigError(f"out: cannot create {run} ({err.strerror or err})") from None
     g = config.guidance
     torch.manual_seed(config.seed)
-    train_ds = open_split(config.data, config.data.train_split, train=True, fraction=g.annotated_fraction,
-                          seed=config.seed)
+    train_ds = open_split(
+        config.data, config.data.train_split, train=True, fraction=g.annotated_fraction, seed=config.seed
+    )
     val_ds = open_split(config.data, config.data.val_split)
     for ds in (train_ds, val_ds):  # a missing or corrupt file fails now, not hours into training
         check_files(ds)
@@ -178,20 +185,36 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
         _trim_log(run / "log.jsonl", start)
     core = model
     if ctx.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
+        )
     sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed)
-    val_loader = DataLoader(val_ds, batch_size=config.eval.batch_size or config.batch_size, collate_fn=collate,
-                            sampler=dist.ShardSampler(len(val_ds), ctx.rank, ctx.world_size), num_workers=config.data.workers)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and ctx.device.type == "cuda" else nullcontext()
+    val_loader = DataLoader(
+        val_ds,
+        batch_size=config.eval.batch_size or config.batch_size,
+        collate_fn=collate,
+        sampler=dist.ShardSampler(len(val_ds), ctx.rank, ctx.world_size),
+        num_workers=config.data.workers,
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and ctx.device.type == "cuda" else nullcontext()
+    )
     for epoch in range(start, config.epochs):
         t0 = time.perf_counter()
         seed = _seed(config, epoch, ctx.rank)
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
         sampler.set_epoch(epoch)
-        loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, collate_fn=collate,
-                            num_workers=config.data.workers, generator=torch.Generator().manual_seed(seed),
-                            pin_memory=ctx.device.type == "cuda", drop_last=False)
+        loader = DataLoader(
+            train_ds,
+            batch_size=config.batch_size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=config.data.workers,
+            generator=torch.Generator().manual_seed(seed),
+            pin_memory=ctx.device.type == "cuda",
+            drop_last=False,
+        )
         model.train()
         sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, task, guidance, guided, images
         with _progress(progress and ctx.is_main) as bar:
@@ -207,30 +230,55 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
                         f"{out['guidance'].item()}) at epoch {epoch + 1}, step {step} (global step "
                         f"{epoch * len(loader) + step}), batch of images {batch['id'][:8]}"
                         f"{' ...' if len(batch['id']) > 8 else ''} on rank {ctx.rank}; last good checkpoint: "
-                        f"{last if last.exists() else 'none yet'}")
+                        f"{last if last.exists() else 'none yet'}"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 out["total"].backward()
                 optimizer.step()
                 n = batch["image"].shape[0]
-                sums += torch.tensor([out["total"].item() * n, out["task"].item() * n,
-                                      out["guidance"].item() * out["guided"], out["guided"], n],
-                                     dtype=torch.float64, device=ctx.device)
+                sums += torch.tensor(
+                    [
+                        out["total"].item() * n,
+                        out["task"].item() * n,
+                        out["guidance"].item() * out["guided"],
+                        out["guided"],
+                        n,
+                    ],
+                    dtype=torch.float64,
+                    device=ctx.device,
+                )
                 bar.update(task_id, advance=1, loss=out["total"].item())
         scheduler.step()
         sums = dist.all_sum(sums, ctx)
-        train_stats = {"loss": (sums[0] / sums[4]).item(), "task": (sums[1] / sums[4]).item(),
-                       "guidance": (sums[2] / sums[3]).item() if sums[3] > 0 else None,
-                       "guided_fraction": (sums[3] / sums[4]).item()}
-        val = evaluate(core, val_loader, multi_label, eval_method, eval_depth, config.eval.iou_threshold,
-                       ctx=ctx, amp=config.amp)
-        record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train": train_stats, "val": val,
-                  "seconds": round(time.perf_counter() - t0, 3)}
+        train_stats = {
+            "loss": (sums[0] / sums[4]).item(),
+            "task": (sums[1] / sums[4]).item(),
+            "guidance": (sums[2] / sums[3]).item() if sums[3] > 0 else None,
+            "guided_fraction": (sums[3] / sums[4]).item(),
+        }
+        val = evaluate(
+            core, val_loader, multi_label, eval_method, eval_depth, config.eval.iou_threshold, ctx=ctx, amp=config.amp
+        )
+        record = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train": train_stats,
+            "val": val,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
         if ctx.is_main:
             objectives = (val[task_metric_name(multi_label)], val["epg"], val["iou"])
-            state = {"model": core.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "config": config.dump(),
-                     "metrics": record, "multi_label": multi_label, "classes": list(train_ds.classes),
-                     "rng": {"seed": config.seed, "epoch": epoch + 1, "derivation": "seed*1000003 + epoch*1009 + rank"}}
+            state = {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "config": config.dump(),
+                "metrics": record,
+                "multi_label": multi_label,
+                "classes": list(train_ds.classes),
+                "rng": {"seed": config.seed, "epoch": epoch + 1, "derivation": "seed*1000003 + epoch*1009 + rank"},
+            }
             keep = front.consider(epoch + 1, objectives)
             state["pareto"] = front.state_dict()
             # the log line first: a death before the checkpoint leaves a line that resume trims away

@@ -56,8 +56,10 @@ class ParetoFront:
             for name in self._drop:
                 (self.folder / name).unlink(missing_ok=True)
         self._drop = []
-        atomic_write_text(self.folder / "pareto.json", json.dumps(
-            {"objectives": ["task", "epg", "iou"], "front": self.entries}, indent=2) + "\n")
+        atomic_write_text(
+            self.folder / "pareto.json",
+            json.dumps({"objectives": ["task", "epg", "iou"], "front": self.entries}, indent=2) + "\n",
+        )
 
     def state_dict(self) -> dict:
         return {"entries": [dict(e) for e in self.entries]}

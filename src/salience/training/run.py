@@ -15,8 +15,9 @@ from salience.io.datasets import open_split
 from salience.training.evaluate import evaluate
 
 
-def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: list[str] | None = None,
-                        device: str = "auto") -> dict:
+def evaluate_checkpoint(
+    path: str | Path, split: str = "test", overrides: list[str] | None = None, device: str = "auto"
+) -> dict:
     """Metrics of the checkpoint's model on `split` of its data config (`overrides`: `key=value`
     changes to the saved config, e.g. `data.root=/data/VOCdevkit`)."""
     state = load_checkpoint(path, map_location="cpu")
@@ -29,8 +30,17 @@ def evaluate_checkpoint(path: str | Path, split: str = "test", overrides: list[s
     model = build(config.model.name, len(state["classes"]))
     model.load_state_dict(state["model"])
     model.to(ctx.device)
-    loader = DataLoader(ds, batch_size=config.eval.batch_size or config.batch_size, collate_fn=collate,
-                        num_workers=config.data.workers)
-    out = evaluate(model, loader, state["multi_label"], config.eval.method or config.guidance.method,
-                   config.eval.depth or config.guidance.depth, config.eval.iou_threshold, ctx=ctx, amp=config.amp)
+    loader = DataLoader(
+        ds, batch_size=config.eval.batch_size or config.batch_size, collate_fn=collate, num_workers=config.data.workers
+    )
+    out = evaluate(
+        model,
+        loader,
+        state["multi_label"],
+        config.eval.method or config.guidance.method,
+        config.eval.depth or config.guidance.depth,
+        config.eval.iou_threshold,
+        ctx=ctx,
+        amp=config.amp,
+    )
     return {"checkpoint": str(path), "epoch": state["epoch"], "split": split, **out}
