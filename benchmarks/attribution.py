@@ -13,10 +13,9 @@ import statistics
 import torch
 from captum import attr as captum_attr
 
+from common import timed
 from salience import attribution as A
 from salience.models import build
-
-from common import timed
 
 
 def main() -> None:

@@ -36,10 +36,10 @@ def worker(args) -> None:
     """One process of a run (under torchrun or alone): time `explain_stores` between two barriers."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    from salience.io.checkpoint import load_run
-    from salience.store.explain import data_name, explain_stores
     from salience import distributed as dist
+    from salience.io.checkpoint import load_run
     from salience.io.datasets import open_split
+    from salience.store.explain import data_name, explain_stores
 
     ctx = dist.setup(args.device)
     model, config = load_run(args.checkpoint, device=ctx.device)

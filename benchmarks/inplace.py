@@ -17,12 +17,11 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from common import timed
 from salience import attribution as A
 from salience.attribution import core
 from salience.guidance.step import Guide
 from salience.models import build
-
-from common import timed
 
 FIXED = core.capture
 

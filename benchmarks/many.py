@@ -15,10 +15,9 @@ import statistics
 import torch
 from captum import attr as captum_attr
 
+from common import timed
 from salience import attribution as A
 from salience.models import build
-
-from common import timed
 
 METHODS = ["gradient", "input_x_gradient", "grad_cam@final"]
 

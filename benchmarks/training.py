@@ -77,7 +77,7 @@ def main() -> None:
         f"# {args.model}, batch {args.batch}, {args.size} px, {device}, {torch.get_num_threads()} threads, "
         f"median of {args.repeats}"
     )
-    print(f"| method | depth | plain step (s) | guided step (s) | guided / plain |")
+    print("| method | depth | plain step (s) | guided step (s) | guided / plain |")
     print("|---|---|---|---|---|")
     for method, depth, prefix in ROWS:
         model = build(prefix + args.model, 20).to(device).train()

@@ -238,10 +238,10 @@ def test_cli_explain_of_a_densenet_at_features_equals_captum(tmp_path):
 
     from salience.cli import app
     from salience.data.core import collate
-    from salience.store import MapStore
     from salience.io.checkpoint import load_run
-    from salience.training import load_config, save_checkpoint
     from salience.io.datasets import open_split
+    from salience.store import MapStore
+    from salience.training import load_config, save_checkpoint
 
     cfg = load_config(
         None,

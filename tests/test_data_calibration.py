@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from salience.data import BuiltinBenchmark, builtin_dataset
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from salience.attribution import attribute
 from salience.cli import app
-from salience.store import MapStore
 from salience.io.checkpoint import load_run
+from salience.store import MapStore
 from salience.store.explain import explain_stores
 
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -97,7 +97,7 @@ def test_sigkill_mid_store_then_rerun_finishes_without_recomputing(tmp_path):
     for new_chunks in (0, rng.randint(1, 3), rng.randint(1, 3)):  # 0: killed while creating the store
         seen = len(_computed(log))
         proc = _start(script, store, log)
-        started = lambda: store.exists() or any(tmp_path.glob(".s.*"))  # noqa: E731
+        started = lambda: store.exists() or any(tmp_path.glob(".s.*"))
         _kill_when(
             proc,
             lambda: len(_computed(log)) >= seen + new_chunks and (new_chunks or started()),
@@ -167,7 +167,7 @@ def test_salience_explain_cli_killed_and_rerun(tmp_path):
     assert ref.returncode == 0, err
     store = tmp_path / "s"
     proc = _explain_cli(ckpt, store)
-    done_files = lambda: len(list((store / "done" / "c").glob("*"))) if store.exists() else 0  # noqa: E731
+    done_files = lambda: len(list((store / "done" / "c").glob("*"))) if store.exists() else 0
     _kill_when(proc, lambda: done_files() >= 5, delay=0.01)
     finished = np.flatnonzero(MapStore(store).done()).tolist()
     assert 5 <= len(finished) < 20

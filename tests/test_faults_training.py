@@ -22,7 +22,6 @@ import yaml
 
 from salience.training import ConfigError, load_checkpoint, load_config, save_checkpoint, train
 
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 SALIENCE = [sys.executable, "-c", "from salience.cli import app; app()"]
 

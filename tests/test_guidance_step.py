@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from salience.attribution import attribute
-from salience.guidance import energy, sample_classes
 from salience.data.core import object_masks
+from salience.guidance import energy, sample_classes
 from salience.guidance.step import Guide
 from salience.models import build
 

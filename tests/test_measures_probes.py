@@ -29,7 +29,6 @@ from salience.measures.probes import (
     transform_consistency,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -256,7 +255,7 @@ def test_probe_input_checks():
         transform_consistency(model, _ixg(model), x, t.float())
     with pytest.raises(ValueError, match="square"):
         transform_consistency(model, _ixg(model), x[..., :20], t)
-    bad = lambda x, t: torch.full((len(x), 28, 28), float("nan"))  # noqa: E731
+    bad = lambda x, t: torch.full((len(x), 28, 28), float("nan"))
     with pytest.raises(ValueError, match="maps returned by explain contain NaN"):
         noise_response(model, bad, x, t)
 

@@ -180,10 +180,10 @@ def _builtin_checkpoint(path, seed):
 def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
     from salience.attribution import attribute
     from salience.data.core import collate
-    from salience.measures import epg, pointing_game
-    from salience.measures.degradation import deletion_insertion
     from salience.io.checkpoint import load_run
     from salience.io.datasets import open_split
+    from salience.measures import epg, pointing_game
+    from salience.measures.degradation import deletion_insertion
 
     ckpts = [_builtin_checkpoint(tmp_path / f"m{i}.pt", i) for i in range(4)]
     args = [

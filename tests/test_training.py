@@ -6,20 +6,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from salience.data.core import Record, SalienceDataset, collate
+from salience.data.core import Record, SalienceDataset
+from salience.guidance import Guide
+from salience.io.datasets import check_guidance_data
+from salience.models import build
 from salience.training import (
     ConfigError,
     TrainingError,
     evaluate_checkpoint,
     load_checkpoint,
     load_config,
+    loop,
     metrics,
     train,
 )
-from salience.guidance import Guide
-from salience.models import build
-from salience.training import loop
-from salience.io.datasets import check_guidance_data
 from salience.training.pareto import ParetoFront, dominates
 
 TINY = "data.options={n_train: 32, n_val: 16, n_test: 16, n_out_of_set: 4, size: 32}"

@@ -121,8 +121,8 @@ def explain(
 ) -> None:
     """Write salience maps of a checkpoint on a data split into resumable map stores. Under torchrun the
     processes share the stores, each computing its share of the chunks."""
-    from salience.store.explain import explain_checkpoint
     from salience import distributed as dist
+    from salience.store.explain import explain_checkpoint
 
     with _exit_on(ValueError, OSError):  # bad config, data, method, layer, store or path
         ctx = dist.setup(device)
@@ -178,9 +178,9 @@ def measure(
     probes). Under torchrun the processes share the explaining and the probes; rank 0 writes OUT."""
     from pathlib import Path
 
+    from salience import distributed as dist
     from salience.measures.run import measure_stores
     from salience.study import measure_checkpoints
-    from salience import distributed as dist
 
     groups: dict[str, list[str]] = {}
     for spec in group:

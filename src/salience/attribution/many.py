@@ -15,8 +15,8 @@ from torch import nn
 
 from salience.attribution.core import capture, resolve_layer, selected_logit_sum
 from salience.attribution.methods import (
-    METHODS,
     _TAKES_LAYER,
+    METHODS,
     _pairs,
     attribute,
     cam_map,

@@ -31,9 +31,9 @@ from salience.data.core import (
     box_dilation,
     box_masks,
     class_masks,
-    object_masks,
     collate,
     joint_transforms,
+    object_masks,
     read_image,
 )
 from salience.data.formats import FORMATS, VOC_CLASSES, build_dataset, inspect

@@ -138,7 +138,7 @@ def _paste(canvas, maps, crops, boxes, active, flip, landmarks: bool):
     canvas.copy_(torch.where(inside[:, None], face[:, None].expand(-1, 3, -1, -1), canvas))
     if landmarks:
         uu, vv = u[:, None, :], v[:, :, None]
-        g = lambda d: torch.exp(-(d**2) / (2 * 0.07**2))  # noqa: E731  (separable Gaussian)
+        g = lambda d: torch.exp(-(d**2) / (2 * 0.07**2))
         m = sum(w * g(vv - lv) * g(uu - lu) for lu, lv, w in _LANDMARKS.tolist())
         m = m + 0.25 * (((uu - 0.46) / 0.42) ** 2 + ((vv - 0.5) / 0.5) ** 2 <= 1).float()
         maps.copy_(torch.maximum(maps, torch.where(inside, m.clamp(max=1.0), 0.0)))

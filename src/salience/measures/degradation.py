@@ -6,7 +6,6 @@ Sizes in pixels (sigmas) are given for 224 px images and scale with `min(H, W) /
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch

@@ -102,7 +102,7 @@ def noise_response(
     score, pred = predict(model, flat_x, flat_t, batch_size)
     clean_maps = maps[:b].repeat(n_a, 1, 1)
     sims = _similarities(clean_maps, maps[b:], similarities)
-    per = lambda t: t.view(n_a, b).T  # noqa: E731  [A*B] -> [B, A]
+    per = lambda t: t.view(n_a, b).T
     return {
         "amounts": torch.as_tensor(amounts, dtype=torch.float64),
         "similarity": {k: per(v) for k, v in sims.items()},

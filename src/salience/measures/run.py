@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import collections
 import csv
+import functools
 import hashlib
 import itertools
 import json
 import math
-import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,11 +22,11 @@ from torch import nn
 
 from salience.attribution import attribute
 from salience.data.core import collate, object_masks
+from salience.distributed import atomic_write_text
 from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
-from salience.distributed import atomic_write_text
 from salience.store.explain import dataset_ids
 
 

@@ -35,7 +35,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01, 
             F.interpolate(unit_scale(t)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for t in (a, b)
         )  # unit_scale: exact, and keeps the interpolation of huge values finite
     x, y = minmax(a)[:, None], minmax(b)[:, None]
-    mean = lambda t: F.avg_pool2d(t, win_size, stride=1)  # noqa: E731
+    mean = lambda t: F.avg_pool2d(t, win_size, stride=1)
     n = win_size * win_size
     cov = n / (n - 1)
     ux, uy = mean(x), mean(y)
@@ -54,7 +54,7 @@ def small_map_size(shape: tuple[int, int], side: int = 7) -> tuple[int, int]:
     short = min(h, w)
     if short >= side:
         return h, w
-    scale = lambda n: (2 * n * side + short) // (2 * short)  # noqa: E731  round(n * side / short), half up
+    scale = lambda n: (2 * n * side + short) // (2 * short)
     return scale(h), scale(w)
 
 

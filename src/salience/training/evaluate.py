@@ -21,12 +21,12 @@ from torchmetrics.functional.classification import (
     multilabel_f1_score,
 )
 
+from salience import distributed as dist
 from salience.attribution import attribute, expand_targets
 from salience.attribution.methods import _TAKES_LAYER
 from salience.data.core import object_masks
 from salience.measures import epg as epg_measure
 from salience.measures import iou as iou_measure
-from salience import distributed as dist
 
 
 def task_metric_name(multi_label: bool) -> str:

@@ -22,17 +22,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from salience import distributed as dist
 from salience.data.core import collate
 from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
-from salience.models import build
-from salience import distributed as dist
 from salience.io.checkpoint import load_checkpoint, save_checkpoint
 from salience.io.config import ConfigError, TrainConfig
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
+from salience.models import build
 from salience.training.evaluate import evaluate, task_metric_name
 from salience.training.pareto import ParetoFront
-
 
 log = logging.getLogger("salience")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from salience.data.core import collate
-from salience.models import build
 from salience import distributed as dist
+from salience.data.core import collate
 from salience.io.checkpoint import load_checkpoint
 from salience.io.config import _set, parse_overrides, validate
 from salience.io.datasets import open_split
+from salience.models import build
 from salience.training.evaluate import evaluate
 
 
