@@ -15,6 +15,29 @@ def version() -> None:
     typer.echo(__version__)
 
 
+@app.command()
+def methods() -> None:
+    """List the attribution methods and what each can do."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from salience.attribution import METHODS
+
+    table = Table("method", "default layer", "other layers", "shared pass", "differentiable", "signed", "summary")
+    yes = {True: "yes", False: "-"}
+    for m in METHODS.values():
+        table.add_row(
+            m.name,
+            m.layer or "input",
+            yes[m.takes_layer],
+            yes[m.shared],
+            yes[m.differentiable],
+            yes[m.signed],
+            m.summary,
+        )
+    Console().print(table)
+
+
 @contextlib.contextmanager
 def _exit_on(*errors: type[Exception]):
     """Report `errors` raised in the block as `error: <message>` on stderr and exit with code 2 (the
@@ -100,9 +123,8 @@ def explain(
     data: str = typer.Option("test", help="Split of the checkpoint's data config to explain."),
     method: list[str] = typer.Option(
         ...,
-        help="Attribution method, NAME or NAME@LAYER (gradient, grad_cam@final, "
-        "input_x_gradient@mid2, ...); repeat it for several methods in one "
-        "pass.",
+        help="Attribution method, NAME or NAME@LAYER (grad_cam@final, input_x_gradient@mid2, ...); repeat it "
+        "for several methods in one pass. `salience methods` lists the methods.",
     ),
     layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final) of a single method."),
     out: str = typer.Option(
@@ -159,7 +181,7 @@ def measure(
     out: str = typer.Option(..., help="Output directory for per_image.csv, stability.csv, summary.json."),
     data: str = typer.Option("test", help="Checkpoints only: split of their data config to measure on."),
     method: str = typer.Option(
-        None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (gradient, grad_cam@final, ...)."
+        None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (`salience methods` lists them)."
     ),
     layer: str = typer.Option(None, help="Checkpoints only: layer name or named depth (input, mid1.., final)."),
     target: str = typer.Option(

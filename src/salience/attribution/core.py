@@ -9,6 +9,23 @@ from torch import nn
 from salience.models.depths import DEPTHS, layer_name
 
 
+def patch_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] | None:
+    """The patch grid `(h, w)` of a vision transformer for inputs of `size` `(H, W)`, read off the model
+    (torchvision `patch_size`, timm `patch_embed`, Hugging Face `config.patch_size`); None for other models."""
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and hasattr(embed, "dynamic_feat_size"):  # timm ViT / DeiT: any input size
+        return tuple(embed.dynamic_feat_size(tuple(size)))
+    patch = getattr(model, "patch_size", None) or getattr(getattr(model, "config", None), "patch_size", None)
+    if isinstance(patch, int) and patch > 0:
+        return size[0] // patch, size[1] // patch
+    return None
+
+
+def channels_last(model: nn.Module) -> bool:
+    """Whether the model's 4-D layer outputs are `[B, h, w, C]` (Swin transformers), not `[B, C, h, w]`."""
+    return type(model).__name__.startswith("Swin")
+
+
 def check_input(x: torch.Tensor) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__

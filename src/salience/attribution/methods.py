@@ -1,24 +1,26 @@
-"""Batched, differentiable attribution methods. Each returns raw maps `[P, h, w]`.
+"""The attribution methods and their registry entries. Each map is raw `[P, h, w]`, at the resolution
+of the layer it is taken at (input methods: the input's), unnormalised.
 
-`target` is a long `[B]` (one class per image, P = B) or a multi-hot `[B, C]` (one map per
-(image, class) pair, P = number of ones, in row-major order; see `expand_targets`). Every method
-takes one `torch.autograd.grad` call per batch (per chunk of `internal_batch_size` for IntGrad):
-the gradient of the sum of the selected logits. With `create_graph=True` the maps keep their
-graph so a loss on them reaches the parameters (double backward); otherwise they are detached.
-Methods leave the model's train/eval mode alone: explain in eval mode, guide in train mode.
+`target` is a long `[B]` (one class per image, P = B) or a multi-hot `[B, C]` (one map per (image,
+class) pair, P = number of ones, in row-major order; see `expand_targets`). The explained score is the
+selected logit `y_c`. Shared methods (`Method.from_pass`) read a feature tensor F (the input or a layer's
+output) and `∂y/∂F` from one forward and one `torch.autograd.grad` of the sum of the selected logits;
+the others run their own passes. With `create_graph=True` differentiable maps keep their graph, so a loss
+on them reaches the parameters (double backward); otherwise maps are detached. Methods leave the model's
+train/eval mode alone: explain in eval mode, guide in train mode. Definitions: docs/definitions.md.
 """
 
-import math
 
 import torch
 from torch import nn
 
-from salience.attribution.core import check_input, expand_targets, forward_at, resolve_layer, selected_logit_sum
+from salience.attribution.core import check_input, expand_targets, forward_at, selected_logit_sum
+from salience.attribution.registry import Method, Pass, register
 from salience.models.bcos import BcosResNet, encode
 from salience.models.depths import layer_name
 
 
-def _pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs `[P, C, H, W]` and classes `[P]`, one row per (image, class) pair."""
     check_input(x)
     image, cls = expand_targets(target, x.shape[0])
@@ -28,111 +30,85 @@ def _pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     return x, cls
 
 
-def _grad(logits, cls, wrt, create_graph):
+def grad_of_selected(logits, cls, wrt, create_graph):
+    """`∂(Σ_p y_{c_p})/∂wrt`: every pair's gradient from one `autograd.grad`."""
     selected = selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
     (grad,) = torch.autograd.grad(selected, wrt, create_graph=create_graph)
     return grad
 
 
-def _out(maps: torch.Tensor, create_graph: bool) -> torch.Tensor:
+def detach_unless(maps: torch.Tensor, create_graph: bool) -> torch.Tensor:
     return maps if create_graph else maps.detach()
 
 
-def token_grid(feats: torch.Tensor) -> torch.Tensor:
-    """Layer outputs as `[P, K, h, w]`: 4-D outputs unchanged; transformer tokens `[P, N, D]` (ViT)
-    become `[P, D, s, s]` with s = ⌊√N⌋, after dropping the N − s² leading tokens (class / register)."""
-    if feats.dim() == 4:
-        return feats
-    if feats.dim() == 3:
-        side = math.isqrt(feats.shape[1])
-        if side > 0:
-            return feats[:, feats.shape[1] - side * side :].transpose(1, 2).reshape(feats.shape[0], -1, side, side)
-    raise ValueError(f"layer output {tuple(feats.shape)} is neither a feature map [B, K, h, w] nor tokens [B, N, D]")
+def _safe_divide(num: torch.Tensor, den: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """`num / den` where `where`, else 0, with finite gradients everywhere (no 0/0 in the graph)."""
+    return torch.where(where, num / torch.where(where, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def ixg_map(feats: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """`Σ_channels F ⊙ ∂y/∂F`: `[P, K, h, w]` (or tokens `[P, N, D]`, see `token_grid`) twice -> `[P, h, w]`."""
-    return (token_grid(feats) * token_grid(grad)).sum(1)
+def _weighted_cam(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
+    """`ReLU(Σ_k w_k A_k)`: channel weights `[P, K]` and activations `[P, K, h, w]` -> `[P, h, w]`."""
+    return torch.relu(torch.einsum("pk,pkhw->phw", weights, acts))
 
 
-def grad_cam_map(acts: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """`ReLU(Σ_k mean_hw(∂y/∂A_k) · A_k)`: `[P, K, h, w]` (or tokens, see `token_grid`) twice -> `[P, h, w]`."""
-    acts, grad = token_grid(acts), token_grid(grad)
-    return torch.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
+def gradient_map(p: Pass) -> torch.Tensor:
+    """Saliency (Simonyan et al. 2014): `max_ch |∂y_c/∂x|`, `[P, C, H, W]` -> `[P, H, W]`, >= 0."""
+    return p.grad.abs().amax(1)
 
 
-def cam_map(class_weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """`Σ_k w_ck A_k`: rows of the classifier `[P, K]` and features `[P, K, h, w]` -> `[P, h, w]`."""
-    return torch.einsum("pk,pkhw->phw", class_weights.to(acts.dtype), acts)
+def ixg_map(p: Pass) -> torch.Tensor:
+    """Input x gradient (Shrikumar et al. 2016): `Σ_ch F ⊙ ∂y_c/∂F`, F = the input or a layer. Signed."""
+    feats, grad = p.maps()
+    return (feats * grad).sum(1)
 
 
-def gradient(model: nn.Module, x, target, reduce: str = "absmax", create_graph: bool = False):
-    """`∂y_c/∂x` reduced over channels: `absmax` (max |g|) or `sum`. `[P, H, W]`."""
-    if reduce not in ("absmax", "sum"):
-        raise ValueError(f"reduce must be 'absmax' or 'sum'; got {reduce!r}")
-    x, cls = _pairs(x, target)
-    with torch.enable_grad():
-        logits, inp = forward_at(model, x, None)
-        g = _grad(logits, cls, inp, create_graph)
-    return _out(g.abs().amax(1) if reduce == "absmax" else g.sum(1), create_graph)
+def grad_cam_map(p: Pass) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017): `ReLU(Σ_k mean_hw(∂y_c/∂A_k) · A_k)`."""
+    acts, grad = p.maps()
+    return _weighted_cam(grad.mean(dim=(2, 3)), acts)
 
 
-def input_x_gradient(model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False):
-    """`Σ_channels F ⊙ ∂y_c/∂F`, F = the input (`layer=None`) or a layer's output. `[P, h, w]`."""
-    x, cls = _pairs(x, target)
-    with torch.enable_grad():
-        logits, feats = forward_at(model, x, layer, create_graph)
-        g = _grad(logits, cls, feats, create_graph)
-    return _out(ixg_map(feats, g), create_graph)
+def grad_cam_pp_map(p: Pass) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018): `ReLU(Σ_k w_k A_k)`, `w_k = Σ_ij α_kij ReLU(g_kij)`,
+    `α_kij = g²_kij / (2 g²_kij + (Σ_ab A_kab) g³_kij)` where `g_kij ≠ 0` (else 0), g = ∂y_c/∂A."""
+    acts, grad = p.maps()
+    g2 = grad.pow(2)
+    denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grad
+    alpha = _safe_divide(g2, denom, (grad != 0) & (denom != 0))
+    return _weighted_cam((alpha * torch.relu(grad)).sum(dim=(2, 3)), acts)
 
 
-def integrated_gradients(
-    model: nn.Module,
-    x,
-    target,
-    steps: int = 32,
-    baseline: torch.Tensor | None = None,
-    internal_batch_size: int | None = None,
-    create_graph: bool = False,
-):
-    """`Σ_channels (x − x0) ⊙ mean_k ∂y_c/∂x(x0 + α_k (x − x0))`, α_k = (k + ½)/steps (midpoint rule).
-
-    All `steps × P` path points run as one batch, or in chunks of `internal_batch_size`.
-    `baseline`: broadcastable to `x`; zeros by default. `[P, H, W]`.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1; got {steps}")
-    x, cls = _pairs(x, target)
-    x0 = (
-        torch.zeros_like(x)
-        if baseline is None
-        else torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
-    )
-    delta = x - x0
-    n_pairs = x.shape[0]
-    total = steps * n_pairs
-    chunk = internal_batch_size or total
-    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
-    grad_sum = torch.zeros_like(x)
-    with torch.enable_grad():
-        for start in range(0, total, chunk):
-            idx = torch.arange(start, min(start + chunk, total), device=x.device)
-            k, p = idx // n_pairs, idx % n_pairs
-            points = (x0[p] + alphas[k, None, None, None] * delta[p]).detach().requires_grad_(True)
-            g = _grad(model(points), cls[p], points, create_graph)
-            grad_sum = grad_sum.index_add(0, p, g)
-    return _out((delta * grad_sum / steps).sum(1), create_graph)
+def xgrad_cam_map(p: Pass) -> torch.Tensor:
+    """XGrad-CAM (Fu et al. 2020): `ReLU(Σ_k w_k A_k)`, `w_k = Σ_ij A_kij g_kij / Σ_ij A_kij` (0 when the sum is 0)."""
+    acts, grad = p.maps()
+    total = acts.sum(dim=(2, 3))
+    return _weighted_cam(_safe_divide((acts * grad).sum(dim=(2, 3)), total, total != 0), acts)
 
 
-def grad_cam(model: nn.Module, x, target, layer: str = "final", create_graph: bool = False):
-    """`ReLU(Σ_k mean_hw(∂y_c/∂A_k) · A_k)`, A = the layer's output. `[P, h, w]`."""
-    if resolve_layer(model, layer) is None:
-        raise ValueError(f"layer: grad_cam needs a convolutional layer, not the input; got {layer!r}")
-    x, cls = _pairs(x, target)
-    with torch.enable_grad():
-        logits, acts = forward_at(model, x, layer, create_graph)
-        g = _grad(logits, cls, acts, create_graph)
-    return _out(grad_cam_map(acts, g), create_graph)
+def layer_cam_map(p: Pass) -> torch.Tensor:
+    """Layer-CAM (Jiang et al. 2021): `ReLU(Σ_k ReLU(∂y_c/∂A_k) ⊙ A_k)`, per-location weights."""
+    acts, grad = p.maps()
+    return torch.relu((torch.relu(grad) * acts).sum(1))
+
+
+def hires_cam_map(p: Pass) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin 2020): `ReLU(Σ_k ∂y_c/∂A_k ⊙ A_k)`, i.e. layer IxG, positive part."""
+    acts, grad = p.maps()
+    return torch.relu((grad * acts).sum(1))
+
+
+def eigen_cam_map(p: Pass) -> torch.Tensor:
+    """Eigen-CAM (Muhammad & Yeasin 2020): the layer's activations, each location a K-vector, centred over
+    locations and projected on their first right-singular vector; the sign is chosen so that the largest
+    magnitude is positive (|max| >= |min|), then ReLU. Class-agnostic: the target is not used."""
+    acts, _ = p.maps()
+    flat = acts.flatten(2).transpose(1, 2)  # [P, hw, K]
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    first = torch.linalg.svd(flat, full_matrices=False).Vh[:, 0, :]  # [P, K]
+    proj = torch.einsum("pnk,pk->pn", flat, first)
+    flip = proj.amin(1).abs() > proj.amax(1).abs()
+    proj = torch.where(flip[:, None], -proj, proj)
+    return torch.relu(proj).reshape(acts.shape[0], *acts.shape[2:])
 
 
 def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,61 +128,101 @@ def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Ten
     return fc.weight
 
 
-def cam(model: nn.Module, x, target, create_graph: bool = False):
-    """Class activation map: `Σ_k w_ck A_k`, A = the last feature map (the `final` depth), w = `fc`.
+def cam_map(p: Pass) -> torch.Tensor:
+    """CAM (Zhou et al. 2016): `Σ_k w_ck A_k` at the `final` depth, `w_c` the row of the linear head `fc`
+    (no bias, no ReLU). For the log-probability (`p.probs`): `w_c − Σ_j p_j w_j`. Signed."""
+    acts, _ = p.maps()
+    weights = cam_weights(p.model, acts)
+    class_weights = weights[p.classes]
+    if p.probs is not None:
+        class_weights = class_weights - p.probs.to(weights.dtype) @ weights
+    return torch.einsum("pk,pkhw->phw", class_weights.to(acts.dtype), acts)
 
-    For global-average-pool + linear heads, `mean_hw(cam) + fc.bias[c]` is the logit. `[P, h, w]`.
+
+def integrated_gradients(
+    model: nn.Module,
+    x,
+    target,
+    steps: int = 32,
+    baseline: torch.Tensor | None = None,
+    internal_batch_size: int | None = None,
+    create_graph: bool = False,
+):
+    """Integrated gradients (Sundararajan et al. 2017):
+    `Σ_channels (x − x0) ⊙ mean_k ∂y_c/∂x(x0 + α_k (x − x0))`, α_k = (k + ½)/steps (midpoint rule).
+
+    All `steps × P` path points run as one batch, or in chunks of `internal_batch_size`.
+    `baseline`: broadcastable to `x`; zeros by default. `[P, H, W]`, signed.
     """
-    cam_weights(model)
-    x, cls = _pairs(x, target)
-    with torch.set_grad_enabled(create_graph):
-        _, acts = forward_at(model, x, layer_name(model, "final"), create_graph=True)
-        maps = cam_map(cam_weights(model, acts)[cls], acts)
-    return _out(maps, create_graph)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1; got {steps}")
+    x, cls = pairs(x, target)
+    x0 = (
+        torch.zeros_like(x)
+        if baseline is None
+        else torch.as_tensor(baseline, dtype=x.dtype, device=x.device).expand_as(x)
+    )
+    delta = x - x0
+    n_pairs = x.shape[0]
+    total = steps * n_pairs
+    chunk = internal_batch_size or total
+    alphas = (torch.arange(steps, dtype=x.dtype, device=x.device) + 0.5) / steps
+    grad_sum = torch.zeros_like(x)
+    with torch.enable_grad():
+        for start in range(0, total, chunk):
+            idx = torch.arange(start, min(start + chunk, total), device=x.device)
+            k, p = idx // n_pairs, idx % n_pairs
+            points = (x0[p] + alphas[k, None, None, None] * delta[p]).detach().requires_grad_(True)
+            g = grad_of_selected(model(points), cls[p], points, create_graph)
+            grad_sum = grad_sum.index_add(0, p, g)
+    return detach_unless((delta * grad_sum / steps).sum(1), create_graph)
 
 
 def bcos(model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False):
-    """B-cos contributions `Σ_channels F ⊙ ∂y_c/∂F` in explanation mode (W(x) held constant).
-
-    F = the encoded 6-channel input (`layer=None`), so the map sums to the logit minus the logit bias,
-    or a layer's output. `[P, h, w]`.
+    """B-cos contributions (Böhle et al. 2022) `Σ_channels F ⊙ ∂y_c/∂F` in explanation mode (W(x) held
+    constant). F = the encoded 6-channel input (`layer=None`), so the map sums to the logit minus the logit
+    bias, or a layer's output. `[P, h, w]`, signed.
     """
     if not isinstance(model, BcosResNet):
         raise ValueError(f"bcos attributions need a B-cos network (bcos_resnet18/34/50); got {type(model).__name__}")
-    x, cls = _pairs(x, target)
+    x, cls = pairs(x, target)
     if x.shape[1] == 3:
         x = encode(x)
     with torch.enable_grad(), model.explanation_mode():
         logits, feats = forward_at(model, x.detach(), layer, create_graph)
-        g = _grad(logits, cls, feats, create_graph)
-    return _out(ixg_map(feats, g), create_graph)
+        g = grad_of_selected(logits, cls, feats, create_graph)
+    return detach_unless(ixg_map(Pass(feats, g, cls, model)), create_graph)
 
 
-METHODS = {
-    "gradient": gradient,
-    "input_x_gradient": input_x_gradient,
-    "integrated_gradients": integrated_gradients,
-    "grad_cam": grad_cam,
-    "cam": cam,
-    "bcos": bcos,
-}
-_TAKES_LAYER = {"input_x_gradient", "grad_cam", "bcos"}
+for _name, _map, _summary, _extra in [
+    ("gradient", gradient_map, "Saliency: max over channels of |∂y_c/∂x|", {}),
+    ("input_x_gradient", ixg_map, "Input × gradient, at the input or a layer", {"takes_layer": True, "signed": True}),
+    ("grad_cam", grad_cam_map, "Grad-CAM: channels weighted by their mean gradient", {}),
+    ("grad_cam_pp", grad_cam_pp_map, "Grad-CAM++: channels weighted by α-weighted positive gradients", {}),
+    ("xgrad_cam", xgrad_cam_map, "XGrad-CAM: channels weighted by activation-normalised gradients", {}),
+    ("layer_cam", layer_cam_map, "Layer-CAM: activations weighted by their positive gradients, per location", {}),
+    ("hires_cam", hires_cam_map, "HiResCAM: positive part of Σ_k gradient ⊙ activation", {}),
+    ("eigen_cam", eigen_cam_map, "Eigen-CAM: first principal component of the activations (class-agnostic)",
+     {"needs_grad": False, "differentiable": False}),
+    ("cam", cam_map, "CAM: the classifier row applied to the final features",
+     {"takes_layer": False, "needs_grad": False, "linear_head": True, "signed": True}),
+]:  # fmt: skip
+    _caps = (
+        {"layer": "final", "takes_layer": True} | _extra if _name not in ("gradient", "input_x_gradient") else _extra
+    )
+    register(Method(_name, _summary, from_pass=_map, **_caps))
 
+register(
+    Method(
+        "integrated_gradients",
+        "Integrated gradients: input × mean gradient along the path from a baseline",
+        run=integrated_gradients,
+        signed=True,
+        extra_forwards="steps per image (default 32), backward included",
+    )
+)
+register(
+    Method("bcos", "B-cos contributions in explanation mode", run=bcos, takes_layer=True, bcos_only=True, signed=True)
+)
 
-def attribute(
-    method: str, model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False, **options
-):
-    """Dispatch by name: `attribute("grad_cam", model, x, target, layer="final")`. `[P, h, w]`."""
-    if method not in METHODS:
-        raise ValueError(f"method {method!r} is unknown; accepted: {', '.join(METHODS)}")
-    if layer is not None and method not in _TAKES_LAYER:
-        raise ValueError(
-            f"layer: method {method!r} works on the input only; layers are accepted by "
-            f"{', '.join(sorted(_TAKES_LAYER))}"
-        )
-    if layer is not None:
-        options["layer"] = layer
-    return METHODS[method](model, x, target, create_graph=create_graph, **options)
-
-
-__all__ = ["METHODS", "attribute", "bcos", "cam", "grad_cam", "gradient", "input_x_gradient", "integrated_gradients"]
+__all__ = ["bcos", "cam_weights", "integrated_gradients", "pairs"]

@@ -1,10 +1,11 @@
 """One guided training step on a batch: logits, task loss and guidance loss from a shared forward.
 
-For `input_x_gradient`, `grad_cam` and `cam` the task loss and the attribution share one forward
-pass (the layer's output is captured, then one `autograd.grad` of the sum of the selected logits
-with `create_graph=True`), which keeps guidance at the final layer close to the cost of a plain
-step. `integrated_gradients` and `bcos` need their own forward passes (path points; explanation
-mode) and go through `salience.attribution.attribute`. In train mode, batch norm couples the images
+Any differentiable method of the attribution registry can guide. For the shared methods (IxG, the
+gradient CAMs, CAM; `Method.shared`) the task loss and the attribution share one forward pass (the
+layer's output is captured, then one `autograd.grad` of the sum of the selected logits with
+`create_graph=True`), which keeps guidance at the final layer close to the cost of a plain step.
+The others (`integrated_gradients`, `bcos`, `smooth_grad`, ...) run their own passes through
+`salience.attribution.attribute`. In train mode, batch norm couples the images
 of a batch, so as in the reference code each map includes the batch-norm cross terms.
 """
 
@@ -15,25 +16,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from salience.attribution import METHODS as ATTRIBUTION_METHODS
 from salience.attribution import attribute
-from salience.attribution.core import forward_at, resolve_layer
-from salience.attribution.methods import cam_map, grad_cam_map, ixg_map
+from salience.attribution.core import channels_last, forward_at, patch_grid, resolve_layer
+from salience.attribution.registry import Pass, get_method
 from salience.data.core import object_masks
 from salience.guidance.losses import LOSSES
 from salience.guidance.objective import objective, sample_classes, task_loss
 from salience.models import DEPTHS, BcosResNet, layer_name
 
-METHODS = ("input_x_gradient", "grad_cam", "cam", "bcos", "integrated_gradients")
-"""Attribution methods accepted for guidance."""
-SHARED_FORWARD = ("input_x_gradient", "grad_cam", "cam")
+METHODS = tuple(name for name, m in ATTRIBUTION_METHODS.items() if m.differentiable)
+"""Attribution methods accepted for guidance: the differentiable ones of the registry."""
+SHARED_FORWARD = tuple(name for name in METHODS if ATTRIBUTION_METHODS[name].shared)
 
 
 @dataclass(frozen=True)
 class Guide:
     """Guidance settings. `loss=None` trains on the task loss only.
 
-    `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; `cam` and `grad_cam`
-    need a layer, `integrated_gradients` works on the input only. `lam` >= 0 weighs the guidance mean.
+    `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; the CAMs need a layer,
+    `cam` uses `final`, methods that take no layer (`gradient`, `integrated_gradients`) use the input. `lam` >= 0 weighs the guidance mean.
     `dilation` p grows each training box by p·w and p·h per side (guidance masks only).
     """
 
@@ -48,7 +50,7 @@ class Guide:
     (log-probability). In a softmax classifier a cue can count as evidence *against* the other classes,
     which the logit's map never shows; the log-probability's gradient `∇y_c − Σ_j p_j ∇y_j` does.
     For `cam` the log-probability's map uses the class weights `w_c − Σ_j p_j w_j`.
-    `log_softmax` needs a shared-forward method (input_x_gradient, grad_cam, cam)."""
+    `log_softmax` needs a shared-forward method (`SHARED_FORWARD`)."""
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
@@ -58,38 +60,39 @@ class Guide:
         if self.loss not in LOSSES:
             raise ValueError(f"guidance.loss: {self.loss!r} is unknown; accepted: {', '.join(LOSSES)}")
         if self.method not in METHODS:
-            raise ValueError(f"guidance.method: {self.method!r} is unknown; accepted: {', '.join(METHODS)}")
+            known = "is unknown" if self.method not in ATTRIBUTION_METHODS else "is not differentiable"
+            raise ValueError(f"guidance.method: {self.method!r} {known}; accepted: {', '.join(METHODS)}")
+        method = get_method(self.method)
         if self.lam < 0:
             raise ValueError(f"guidance.lambda must be >= 0, got {self.lam}")
         if self.dilation < 0:
             raise ValueError(f"guidance.box_dilation must be >= 0, got {self.dilation}")
         if self.output not in ("logit", "log_softmax"):
             raise ValueError(f"guidance.output: {self.output!r} is unknown; accepted: logit, log_softmax")
-        if self.output == "log_softmax" and self.method not in SHARED_FORWARD:
+        if self.output == "log_softmax" and not method.shared:
             raise ValueError(
                 f"guidance.output: 'log_softmax' needs method {', '.join(SHARED_FORWARD)}, "
                 f"not {self.method!r}; use output: logit"
             )
-        if self.method == "bcos" and not isinstance(model, BcosResNet):
+        if method.bcos_only and not isinstance(model, BcosResNet):
             raise ValueError(
-                f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), not {type(model).__name__}"
+                f"guidance.method: {self.method!r} needs a B-cos model (bcos_resnet18/34/50), not {type(model).__name__}"
             )
-        if self.method == "cam":
-            if self.depth != "final":
-                raise ValueError(f"guidance.depth: method 'cam' uses the final layer; got {self.depth!r}")
-            if type(getattr(model, "fc", None)) is not nn.Linear:
-                raise ValueError(
-                    f"guidance.method: 'cam' needs a linear `fc` head after global average "
-                    f"pooling; {type(model).__name__} has none"
-                )
-        if self.method == "integrated_gradients" and self.depth != "input":
-            raise ValueError(f"guidance.depth: 'integrated_gradients' works at the input only; got {self.depth!r}")
+        if method.linear_head and type(getattr(model, "fc", None)) is not nn.Linear:
+            raise ValueError(
+                f"guidance.method: {self.method!r} needs a linear `fc` head after global average "
+                f"pooling; {type(model).__name__} has none"
+            )
+        if not method.takes_layer and self.depth != (method.layer or "input"):
+            raise ValueError(
+                f"guidance.depth: {self.method!r} works at {method.layer or 'the input'} only; got {self.depth!r}"
+            )
         try:
             module = resolve_layer(model, self.depth)
         except ValueError as err:
             raise ValueError(f"guidance.depth: {err}") from None
-        if self.method == "grad_cam" and module is None:
-            raise ValueError("guidance.depth: 'grad_cam' needs a layer, not the input")
+        if method.layer is not None and module is None:
+            raise ValueError(f"guidance.depth: {self.method!r} needs a layer, not the input")
 
     def __call__(
         self, model: nn.Module, batch: dict, generator: torch.Generator | None = None, multi_label: bool = False
@@ -137,29 +140,28 @@ class Guide:
 
     def _forward_and_maps(self, model, x, index, classes):
         inner = _inner(model)
-        if self.method not in SHARED_FORWARD:
+        method = get_method(self.method)
+        if not method.shared:
             logits = model(x)
             layer = None if self.depth == "input" else self.depth
             options = {"steps": self.ig_steps} if self.method == "integrated_gradients" else {}
             maps = attribute(self.method, inner, x[index], classes, layer=layer, create_graph=True, **options)
             return logits, maps
-        depth = "final" if self.method == "cam" else self.depth
+        depth = self.depth if method.takes_layer else (method.layer or "input")
         layer = layer_name(inner, depth) if depth in DEPTHS else depth
         if layer is not None and inner is not model:  # a DDP wrapper: hook the wrapped module's layer
             layer = "module." + layer
         logits, feats = forward_at(model, x, layer)
-        if self.method == "cam":
-            fc = inner.fc
-            weights = fc.weight[classes]
-            if self.output == "log_softmax":  # ∂ log p_c / ∂ pooled features
-                weights = weights - logits.softmax(1)[index].to(fc.weight.dtype) @ fc.weight
-            return logits, cam_map(weights, feats[index])
-        explained = logits.log_softmax(1) if self.output == "log_softmax" else logits
-        (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
-        feats, grad = feats[index], grad[index]
-        if self.method == "input_x_gradient":
-            return logits, ixg_map(feats, grad)
-        return logits, grad_cam_map(feats, grad)
+        probs = logits.softmax(1)[index] if self.output == "log_softmax" else None
+        grad = None
+        if method.needs_grad:
+            explained = logits.log_softmax(1) if probs is not None else logits
+            (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
+            grad = grad[index]
+        at_layer = layer is not None
+        grid = patch_grid(inner, x.shape[-2:]) if at_layer else None
+        recorded = Pass(feats[index], grad, classes, inner, probs, grid, at_layer and channels_last(inner))
+        return logits, method.from_pass(recorded)
 
     def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:
         """Masks `[len(index), H, W]`: the sampled class's boxes (dilated), or the human maps for `cyborg`."""

@@ -47,7 +47,30 @@ _SEQUENTIAL_FAMILIES = (
     tvm.ConvNeXt,
     tvm.MNASNet,
 )
+_SWIN = {"input": None, "mid1": "features.1", "mid2": "features.3", "mid3": "features.5", "final": "features"}
 _cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _vit_blocks(model: nn.Module) -> tuple[str, int, str] | None:
+    """`(blocks prefix, number of blocks, name of the first norm in a block)` for torchvision's and timm's
+    ViT / DeiT, else None."""
+    if isinstance(model, tvm.VisionTransformer):
+        return "encoder.layers.encoder_layer_", len(model.encoder.layers), "ln_1"
+    blocks = getattr(model, "blocks", None)
+    if getattr(model, "patch_embed", None) is not None and isinstance(blocks, nn.Sequential) and len(blocks):
+        if hasattr(blocks[-1], "norm1"):
+            return "blocks.", len(blocks), "norm1"
+    return None
+
+
+def _vit_table(prefix: str, n: int, norm: str) -> dict[str, str | None]:
+    """ViT depths: `mid1`..`mid3` = the outputs of the blocks at 1/4, 1/2 and 3/4 of the depth; `final` =
+    the first norm of the last block (the tokens its attention reads). The last block's output is no use:
+    the head reads the class token only, so every patch token's gradient there is zero."""
+    table: dict[str, str | None] = {"input": None, "final": f"{prefix}{n - 1}.{norm}"}
+    for k, depth in enumerate(("mid1", "mid2", "mid3"), start=1):
+        table[depth] = f"{prefix}{max(0, round(k * n / 4) - 1)}"
+    return table
 
 
 def depth_table(model: nn.Module) -> dict[str, str | None]:
@@ -62,6 +85,11 @@ def depth_table(model: nn.Module) -> dict[str, str | None]:
         return _DENSENET
     if isinstance(model, tvm.Inception3):
         return _INCEPTION
+    if isinstance(model, tvm.SwinTransformer):
+        return _SWIN
+    blocks = _vit_blocks(model)
+    if blocks is not None:
+        return _vit_table(*blocks)
     if model not in _cache:
         if isinstance(model, _SEQUENTIAL_FAMILIES):
             container = "layers" if isinstance(model, tvm.MNASNet) else "features"

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from salience.attribution.many import attribute_many, parse_method
+from salience.attribution import attribute_many, parse_method
 from salience.data.core import collate
 from salience.store.zarr_store import MapStore, StoreMeta, fill, model_hash
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from salience.attribution.registry import get_method
 from salience.io.config import DataConfig, config_error, read_tree
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -69,13 +70,30 @@ class StudyData(_Strict):
 
 class ExplainConfig(_Strict):
     method: str = "grad_cam"
-    """One attribution method for every model, so groups are comparable."""
+    """One attribution method for every model, so groups are comparable: a name of the registry
+    (`salience.attribution.METHODS`)."""
     layer: str | None = "final"
-    """A named depth (input, mid1..mid3, final) or a module name; null for input methods."""
+    """A named depth (input, mid1..mid3, final) or a module name; null for input methods. When not given,
+    the method's default layer (`final` for the CAMs, the input for gradient, IntGrad, occlusion, ...)."""
     target: str = "true"
     """`true` (every present class; (image, class) pairs on multi-label data), `predicted` or `class:<k>`."""
     batch_size: int = Field(64, ge=1)
     chunk_size: int = Field(256, ge=1)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        get_method(v)  # an unknown name fails here, listing the registry
+        return v
+
+    @model_validator(mode="after")
+    def _layer(self):
+        method = get_method(self.method)
+        if "layer" not in self.model_fields_set:
+            self.layer = method.layer
+        elif not method.takes_layer and self.layer not in (None, method.layer or "input"):
+            raise ValueError(f"layer: method {self.method!r} takes no layer; give layer: null")
+        return self
 
     @field_validator("target")
     @classmethod

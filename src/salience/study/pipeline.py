@@ -90,7 +90,8 @@ def run(
     members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
     _check_explainable(cfg, members, data)
 
-    spec = cfg.explain.method if cfg.explain.layer is None else f"{cfg.explain.method}@{cfg.explain.layer}"
+    takes_layer = A.get_method(cfg.explain.method).takes_layer
+    spec = f"{cfg.explain.method}@{cfg.explain.layer}" if takes_layer and cfg.explain.layer else cfg.explain.method
     stores = {m.name: out / "stores" / m.name for m in members}
     if progress and main:
         console.rule(f"explaining {len(members)} models on {len(data)} images ({spec})")
@@ -189,13 +190,14 @@ def _normalise_input(model: nn.Module, mean, std) -> None:
 
 def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
     """Fail before any work when a model cannot give this study's maps."""
-    needs_layer = cfg.explain.layer not in (None, "input") or cfg.explain.method == "cam"
+    needs_layer = cfg.explain.layer not in (None, "input") or A.get_method(cfg.explain.method).layer is not None
     for m in members:
         if needs_layer and getattr(m.model, "salience_opaque", False):
             raise ConfigError(
                 f"explain: {m.name} ({m.source}) is a TorchScript / torch.export model; its layers "
-                f"cannot be hooked, so only input methods (gradient, input_x_gradient, "
-                f"integrated_gradients with layer: null) work for it"
+                f"cannot be hooked, so only input methods ("
+                + ", ".join(name for name, e in A.METHODS.items() if e.layer is None)
+                + " with layer: null) work for it"
             )
         if cfg.explain.layer not in (None, "input"):
             try:

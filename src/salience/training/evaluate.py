@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import (
 
 from salience import distributed as dist
 from salience.attribution import attribute, expand_targets
-from salience.attribution.methods import _TAKES_LAYER
+from salience.attribution.registry import get_method
 from salience.data.core import object_masks
 from salience.measures import epg as epg_measure
 from salience.measures import iou as iou_measure
@@ -50,7 +50,7 @@ def evaluate(
     model.eval()
     device = ctx.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
-    layer = None if depth == "input" or method not in _TAKES_LAYER else depth
+    layer = None if depth == "input" or not get_method(method).takes_layer else depth
     parts: dict[str, list] = {k: [] for k in ("index", "logits", "labels", "group", "epg", "iou")}
     for batch in loader:
         x = batch["image"].to(device)

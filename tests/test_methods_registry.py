@@ -1,0 +1,153 @@
+"""Every registered attribution method through the same checks; a new registry entry is tested here
+without editing this file. Reference comparisons live in test_references.py and test_architectures.py."""
+
+import functools
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from salience import attribution as A
+from salience.attribution import METHODS
+from salience.guidance.step import Guide
+from salience.models import build
+from salience.study.config import ExplainConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+DOCS = (Path(__file__).parents[1] / "docs" / "definitions.md").read_text()
+FAST = {"integrated_gradients": {"steps": 4}, "smooth_grad": {"samples": 3}, "var_grad": {"samples": 3}}
+
+
+@functools.cache
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = build(name, 4).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.bias.uniform_(-0.1, 0.1)
+    return model
+
+
+def _model_for(name: str) -> nn.Module:
+    return _model("bcos_resnet18" if METHODS[name].bcos_only else "smallcnn")
+
+
+def _maps(name, model, x, t, **kw):
+    return A.attribute(name, model, x, t, **FAST.get(name, {}), **kw)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_batched_maps_are_per_image_and_per_pair(name):
+    """Shape, finiteness, sign, detachment; each image's map does not depend on the rest of the batch
+    (eval mode); a multi-hot target gives the maps of its (image, class) pairs in row-major order."""
+    model = _model_for(name)
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(3, 3, 32, 32, generator=g)
+    t = torch.tensor([0, 3, 1])
+    maps = _maps(name, model, x, t)
+    assert maps.dim() == 3 and maps.shape[0] == 3 and torch.isfinite(maps).all(), name
+    assert not maps.requires_grad
+    assert maps.abs().amax() > 0, f"{name}: all-zero maps"
+    if not METHODS[name].signed:
+        assert (maps >= 0).all(), f"{name} is registered as unsigned but gives negative values"
+    if METHODS[name].random:  # the same seed, the same maps; another seed, others
+        torch.testing.assert_close(_maps(name, model, x, t), maps, rtol=0, atol=0)
+        assert not torch.equal(_maps(name, model, x, t, seed=1), maps)
+        return
+    alone = _maps(name, model, x[1:2], t[1:2])
+    torch.testing.assert_close(alone[0], maps[1], rtol=1e-4, atol=1e-5 * maps[1].abs().max().item())
+    multi = torch.zeros(2, 4, dtype=torch.long)
+    multi[0, [0, 2]] = 1
+    multi[1, 3] = 1
+    pairs = _maps(name, model, x[:2], multi)
+    single = _maps(name, model, x[[0, 0, 1]], torch.tensor([0, 2, 3]))
+    torch.testing.assert_close(pairs, single, rtol=1e-4, atol=1e-5 * single.abs().max().item())
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_attribute_many_and_the_registry_agree(name):
+    """`attribute_many` gives the same maps; a layer is accepted exactly when the entry says so; the
+    method is documented, and a study file and guidance accept or refuse it by its capabilities."""
+    entry = METHODS[name]
+    model = _model_for(name)
+    x, t = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
+    if name in FAST:  # options are not part of a spec: attribute_many runs the defaults
+        expected = A.attribute(name, model, x, t)
+    else:
+        expected = _maps(name, model, x, t)
+    torch.testing.assert_close(A.attribute_many(model, x, t, [name])[name], expected)
+    if entry.takes_layer:
+        assert A.parse_method(f"{name}@mid2") == (name, "mid2")
+    else:
+        with pytest.raises(ValueError, match=f"{name} takes no layer"):
+            A.parse_method(f"{name}@mid2")
+    assert re.search(rf"^\| `{name}`", DOCS, re.M), f"docs/definitions.md has no row for {name}"
+    assert entry.summary and (entry.run or entry.from_pass).__doc__
+    layer = (entry.layer or "input") if not entry.takes_layer else ("final" if entry.layer else None)
+    assert ExplainConfig(method=name, layer=layer).method == name
+    guide = Guide("energy", name, depth=entry.layer or "input")
+    if entry.differentiable:
+        guide.check(model)
+    else:
+        with pytest.raises(ValueError, match="guidance.method: .* is not differentiable"):
+            guide.check(model)
+        with pytest.raises(ValueError, match="not differentiable"):
+            A.attribute(name, model, x, t, create_graph=True)
+
+
+class _Smooth(nn.Module):
+    """A smooth two-conv net, so finite differences of a map-based loss are well defined."""
+
+    guidance_depths = {"input": None, "mid1": "conv1", "mid2": "conv1", "mid3": "conv2", "final": "conv2"}
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.Softplus()
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.fc(self.act(self.conv2(self.act(self.conv1(x)))).mean((2, 3)))
+
+
+DIFFERENTIABLE = [n for n, m in METHODS.items() if m.differentiable and not m.bcos_only]
+
+
+@pytest.mark.parametrize("name", DIFFERENTIABLE)
+def test_create_graph_parameter_gradients_match_finite_differences(name):
+    """With `create_graph=True` a loss on the maps reaches the parameters with the right gradient.
+    (B-cos: tests/test_guidance_step.py guides a B-cos network.)"""
+    torch.manual_seed(0)
+    model = _Smooth().double()
+    x = torch.rand(2, 3, 6, 6, dtype=torch.float64)
+    t = torch.tensor([0, 2])
+
+    def loss():
+        maps = _maps(name, model, x, t, create_graph=True)
+        return ((maps - 0.1) ** 2).mean()
+
+    params = [model.conv1.weight, model.conv2.bias, model.fc.weight]
+    grads = torch.autograd.grad(loss(), params)
+    eps = 1e-6
+    for p, g in zip(params, grads, strict=True):
+        for idx in [(0,) * p.dim(), tuple(s - 1 for s in p.shape)]:
+            with torch.no_grad():
+                p[idx] += eps
+                up = loss().item()
+                p[idx] -= 2 * eps
+                down = loss().item()
+                p[idx] += eps
+            assert abs((up - down) / (2 * eps) - g[idx].item()) <= 1e-6 * max(1.0, abs(g[idx].item())), (name, idx)
+
+
+def test_unknown_method_lists_the_registry():
+    x, t = torch.rand(1, 3, 32, 32), torch.tensor([0])
+    with pytest.raises(ValueError, match="method 'lrp' is unknown; accepted: " + ", ".join(METHODS)):
+        A.attribute("lrp", _model("smallcnn"), x, t)
+    with pytest.raises(ValueError, match="explain.method|unknown"):
+        ExplainConfig(method="lrp")
