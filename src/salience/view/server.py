@@ -132,7 +132,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:
         if not self.quiet:
-            sys.stderr.write("%s - %s\n" % (self.address_string(), format % args))
+            sys.stderr.write(f"{self.address_string()} - {format % args}\n")
 
 
 def make_server(

@@ -53,7 +53,7 @@ class Table:
         for k, v in labels.items():
             self.values[k], self.codes[k] = np.unique(np.asarray(v, dtype=str), return_inverse=True)
         self.numbers = {k: np.asarray(v, dtype=np.float64) for k, v in numbers.items()}
-        self.n = len(next(iter(self.codes.values()))) if self.codes else 0
+        self.n = len(next(iter({**self.codes, **self.numbers}.values())))
         self.search = search
 
     def label(self, key: str) -> np.ndarray:
@@ -120,12 +120,12 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[str]]]:
         with open(path, newline="") as f:
             reader = csv.reader(f)
             header = next(reader)
-            columns = list(zip(*reader)) or [()] * len(header)
-    except (OSError, StopIteration, csv.Error) as err:
+            columns = list(zip(*reader, strict=True)) or [()] * len(header)
+    except (OSError, StopIteration, csv.Error, ValueError) as err:  # ValueError: rows of different lengths
         raise ValueError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
-    if any(len(c) != len(columns[0]) for c in columns):
-        raise ValueError(f"{path}: rows of different lengths")
-    return header, {h: list(c) for h, c in zip(header, columns)}
+    if len(columns) != len(header):
+        raise ValueError(f"{path}: {len(header)} column names but {len(columns)} columns")
+    return header, {h: list(c) for h, c in zip(header, columns, strict=True)}
 
 
 def _encode(a: np.ndarray) -> str:
@@ -304,14 +304,14 @@ class Study:
         classes = self.table.codes["class"][rows]
         if "class" in params:
             want = params["class"]
-            rows = [r for r, c in zip(rows, classes) if self.table.values["class"][c] == want]
+            rows = [r for r, c in zip(rows, classes, strict=True) if self.table.values["class"][c] == want]
             if not rows:
                 raise NotFound(f"image {params['image']!r} has no maps of class {want!r}")
         else:
             first = min(
                 classes.tolist(), key=lambda c: (len(self.table.values["class"][c]), self.table.values["class"][c])
             )
-            rows = [r for r, c in zip(rows, classes) if c == first]
+            rows = [r for r, c in zip(rows, classes, strict=True) if c == first]
         order = {g: i for i, g in enumerate(self.groups)}
         rows.sort(key=lambda r: (order.get(self.table._cell("group", r), 0), self.table._cell("model", r)))
         maps = []
