@@ -9,10 +9,10 @@ import threading
 
 import numpy as np
 import pytest
-from view_study import make_study
 
 from salience.store import MapStore
 from salience.view import make_server
+from view_study import make_study
 
 
 @pytest.fixture(scope="module")
