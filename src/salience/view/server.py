@@ -140,6 +140,7 @@ def make_server(
 ) -> ThreadingHTTPServer:
     """A server for the study folder `root` (not yet serving: call `serve_forever`); port 0 picks a free one."""
     study = Study(root)
+    study.warm()
     handler = type("StudyHandler", (Handler,), {"study": study, "quiet": quiet})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

@@ -183,7 +183,8 @@ class Study:
         self.groups = [g for g in self.groups if g in set(self.table.values["group"].tolist())]
         self.stability = self._stability()
         self.oos = self._oos()
-        self._stores, self._data, self._lock = {}, {}, threading.Lock()
+        self._stores, self._data = {}, {}
+        self._lock, self._data_lock = threading.Lock(), threading.Lock()
         self._disagreement: dict[tuple, Table] = {}
 
     def _json(self, name: str) -> dict:
@@ -217,6 +218,15 @@ class Study:
         stacked = np.stack(list(scores.values()))
         numbers = {"index": np.arange(n, dtype=np.float64), "max_score": stacked.max(0), "mean_score": stacked.mean(0)}
         return Table({}, numbers | scores, search="")
+
+    def warm(self) -> None:
+        """Open the data sets in the background (the built-in benchmark is generated: seconds)."""
+
+        def work():
+            for which in ("data", "out_of_set"):
+                self._dataset(which)
+
+        threading.Thread(target=work, daemon=True).start()
 
     # --- queries ---------------------------------------------------------------------------------------
 
@@ -339,12 +349,13 @@ class Study:
             out["no_picture"] = reason
         else:
             h, w = sample["image"].shape[-2:]
+            hm = sample["human_map"]  # [1, H, W] or [H, W]
             out["picture"] = {
                 "url": "/api/image.png?image=" + _quote(image),
                 "width": int(w),
                 "height": int(h),
                 "boxes": sample["boxes"].tolist(),
-                "human_map": _encode(sample["human_map"][0].numpy()) if sample["has_human_map"] else None,
+                "human_map": _encode(hm.reshape(hm.shape[-2:]).numpy()) if sample["has_human_map"] else None,
             }
         return out
 
@@ -375,7 +386,7 @@ class Study:
     def _dataset(self, which: str):
         """The study's data (`data`) or out-of-set images (`out_of_set`) and an id -> index map, or the reason
         they cannot be opened."""
-        with self._lock:
+        with self._data_lock:
             if which not in self._data:
                 section = self.results.get("study", {}).get(which)
                 if not section:

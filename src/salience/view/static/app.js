@@ -151,6 +151,7 @@ async function openItem(q) {
   const t0 = performance.now();
   const detail = $("#detail");
   document.body.dataset.drawn = "";
+  detail.replaceChildren(el("p", { class: "hint" }, "loading " + q.get("image") + "…"));
   try {
     item = await getJSON("/api/item?" + q);
   } catch (err) {
@@ -224,7 +225,7 @@ function paint(canvas, data, w, h, lo, hi, alpha) {
   const img = ctx.createImageData(w, h);
   const span = hi > lo ? hi - lo : 1;
   for (let i = 0; i < w * h; i++) {
-    const k = Math.max(0, Math.min(255, Math.round(((data[i] - lo) / span) * 255)));
+    const k = Math.max(0, Math.min(255, Math.round(((data[i] - lo) / span) * 255))) || 0;  // NaN: 0
     const [r, g, b] = meta.colormap[k];
     img.data.set([r, g, b, Math.round(255 * alpha)], 4 * i);
   }
