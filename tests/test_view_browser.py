@@ -200,3 +200,34 @@ def test_speed_100000_rows_and_20_models(browser, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_the_quick_demo_in_the_browser(browser, tmp_path):
+    """`salience view` on what `salience demo --quick` writes: boxes and human maps, every group's map,
+    the ranked views and the out-of-set images."""
+    from selenium.webdriver.common.by import By
+    from typer.testing import CliRunner
+
+    from salience.cli import app
+
+    result = CliRunner().invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert result.exit_code == 0, result.output
+    server, url = serve(tmp_path / "demo")
+    try:
+        browser.get(url + "#disagreement")
+        loaded(browser, "disagreement")
+        browser.find_element(By.CSS_SELECTOR, "#grid tbody tr").click()
+        wait(browser, "return document.body.dataset.drawn", timeout=60)  # the benchmark is generated first
+        maps = browser.execute_script(MAP_PIXELS)
+        # the human map, then one model per group, at the image's 64 x 64
+        assert [m["model"] for m in maps] == [None, "CE_s0", "Energy_s0", "CYBORG_s0"]
+        assert all(m["w"] == 64 and m["h"] == 64 for m in maps) and maps[0]["mean"] > 5
+        assert "image + boxes" in browser.find_element(By.ID, "detail").text
+        reload_after(browser, "out-of-set", lambda: browser.find_element(By.LINK_TEXT, "Out-of-set images").click())
+        assert len(column(browser, "index")) == 16
+        reload_after(browser, "instability", lambda: browser.find_element(By.LINK_TEXT, "Instability").click())
+        assert "stability needs two or more models per group" in browser.find_element(By.ID, "note").text
+    finally:
+        server.shutdown()
+        server.server_close()
