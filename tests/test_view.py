@@ -188,3 +188,26 @@ def test_cli_refuses_a_folder_that_is_not_a_study(tmp_path):
 
     result = CliRunner().invoke(app, ["view", str(tmp_path)])
     assert result.exit_code == 2 and "per_image.csv: not found" in result.output
+
+
+def test_a_measure_folder_without_images(tmp_path):
+    """`salience measure --stores` output: models named by their store paths, no results.json: the maps are
+    read from those stores and drawn alone, with the reason."""
+    import csv
+    import shutil
+
+    from salience.view import Study
+
+    study = make_study(tmp_path / "study", n_images=4, groups={"all": 2})
+    out = tmp_path / "measured"
+    out.mkdir()
+    stores = {m: str(study / "stores" / m) for m in ("all_s0", "all_s1")}
+    with open(study / "per_image.csv") as f, open(out / "per_image.csv", "w", newline="") as g:
+        rows = list(csv.reader(f))
+        csv.writer(g).writerows([rows[0]] + [[r[0], stores[r[1]], *r[2:]] for r in rows[1:]])
+    shutil.copy(study / "stability.csv", out)
+    view = Study(out)
+    item = view.item({"image": "cat/img_00000.png"})
+    assert [m["model"] for m in item["maps"]] == list(stores.values())
+    assert item["picture"] is None and "results.json names no data images" in item["no_picture"]
+    assert view.rows({"model": stores["all_s1"]})["total"] == 4
