@@ -179,6 +179,9 @@ def test_not_a_study_folder(tmp_path):
     (tmp_path / "per_image.csv").write_text("group,model,image,class\nA,m,x,0,extra\n")
     with pytest.raises(ValueError, match="per_image.csv: 4 column names but 5 columns"):
         make_server(tmp_path, port=0)
+    (tmp_path / "per_image.csv").write_text("group,model,image,class,epg\nA,m,x,0,high\n")
+    with pytest.raises(ValueError, match="per_image.csv, column epg: not a number"):
+        make_server(tmp_path, port=0)
 
 
 def test_cli_refuses_a_folder_that_is_not_a_study(tmp_path):
@@ -211,3 +214,26 @@ def test_a_measure_folder_without_images(tmp_path):
     assert [m["model"] for m in item["maps"]] == list(stores.values())
     assert item["picture"] is None and "results.json names no data images" in item["no_picture"]
     assert view.rows({"model": stores["all_s1"]})["total"] == 4
+
+
+def test_cli_serves_on_the_loopback(served, tmp_path):
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    _, root = served
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "salience", "view", str(root), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        with urllib.request.urlopen(url + "api/meta", timeout=20) as r:
+            assert json.loads(r.read())["rows"] == 48
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -111,8 +111,11 @@ class Table:
         return str(self.values[key][self.codes[key][i]])
 
 
-def _floats(column: list[str]) -> np.ndarray:
-    return np.array([float(x) if x not in ("", "nan") else np.nan for x in column], dtype=np.float64)
+def _floats(column: list[str], where: str) -> np.ndarray:
+    try:
+        return np.array([float(x) if x else np.nan for x in column], dtype=np.float64)
+    except ValueError as err:
+        raise ValueError(f"{where}: not a number ({err})") from None
 
 
 def _read_csv(path: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -171,7 +174,7 @@ class Study:
             "method": [method[m] for m in cols["model"]],
             "split": [meta[m].get("split", "") for m in cols["model"]],
         }
-        self.table = Table(labels, {m: _floats(cols[m]) for m in self.measures})
+        self.table = Table(labels, {m: _floats(cols[m], f"per_image.csv, column {m}") for m in self.measures})
         # each model's rows are its store's items in order: the row's position in the store
         codes = self.table.codes["model"]
         self.position = np.zeros(self.table.n, dtype=np.int64)
@@ -202,7 +205,10 @@ class Study:
             return None
         header, cols = _read_csv(path)
         sims = [h for h in header if h not in ("group", "image", "class")]
-        return Table({k: cols[k] for k in ("group", "image", "class")}, {k: _floats(cols[k]) for k in sims})
+        return Table(
+            {k: cols[k] for k in ("group", "image", "class")},
+            {k: _floats(cols[k], f"stability.csv, column {k}") for k in sims},
+        )
 
     def _oos(self) -> Table | None:
         """Out-of-set images (their index in the out-of-set split) by the score each model gives them."""
@@ -267,7 +273,9 @@ class Study:
     def disagreement(self, params: dict) -> dict:
         """Images (and classes) ranked by the difference of a measure's mean over the models of group `a`
         and of group `b`."""
-        measure = params.get("measure", self.measures[0] if self.measures else "")
+        if not self.groups or not self.measures:
+            raise NotFound("per_image.csv has no groups or no measures to compare")
+        measure = params.get("measure", self.measures[0])
         if measure not in self.table.numbers:
             raise BadRequest(f"measure: no measure {measure!r}; measures: {', '.join(self.measures)}")
         a = params.get("a", self.groups[0])
