@@ -4,6 +4,7 @@ maps (lazily, from the stores) and the images (from the data set the study names
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
@@ -189,6 +190,7 @@ class Study:
         self._stores, self._data = {}, {}
         self._lock, self._data_lock = threading.Lock(), threading.Lock()
         self._disagreement: dict[tuple, Table] = {}
+        self.ready = threading.Event()  # set when `warm` has opened the stores and data sets
 
     def _json(self, name: str) -> dict:
         path = self.root / name
@@ -226,11 +228,15 @@ class Study:
         return Table({}, numbers | scores, search="")
 
     def warm(self) -> None:
-        """Open the data sets in the background (the built-in benchmark is generated: seconds)."""
+        """Open the stores and the data sets in the background (the built-in benchmark is generated: seconds)."""
 
         def work():
+            for model in self.table.values["model"].tolist():
+                with contextlib.suppress(Exception):  # a missing store is reported when its map is asked for
+                    self._store(model).done()  # read the chunk flags now, not on the first map
             for which in ("data", "out_of_set"):
                 self._dataset(which)
+            self.ready.set()
 
         threading.Thread(target=work, daemon=True).start()
 
