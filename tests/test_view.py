@@ -237,3 +237,26 @@ def test_cli_serves_on_the_loopback(served, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_probes_keep_each_out_of_set_images_score():
+    """The out-of-set view ranks by `curves.out_of_set.scores_out`: the score of each image's predicted class."""
+    import functools
+
+    import torch
+
+    from salience.attribution import attribute
+    from salience.measures.probes import predict
+    from salience.measures.suite import probe_suite
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 16 * 16, 3)
+    )
+    model.eval()
+    x, oos = torch.rand(4, 3, 16, 16), torch.rand(5, 3, 16, 16)
+    target = torch.tensor([0, 1, 2, 0])
+    explain = functools.partial(attribute, "gradient", model)
+    out = probe_suite(model, explain, x, target, explain(x, target), out_of_set=oos, deletion_steps=4)
+    want, _ = predict(model, oos)
+    assert out["curves"]["out_of_set"]["scores_out"] == pytest.approx(want.double().tolist())
