@@ -353,6 +353,27 @@ def _run_study(study_file: str, out: str | None, overrides: list[str]) -> None:
 
 
 @app.command()
+def view(
+    study_dir: str = typer.Argument(..., help="A folder written by `salience study`, `demo` or `measure`."),
+    port: int = typer.Option(8765, min=0, max=65535, help="Port (0: any free one)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind; the default answers only this machine."),
+) -> None:
+    """Explore a study in the browser: every image, model and map, ranked views, read-only (docs/view.md)."""
+    from salience.view import make_server
+
+    with _exit_on(ValueError, OSError):  # not a study folder, unreadable files, port taken
+        server = make_server(study_dir, host, port)
+    url_host = f"[{host}]" if ":" in host else host
+    typer.echo(f"salience view: http://{url_host}:{server.server_address[1]}/ (report: /report.html); Ctrl-C stops")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@app.command()
 def report(
     results_dir: str = typer.Argument(..., help="A folder written by `salience study` or `salience demo`."),
 ) -> None:

@@ -232,7 +232,8 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
             saved = json.loads(cache.read_text())
         except ValueError:
             saved = {}  # a damaged cache is recomputed
-        if saved.get("key") == key:
+        per_image_oos = oos is None or "scores_out" in saved.get("curves", {}).get("out_of_set", {})
+        if saved.get("key") == key and per_image_oos:  # caches older than per-image out-of-set scores: redone
             return {
                 "values": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["values"].items()},
                 "curves": saved["curves"],

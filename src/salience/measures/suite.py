@@ -89,6 +89,7 @@ def probe_suite(
             "entropy_out": oos["out"]["entropy_histogram"].tolist(),
             "score_in": oos["in"]["score"].double().mean().item(),
             "score_out": oos["out"]["score"].double().mean().item(),
+            "scores_out": oos["out"]["score"].double().tolist(),  # per out-of-set image, for `salience view`
             "shift": oos["shift"],
         }
     return {"values": {k: v.detach().cpu() for k, v in values.items()}, "curves": curves}

@@ -427,7 +427,8 @@ Cohen's d, two-sided permutation p.</p>
 {"".join(sections[2:])}
 <p><small>Left out, for want of data (no boxes, no out-of-set images, no probes or no training runs):
 {html.escape(", ".join(left_out)) or "nothing"}. Files: results.json (every number here), per_image.csv,
-stability.csv, summary.json, stores/ (the maps). Re-render with <code>salience report {html.escape(str(d))}</code>.</small></p>
+stability.csv, summary.json, stores/ (the maps). Re-render with <code>salience report {html.escape(str(d))}</code>. Explore every image, model and map with
+<code>salience view {html.escape(str(d))}</code>; this report, opened through it, links to its views.</small></p>
 </body></html>
 """
     out = d / "report.html"
