@@ -177,4 +177,6 @@ def test_explain_writes_every_method_to_its_store(tmp_path):
             continue
         expected = A.attribute(name, model, x, targets, layer=layer or None)
         scale = expected.abs().max().item()
-        torch.testing.assert_close(maps, expected, rtol=1e-3, atol=1e-4 * scale, msg=lambda m: f"{spec}: {m}")
+        torch.testing.assert_close(
+            maps, expected, rtol=1e-3, atol=1e-4 * scale, msg=lambda m, spec=spec: f"{spec}: {m}"
+        )
