@@ -97,7 +97,9 @@ def _noisy_maps(
     """Maps `[P, samples, h, w]` of `base` on `x + ε`, ε ~ N(0, σ²), σ = noise_level · (max x − min x) per pair.
 
     The noise is one `torch.normal` draw of shape `[P·samples, C, H, W]` (pairs outer, samples inner) from a
-    generator seeded with `seed`, the layout Captum's NoiseTunnel draws from the global generator."""
+    generator seeded with `seed`, the layout Captum's NoiseTunnel draws from the global generator. (Captum builds
+    its σ tensor in the default dtype, so for float64 inputs its draw matches only under
+    `torch.set_default_dtype(torch.float64)`.)"""
     if base in ("smooth_grad", "var_grad"):
         raise ValueError(f"base: {base!r} is itself a noise method; pick another, e.g. gradient")
     if samples < 1 or noise_level < 0:
