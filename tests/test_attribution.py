@@ -145,7 +145,7 @@ def test_multi_hot_targets_expand_to_pairs(resnet, batch):
     assert image.tolist() == [0, 0, 2] and cls.tolist() == [1, 3, 5]
     maps = A.input_x_gradient(resnet, x, multi)
     assert maps.shape == (3, 32, 32)
-    for p, (i, c) in enumerate(zip(image.tolist(), cls.tolist())):
+    for p, (i, c) in enumerate(zip(image.tolist(), cls.tolist(), strict=True)):
         assert torch.allclose(maps[p], A.input_x_gradient(resnet, x[i : i + 1], torch.tensor([c]))[0])
 
 
@@ -186,7 +186,7 @@ def test_create_graph_parameter_gradients_match_finite_differences(method, kw):
     params = [model.conv1.weight, model.conv2.bias, model.fc.weight]
     grads = torch.autograd.grad(loss(), params)
     eps = 1e-6
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         assert g.abs().max() > 0
         for idx in [(0,) * p.dim(), tuple(s - 1 for s in p.shape)]:
             with torch.no_grad():

@@ -100,19 +100,25 @@ def _shared(model, x, target, specs: dict[str, tuple[str, str | None]], create_g
         with torch.no_grad() if from_layer else nullcontext():
             recorded = [stack.enter_context(capture(m, grad_from_here=from_layer)) for m in modules]
             logits = model(x)
-        for m, outputs in zip(modules, recorded):
+        for m, outputs in zip(modules, recorded, strict=True):
             if len(outputs) != 1:
                 name = next(n for n, mod in model.named_modules() if mod is m)
                 raise ValueError(
                     f"layer {name!r} ran {len(outputs)} times in one forward; pick a module that runs once"
                 )
-        feats = {id(m): outputs[0] for m, outputs in zip(modules, recorded)}
+        feats = {id(m): outputs[0] for m, outputs in zip(modules, recorded, strict=True)}
         feats[id(None)] = x
         need = list({id(layers[s]): layers[s] for s, (name, _) in specs.items() if name != "cam"})
         grads = {}
         if need:
             selected = selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
-            grads = dict(zip(need, torch.autograd.grad(selected, [feats[k] for k in need], create_graph=create_graph)))
+            grads = dict(
+                zip(
+                    need,
+                    torch.autograd.grad(selected, [feats[k] for k in need], create_graph=create_graph),
+                    strict=True,
+                )
+            )
         else:  # CAM alone: still check the classes against the logits
             selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
     maps = {}

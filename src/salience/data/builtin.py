@@ -336,7 +336,7 @@ def make_builtin(root: str | Path, config: BuiltinBenchmark | None = None, split
                 (tmp / hm).write_bytes(_png(d["maps"][i]))
             boxes = ";".join(
                 " ".join(f"{v:g}" for v in b.tolist()) + f" {CLASSES[int(c)]}"
-                for b, c in zip(d["boxes"][i], d["box_labels"][i])
+                for b, c in zip(d["boxes"][i], d["box_labels"][i], strict=True)
             )
             rows.append(
                 {

@@ -88,7 +88,7 @@ def class_masks(
     if not (len(boxes) == len(box_labels) == len(classes)):
         raise ValueError(f"class_masks: {len(boxes)} box sets, {len(box_labels)} label sets, {len(classes)} classes")
     out = torch.zeros(len(boxes), *size)
-    for i, (b, lab) in enumerate(zip(boxes, box_labels)):
+    for i, (b, lab) in enumerate(zip(boxes, box_labels, strict=True)):
         sel = b[lab.to(b.device) == int(classes[i])]
         if len(sel):
             out[i] = box_masks(sel.cpu(), size).any(0).float()

@@ -47,7 +47,7 @@ def check_guidance_data(loss: str | None, ds) -> None:
     """A guided config needs boxes (box losses) or human maps (cyborg) among annotated images."""
     if loss is None:
         return
-    records = [r for r, a in zip(ds.records, ds.annotated.tolist()) if a]
+    records = [r for r, a in zip(ds.records, ds.annotated.tolist(), strict=True) if a]
     if not records:
         raise ConfigError(
             "guidance.annotated_fraction: no training image is annotated; raise the fraction or set guidance.loss: null"

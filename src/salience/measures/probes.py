@@ -226,7 +226,7 @@ def seed_stability(maps: Sequence[torch.Tensor] | torch.Tensor, similarities: Se
         raise ValueError(f"seed_stability needs maps [N >= 2, B, h, w], got {tuple(stack.shape)}")
     n, b = stack.shape[:2]
     pairs = list(itertools.combinations(range(n), 2))
-    i, j = (torch.tensor(p, device=stack.device) for p in zip(*pairs))
+    i, j = (torch.tensor(p, device=stack.device) for p in zip(*pairs, strict=True))
     a, c = stack[i].flatten(0, 1), stack[j].flatten(0, 1)
     sims = {k: v.view(len(pairs), b).T for k, v in _similarities(a, c, similarities).items()}
     return {"pairs": pairs, "similarity": sims, "mean": {k: v.mean(1) for k, v in sims.items()}}

@@ -354,7 +354,7 @@ def _measure(
                 pair_sums = None
                 for start in range(0, stores[0].n, block):
                     stop = min(start + block, stores[0].n)
-                    maps, targets = zip(*(s.read(start, stop) for s in stores))
+                    maps, targets = zip(*(s.read(start, stop) for s in stores), strict=True)
                     st = seed_stability(torch.stack(maps), sims)
                     mean = st["mean"]
                     sums = st["similarity"]["ssim"].double().sum(0)  # per pair of stores
@@ -365,12 +365,16 @@ def _measure(
                     w.writerows(
                         [g, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
                         for i, t, agree, *vs in zip(
-                            range(start, stop), targets[0].tolist(), same.tolist(), *(mean[k].tolist() for k in sims)
+                            range(start, stop),
+                            targets[0].tolist(),
+                            same.tolist(),
+                            *(mean[k].tolist() for k in sims),
+                            strict=True,
                         )
                     )
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
                 matrix = torch.eye(len(stores), dtype=torch.float64)
-                for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist()):
+                for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist(), strict=True):
                     matrix[i, j] = matrix[j, i] = v
                 summary["stability"][g]["ssim_matrix"] = matrix.tolist()  # mean over items, per pair of stores
 

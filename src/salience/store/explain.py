@@ -240,7 +240,7 @@ def explain_stores(
     fill(stores, compute, progress=progress and ctx.is_main, chunks=mine)
     dist.barrier(ctx)
     result: list[dict[str, MapStore]] = [{} for _ in models]
-    for (m, spec, _), store in zip(flat, stores):
+    for (m, spec, _), store in zip(flat, stores, strict=True):
         result[m][spec] = store
     return result
 

@@ -194,7 +194,7 @@ class MapStore:
 
     def _check_chunk(self, i: int) -> str | None:
         start, stop = self.chunk_range(i)
-        for name, file in zip(("maps", "targets"), self.chunk_files(i)):
+        for name, file in zip(("maps", "targets"), self.chunk_files(i), strict=True):
             if not file.is_file():
                 return f"{file}: finished chunk {i} is missing"
             try:
