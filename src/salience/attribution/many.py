@@ -100,16 +100,16 @@ def _shared(model, x, target, specs: dict[str, tuple[str, str | None]], create_g
         with torch.no_grad() if from_layer else nullcontext():
             recorded = [stack.enter_context(capture(m, grad_from_here=from_layer)) for m in modules]
             logits = model(x)
-        for m, outputs in zip(modules, recorded, strict=True):
+        for module, outputs in zip(modules, recorded, strict=True):
             if len(outputs) != 1:
-                name = next(n for n, mod in model.named_modules() if mod is m)
+                name = next(n for n, mod in model.named_modules() if mod is module)
                 raise ValueError(
                     f"layer {name!r} ran {len(outputs)} times in one forward; pick a module that runs once"
                 )
         feats = {id(m): outputs[0] for m, outputs in zip(modules, recorded, strict=True)}
         feats[id(None)] = x
         need = list({id(layers[s]): layers[s] for s, (name, _) in specs.items() if name != "cam"})
-        grads = {}
+        grads: dict[int, torch.Tensor] = {}
         if need:
             selected = selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
             grads = dict(
@@ -121,17 +121,17 @@ def _shared(model, x, target, specs: dict[str, tuple[str, str | None]], create_g
             )
         else:  # CAM alone: still check the classes against the logits
             selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
-    maps = {}
+    maps: dict[str, torch.Tensor] = {}
     with torch.set_grad_enabled(create_graph):
         for spec, (name, _) in specs.items():
             key = id(layers[spec])
-            f, g = feats[key], grads.get(key)
+            f = feats[key]
             if name == "gradient":
-                m = g.abs().amax(1)
+                m = grads[key].abs().amax(1)
             elif name == "input_x_gradient":
-                m = ixg_map(f, g)
+                m = ixg_map(f, grads[key])
             elif name == "grad_cam":
-                m = grad_cam_map(f, g)
+                m = grad_cam_map(f, grads[key])
             else:
                 m = cam_map(cam_weights(model, f)[cls], f)
             maps[spec] = m if create_graph else m.detach()

@@ -9,6 +9,7 @@ Methods leave the model's train/eval mode alone: explain in eval mode, guide in 
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -182,7 +183,7 @@ def bcos(model: nn.Module, x, target, layer: str | None = None, create_graph: bo
     return _out(ixg_map(feats, g), create_graph)
 
 
-METHODS = {
+METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "gradient": gradient,
     "input_x_gradient": input_x_gradient,
     "integrated_gradients": integrated_gradients,

@@ -11,6 +11,7 @@ of a batch, so as in the reference code each map includes the batch-norm cross t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,7 +94,7 @@ class Guide:
 
     def __call__(
         self, model: nn.Module, batch: dict, generator: torch.Generator | None = None, multi_label: bool = False
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Any]:
         """Losses for one batch (model in train mode).
 
         Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images whose
@@ -121,6 +122,7 @@ class Guide:
         if index.numel() == 0:
             guidance = task.new_zeros(())
         else:
+            assert maps is not None  # forward_and_maps returns maps when index is not empty
             maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
             guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
         total = objective(task, guidance, self.lam)
@@ -149,10 +151,10 @@ class Guide:
             layer = "module." + layer
         logits, feats = forward_at(model, x, layer)
         if self.method == "cam":
-            fc = inner.fc
-            weights = fc.weight[classes]
+            fc_weight = inner.get_parameter("fc.weight")
+            weights = fc_weight[classes]
             if self.output == "log_softmax":  # ∂ log p_c / ∂ pooled features
-                weights = weights - logits.softmax(1)[index].to(fc.weight.dtype) @ fc.weight
+                weights = weights - logits.softmax(1)[index].to(fc_weight.dtype) @ fc_weight
             return logits, cam_map(weights, feats[index])
         explained = logits.log_softmax(1) if self.output == "log_softmax" else logits
         (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)

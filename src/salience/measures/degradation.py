@@ -82,7 +82,7 @@ def blur_degradation(
     score, pred = predict(model, x, target, batch_size)
     out = {"clean": {"score": score, "pred": pred}}
     for mode in modes:
-        levels = blur_levels(maps, tuple(x.shape[-2:]), mode)
+        levels = blur_levels(maps, (x.shape[-2], x.shape[-1]), mode)
         blurred = torch.cat(
             [
                 spatially_varying_blur(x[i : i + batch_size], levels[i : i + batch_size])

@@ -190,7 +190,7 @@ def transform_consistency(
     (agreement: the predicted class of `T(x)` equals that of `x`).
     """
     check_inputs(x, target)
-    size = tuple(x.shape[-2:])
+    size = (x.shape[-2], x.shape[-1])
     if size[0] != size[1] and any(n.startswith("rot90") for n in transforms):
         raise ValueError(f"rot90 transforms need square images, got {size}; pass transforms without them")
     b = len(x)
@@ -198,7 +198,7 @@ def transform_consistency(
     flat_t = target.repeat(len(transforms) + 1)
     maps = upsample(explain_batched(explain, flat_x, flat_t, batch_size), size)
     _, pred = predict(model, flat_x, flat_t, batch_size)
-    sims = {k: [] for k in similarities}
+    sims: dict[str, list[torch.Tensor]] = {k: [] for k in similarities}
     for i, n in enumerate(transforms):
         rows, cols = valid_region(n, size)
         expected = apply_transform(n, maps[:b])[:, rows, cols]

@@ -13,12 +13,14 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from salience.attribution import attribute
 from salience.data.core import collate, object_masks
@@ -39,7 +41,7 @@ class Source:
     first `n_probe` items (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
 
     model: nn.Module
-    dataset: object
+    dataset: Dataset
     n_probe: int = 128
     out_of_set: torch.Tensor | None = None
     deletion_steps: int = 16
@@ -77,7 +79,7 @@ def _stage(path: Path, staged: list[tuple[Path, Path]]):
     return open(tmp, "w", newline="")
 
 
-def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, ...] = ()) -> str | None:
+def _other_run(out: Path, groups: Mapping[str, Sequence[str | Path]], own: tuple[str, ...] = ()) -> str | None:
     """Why `out` holds results of other stores (None when it is empty or holds these stores' results);
     `own`: other names the caller writes there."""
     old = out / "summary.json"
@@ -98,7 +100,7 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, .
 
 
 def measure_stores(
-    groups: dict[str, list[str | Path]],
+    groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     seed: int = 0,
     block: int = 1024,
@@ -190,6 +192,7 @@ def _blocks(store: MapStore, block: int, src: Source | None):
     for start, maps, targets in store.iter_chunks(block):
         masks = None
         if src is not None:
+            assert positions is not None
             batch, rows = _images(src, positions[start : start + len(maps)])
             masks = object_masks(batch, rows, targets)
         yield start, maps, targets, masks
@@ -304,7 +307,7 @@ def _measure(
                 src = sources.get(str(s.path))
                 probe = probes.get(str(s.path))
                 probed = probe["values"] if probe else {}
-                values = {m: [] for m in columns}
+                values: dict[str, list[float]] = {m: [] for m in columns}
                 for start, maps, targets, measured in _map_values(_blocks(s, block, src if located else None)):
                     n = len(maps)
                     for m in columns:
@@ -374,6 +377,7 @@ def _measure(
                     )
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
                 matrix = torch.eye(len(stores), dtype=torch.float64)
+                assert pair_sums is not None  # a store holds at least one image
                 for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist(), strict=True):
                     matrix[i, j] = matrix[j, i] = v
                 summary["stability"][g]["ssim_matrix"] = matrix.tolist()  # mean over items, per pair of stores

@@ -76,7 +76,7 @@ class BcosResNet(resnet.ResNet):
                     )
                 elif isinstance(child, nn.ReLU):
                     setattr(parent, child_name, nn.Identity())
-        self.fc = BcosLinear(self.fc.in_features, num_classes, b)
+        self.fc: nn.Linear = BcosLinear(self.fc.in_features, num_classes, b)
         self.logit_bias = -math.log(num_classes - 1) if num_classes > 1 else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,15 +92,15 @@ class BcosResNet(resnet.ResNet):
         norms = [m for m in self.modules() if isinstance(m, UncentredBatchNorm2d)]
         for m in units:
             m.explain = True
-        for m in norms:
-            m.detach_scale = True
+        for n in norms:
+            n.detach_scale = True
         try:
             yield self
         finally:
             for m in units:
                 m.explain = False
-            for m in norms:
-                m.detach_scale = False
+            for n in norms:
+                n.detach_scale = False
 
 
 _BLOCKS = {

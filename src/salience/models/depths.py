@@ -66,8 +66,8 @@ def depth_table(model: nn.Module) -> dict[str, str | None]:
         if isinstance(model, _SEQUENTIAL_FAMILIES):
             container = "layers" if isinstance(model, tvm.MNASNet) else "features"
             _cache[model] = _stage_ends(model, container)
-        elif isinstance(getattr(model, "feature_info", None), list) and model.feature_info:  # timm
-            _cache[model] = _from_feature_info(model.feature_info)
+        elif isinstance(info := getattr(model, "feature_info", None), list) and info:  # timm
+            _cache[model] = _from_feature_info(info)
         else:
             names = [n for n, _ in model.named_modules() if n]
             shown = ", ".join(names[:40]) + (f", ... ({len(names)} modules)" if len(names) > 40 else "")

@@ -9,6 +9,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -80,7 +81,9 @@ def fig_gallery(gallery: dict, results: dict) -> str | None:
         img = gallery["images"][i].permute(1, 2, 0).clamp(0, 1).numpy()
         label = gallery["labels"][i]
         name = gallery["classes"][label] if 0 <= label < len(gallery["classes"]) else "image"
-        panels = [(name + (" + boxes" if len(gallery["boxes"][i]) else ""), img, None)]
+        panels: list[tuple[str, Any, str | None]] = [
+            (name + (" + boxes" if len(gallery["boxes"][i]) else ""), img, None)
+        ]
         if human:
             panels.append(("human salience", gallery["human_maps"][i].numpy(), "inferno"))
         panels += [

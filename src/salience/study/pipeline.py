@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,7 @@ def run(
     )
     if not main:
         return None
+    assert summary is not None  # measure_stores returns it on rank 0
     accuracy = _accuracies(cfg, members, out, data)
     results = _results(cfg, members, summary, accuracy, out, data)
     results["seconds"] = round(time.perf_counter() - t0, 1)
@@ -313,7 +315,7 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
     with open(out / "per_image.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-        columns = [c for c in reader.fieldnames if c in ENTROPIES + LOCALISATION + PROBES]
+        columns = [c for c in reader.fieldnames or [] if c in ENTROPIES + LOCALISATION + PROBES]
     return rows, columns
 
 
@@ -502,7 +504,7 @@ def findings(results: dict) -> list[str]:
             else {}
         )
         if means:
-            best = pick(means, key=means.get)
+            best = pick(means, key=means.__getitem__)
             out.append(f"{what}: {best} ({means[best]:.3f}).")
     return out
 
@@ -512,7 +514,7 @@ def _write_json(path: Path, obj) -> None:
 
 
 def measure_checkpoints(
-    groups: dict[str, list[str | Path]],
+    groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     *,
     method: str,
@@ -546,6 +548,8 @@ def measure_checkpoints(
                     f"{path}: its data config differs from that of {first}; measure checkpoints of "
                     f"one data set together (or align them with --set data.<key>=...)"
                 )
+    if data is None:
+        raise ValueError("measure_checkpoints: no checkpoints given")
     section = {
         "format": data.format,
         "root": data.root,
