@@ -44,7 +44,9 @@ def explain_batched(explain: Explain, x: torch.Tensor, target: torch.Tensor, bat
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None, batch_size: int = 64):
+def predict(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(score [B], predicted class [B])`: softmax probability of `target` (default: the predicted class)."""
     scores, preds = [], []
     for i in range(0, len(x), batch_size):
@@ -126,7 +128,7 @@ def out_of_set_response(
     (`compare_groups(out, in)`: difference of means, Cohen's d, permutation p-value)."""
     check_inputs(x_in, target_in)
     _, pred_out = predict(model, x_out, batch_size=batch_size)
-    sets = {}
+    sets: dict[str, dict] = {}
     for name, x, t in (("in", x_in, target_in), ("out", x_out, pred_out)):
         maps = explain_batched(explain, x, t, batch_size)
         score, _ = predict(model, x, t, batch_size)
@@ -169,7 +171,7 @@ def valid_region(name: str, size: tuple[int, int]) -> tuple[slice, slice]:
     return slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
 
 
-def _shift(name: str, size) -> tuple[int, int]:
+def _shift(name: str, size: Sequence[int]) -> tuple[int, int]:
     sy, sx = (int(v) for v in name.split("_")[1:])
     return sy * round(size[0] / 14), sx * round(size[1] / 14)
 
