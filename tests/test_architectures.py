@@ -201,7 +201,7 @@ def test_guided_step_on_densenet_features_matches_a_model_without_inplace_ops():
     }
     guide = Guide("energy", "grad_cam", "final", lam=1.0)
     out = guide(model, batch, torch.Generator().manual_seed(0))
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     grads = torch.autograd.grad(out["total"], params)
 
     logits, feats = forward(batch["image"])
@@ -215,7 +215,7 @@ def test_guided_step_on_densenet_features_matches_a_model_without_inplace_ops():
     total = torch.nn.functional.cross_entropy(logits, classes) + guidance
     assert torch.allclose(out["guidance"], guidance, rtol=1e-9)
     ref_grads = torch.autograd.grad(total, list(ref.parameters()))
-    worst = max(rel_err(a, b) for a, b in zip(grads, ref_grads) if b.abs().max() > 0)
+    worst = max(rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True) if b.abs().max() > 0)
     assert worst <= 1e-5
 
 

@@ -106,7 +106,7 @@ def test_create_graph_gives_the_same_parameter_gradients():
         sum((_single(model, x, t, s, create_graph=True) ** 2).sum() for s in specs), params, allow_unused=True
     )
     assert sum(a is not None for a in together) > len(params) // 2  # the losses reach the weights
-    for a, b in zip(together, apart):
+    for a, b in zip(together, apart, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             _close(a, b)

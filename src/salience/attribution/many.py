@@ -36,6 +36,7 @@ def attribute(
         return shared_maps(model, x, target, {method: (method, layer)}, create_graph)[method]
     if layer is not None:
         options["layer"] = layer
+    assert entry.run is not None  # a registry entry has exactly one of from_pass and run
     return entry.run(model, x, target, create_graph=create_graph, **options)
 
 
@@ -120,7 +121,9 @@ def shared_maps(model, x, target, specs: dict[str, tuple[str, str | None]], crea
         for spec, (name, _) in specs.items():
             key, at_layer = id(layers[spec]), layers[spec] is not None
             recorded = Pass(feats[key], grads.get(key), cls, model, None, grid if at_layer else None, at_layer and last)
-            m = get_method(name).from_pass(recorded)
+            from_pass = get_method(name).from_pass
+            assert from_pass is not None  # shared specs only
+            m = from_pass(recorded)
             maps[spec] = m if create_graph else m.detach()
     return maps
 

@@ -10,7 +10,6 @@ on them reaches the parameters (double backward); otherwise maps are detached. M
 train/eval mode alone: explain in eval mode, guide in train mode. Definitions: docs/definitions.md.
 """
 
-
 import torch
 from torch import nn
 
@@ -53,25 +52,25 @@ def _weighted_cam(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
 
 def gradient_map(p: Pass) -> torch.Tensor:
     """Saliency (Simonyan et al. 2014): `max_ch |∂y_c/∂x|`, `[P, C, H, W]` -> `[P, H, W]`, >= 0."""
-    return p.grad.abs().amax(1)
+    return p.acts_and_grad()[1].abs().amax(1)
 
 
 def ixg_map(p: Pass) -> torch.Tensor:
     """Input x gradient (Shrikumar et al. 2016): `Σ_ch F ⊙ ∂y_c/∂F`, F = the input or a layer. Signed."""
-    feats, grad = p.maps()
+    feats, grad = p.acts_and_grad()
     return (feats * grad).sum(1)
 
 
 def grad_cam_map(p: Pass) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): `ReLU(Σ_k mean_hw(∂y_c/∂A_k) · A_k)`."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     return _weighted_cam(grad.mean(dim=(2, 3)), acts)
 
 
 def grad_cam_pp_map(p: Pass) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018): `ReLU(Σ_k w_k A_k)`, `w_k = Σ_ij α_kij ReLU(g_kij)`,
     `α_kij = g²_kij / (2 g²_kij + (Σ_ab A_kab) g³_kij)` where `g_kij ≠ 0` (else 0), g = ∂y_c/∂A."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     g2 = grad.pow(2)
     denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grad
     alpha = _safe_divide(g2, denom, (grad != 0) & (denom != 0))
@@ -80,20 +79,20 @@ def grad_cam_pp_map(p: Pass) -> torch.Tensor:
 
 def xgrad_cam_map(p: Pass) -> torch.Tensor:
     """XGrad-CAM (Fu et al. 2020): `ReLU(Σ_k w_k A_k)`, `w_k = Σ_ij A_kij g_kij / Σ_ij A_kij` (0 when the sum is 0)."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     total = acts.sum(dim=(2, 3))
     return _weighted_cam(_safe_divide((acts * grad).sum(dim=(2, 3)), total, total != 0), acts)
 
 
 def layer_cam_map(p: Pass) -> torch.Tensor:
     """Layer-CAM (Jiang et al. 2021): `ReLU(Σ_k ReLU(∂y_c/∂A_k) ⊙ A_k)`, per-location weights."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     return torch.relu((torch.relu(grad) * acts).sum(1))
 
 
 def hires_cam_map(p: Pass) -> torch.Tensor:
     """HiResCAM (Draelos & Carin 2020): `ReLU(Σ_k ∂y_c/∂A_k ⊙ A_k)`, i.e. layer IxG, positive part."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     return torch.relu((grad * acts).sum(1))
 
 
@@ -101,7 +100,7 @@ def eigen_cam_map(p: Pass) -> torch.Tensor:
     """Eigen-CAM (Muhammad & Yeasin 2020): the layer's activations, each location a K-vector, centred over
     locations and projected on their first right-singular vector; the sign is chosen so that the largest
     magnitude is positive (|max| >= |min|), then ReLU. Class-agnostic: the target is not used."""
-    acts, _ = p.maps()
+    acts = p.acts()
     flat = acts.flatten(2).transpose(1, 2)  # [P, hw, K]
     flat = flat - flat.mean(dim=1, keepdim=True)
     first = torch.linalg.svd(flat, full_matrices=False).Vh[:, 0, :]  # [P, K]
@@ -131,7 +130,7 @@ def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Ten
 def cam_map(p: Pass) -> torch.Tensor:
     """CAM (Zhou et al. 2016): `Σ_k w_ck A_k` at the `final` depth, `w_c` the row of the linear head `fc`
     (no bias, no ReLU). For the log-probability (`p.probs`): `w_c − Σ_j p_j w_j`. Signed."""
-    acts, _ = p.maps()
+    acts = p.acts()
     weights = cam_weights(p.model, acts)
     class_weights = weights[p.classes]
     if p.probs is not None:

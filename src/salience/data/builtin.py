@@ -223,7 +223,9 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
 
     img = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
     hm = (maps * 255).round().to(torch.uint8)
-    out_boxes, out_labels, img_labels = [], [], []
+    out_boxes: list[torch.Tensor] = []
+    out_labels: list[torch.Tensor] = []
+    img_labels: list[list[int]] = []
     for i in range(n):
         k = int(n_faces[i])
         if oos:
@@ -336,7 +338,7 @@ def make_builtin(root: str | Path, config: BuiltinBenchmark | None = None, split
                 (tmp / hm).write_bytes(_png(d["maps"][i]))
             boxes = ";".join(
                 " ".join(f"{v:g}" for v in b.tolist()) + f" {CLASSES[int(c)]}"
-                for b, c in zip(d["boxes"][i], d["box_labels"][i])
+                for b, c in zip(d["boxes"][i], d["box_labels"][i], strict=True)
             )
             rows.append(
                 {

@@ -12,6 +12,7 @@ of a batch, so as in the reference code each map includes the batch-norm cross t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -96,7 +97,7 @@ class Guide:
 
     def __call__(
         self, model: nn.Module, batch: dict, generator: torch.Generator | None = None, multi_label: bool = False
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Any]:
         """Losses for one batch (model in train mode).
 
         Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images whose
@@ -124,6 +125,7 @@ class Guide:
         if index.numel() == 0:
             guidance = task.new_zeros(())
         else:
+            assert maps is not None  # forward_and_maps returns maps when index is not empty
             maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
             guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
         total = objective(task, guidance, self.lam)
@@ -161,6 +163,7 @@ class Guide:
         at_layer = layer is not None
         grid = patch_grid(inner, x.shape[-2:]) if at_layer else None
         recorded = Pass(feats[index], grad, classes, inner, probs, grid, at_layer and channels_last(inner))
+        assert method.from_pass is not None  # a shared method
         return logits, method.from_pass(recorded)
 
     def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:

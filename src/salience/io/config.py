@@ -63,6 +63,8 @@ class ScheduleConfig(_Strict):
 
 
 class GuidanceConfig(_Strict):
+    # Literal[...] built from the registries (LOSSES, METHODS) at import, so the accepted names live in one
+    # place: pydantic validates against them at runtime; mypy only takes literal values there (valid-type)
     loss: Literal[tuple(LOSSES)] | None = None  # type: ignore[valid-type]
     """None trains on the task loss only."""
     method: Literal[METHODS] = "input_x_gradient"  # type: ignore[valid-type]
@@ -79,6 +81,7 @@ class GuidanceConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    # Literal built from the METHODS registry: see GuidanceConfig
     method: Literal[METHODS] | None = None  # type: ignore[valid-type]
     """Attribution for EPG and IoU; None: the guidance method."""
     depth: str | None = None

@@ -13,16 +13,19 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from salience.attribution import attribute
 from salience.data.core import collate, object_masks
-from salience.distributed import atomic_write_text
+from salience.distributed import Context, atomic_write_text
 from salience.measures.probes import seed_stability
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
@@ -39,7 +42,7 @@ class Source:
     first `n_probe` items (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
 
     model: nn.Module
-    dataset: object
+    dataset: Dataset
     n_probe: int = 128
     out_of_set: torch.Tensor | None = None
     deletion_steps: int = 16
@@ -70,14 +73,14 @@ def _images(src: Source, positions: list[int]) -> tuple[dict, torch.Tensor]:
     return collate([src.dataset[d] for d in unique]), torch.tensor([row[d] for d in positions], dtype=torch.long)
 
 
-def _stage(path: Path, staged: list[tuple[Path, Path]]):
+def _stage(path: Path, staged: list[tuple[Path, Path]]) -> IO[str]:
     """Open a temporary file next to `path`; `measure_stores` renames all of them into place at the end."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     staged.append((tmp, path))
     return open(tmp, "w", newline="")
 
 
-def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, ...] = ()) -> str | None:
+def _other_run(out: Path, groups: Mapping[str, Sequence[str | Path]], own: tuple[str, ...] = ()) -> str | None:
     """Why `out` holds results of other stores (None when it is empty or holds these stores' results);
     `own`: other names the caller writes there."""
     old = out / "summary.json"
@@ -98,14 +101,14 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, .
 
 
 def measure_stores(
-    groups: dict[str, list[str | Path]],
+    groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     seed: int = 0,
     block: int = 1024,
     n_boot: int = 2000,
     n_perm: int = 10000,
     sources: dict[str, Source] | None = None,
-    ctx=None,
+    ctx: Context | None = None,
     names: dict[str, str] | None = None,
     own: tuple[str, ...] = (),
 ) -> dict | None:
@@ -156,13 +159,18 @@ def measure_stores(
     return summary
 
 
-def _map_values(blocks, workers: int = 2):
+_Block = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]  # start, maps, targets, masks
+
+
+def _map_values(
+    blocks: Iterable[_Block], workers: int = 2
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """`(start, maps, targets, {name: [n]})` per block of `(start, maps, targets, masks or None)`, in order
     (see `map_values`); up to `workers` blocks are measured at once in threads (torch releases the GIL), each
     with one intra-op thread: per-block tensors are small, and OpenMP's waits made two intra-op threads 4x
     slower than one on a busy 2-core machine."""
 
-    def work(item):
+    def work(item: _Block) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         torch.set_num_threads(1)
         start, maps, targets, masks = item
         return start, maps, targets, map_values(maps, masks)
@@ -181,7 +189,7 @@ def _map_values(blocks, workers: int = 2):
         torch.set_num_threads(threads)  # the workers' setting would otherwise become the default of new threads
 
 
-def _blocks(store: MapStore, block: int, src: Source | None):
+def _blocks(store: MapStore, block: int, src: Source | None) -> Iterator[_Block]:
     """`(start, maps, targets, masks or None)` over the store. Masks come from the source's data set: for each
     item, the boxes of the class its map explains in the item's image (empty when the image has none of that
     class), or the image's mask when it has no boxes at all (e.g. a segmentation). The images are read again
@@ -190,6 +198,7 @@ def _blocks(store: MapStore, block: int, src: Source | None):
     for start, maps, targets in store.iter_chunks(block):
         masks = None
         if src is not None:
+            assert positions is not None
             batch, rows = _images(src, positions[start : start + len(maps)])
             masks = object_masks(batch, rows, targets)
         yield start, maps, targets, masks
@@ -244,7 +253,9 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
     return result
 
 
-def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=None) -> dict[str, dict]:
+def _probes(
+    stores: list[MapStore], sources: dict[str, Source], seed: int, ctx: Context | None = None
+) -> dict[str, dict]:
     """`{store path: _probe(...)}` for the stores with a source and `n_probe` > 0, after checking that each
     source holds the store's images (`Source.positions`). Under torchrun each process probes every
     `world_size`-th store, and every process gets all the results."""
@@ -263,6 +274,7 @@ def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=N
     if world == 1:
         return mine
     merged: dict[str, dict] = {}
+    assert ctx is not None  # world > 1
     for part in dist.gather(mine, ctx):
         merged |= part
     return merged
@@ -272,7 +284,7 @@ def _finite(values: list[float]) -> int:
     return sum(math.isfinite(v) for v in values)
 
 
-def _has_masks(dataset) -> bool:
+def _has_masks(dataset: Dataset) -> bool:
     """Whether some image has boxes or a segmentation (else localisation is undefined and left out)."""
     records = getattr(dataset, "records", None)
     if records is None:
@@ -305,7 +317,7 @@ def _measure(
                 src = sources.get(str(s.path))
                 probe = probes.get(str(s.path))
                 probed = probe["values"] if probe else {}
-                values = {m: [] for m in columns}
+                values: dict[str, list[float]] = {m: [] for m in columns}
                 for start, maps, targets, measured in _map_values(_blocks(s, block, src if located else None)):
                     n = len(maps)
                     for m in columns:
@@ -355,23 +367,30 @@ def _measure(
                 pair_sums = None
                 for start in range(0, stores[0].n, block):
                     stop = min(start + block, stores[0].n)
-                    maps, targets = zip(*(s.read(start, stop) for s in stores))
-                    st = seed_stability(torch.stack(maps), sims)
+                    store_maps, store_targets = zip(*(s.read(start, stop) for s in stores), strict=True)
+                    st = seed_stability(torch.stack(store_maps), sims)
                     mean = st["mean"]
                     sums = st["similarity"]["ssim"].double().sum(0)  # per pair of stores
                     pair_sums = sums if pair_sums is None else pair_sums + sums
                     for k in sims:
                         values[k].extend(mean[k].tolist())
-                    same = (torch.stack(targets) == targets[0]).all(0)  # blank where the models explain other classes
+                    same = (torch.stack(store_targets) == store_targets[0]).all(
+                        0
+                    )  # blank where the models explain other classes
                     w.writerows(
                         [g, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
                         for i, t, agree, *vs in zip(
-                            range(start, stop), targets[0].tolist(), same.tolist(), *(mean[k].tolist() for k in sims)
+                            range(start, stop),
+                            store_targets[0].tolist(),
+                            same.tolist(),
+                            *(mean[k].tolist() for k in sims),
+                            strict=True,
                         )
                     )
                 summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
                 matrix = torch.eye(len(stores), dtype=torch.float64)
-                for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist()):
+                assert pair_sums is not None  # a store holds at least one image
+                for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist(), strict=True):
                     matrix[i, j] = matrix[j, i] = v
                 summary["stability"][g]["ssim_matrix"] = matrix.tolist()  # mean over items, per pair of stores
 

@@ -70,7 +70,9 @@ def probe_suite(
             "ssim": noise["similarity"]["ssim"].double().mean(0).tolist(),
             "score_change": noise["score_change"].double().mean(0).tolist(),
         },
-        "transforms": dict(zip(trans["transforms"], trans["similarity"]["ssim"].double().mean(0).tolist())),
+        "transforms": dict(
+            zip(trans["transforms"], trans["similarity"]["ssim"].double().mean(0).tolist(), strict=True)
+        ),
         "blur": {
             mode: {
                 "score_change": blur[mode]["score_change"].double().mean().item(),

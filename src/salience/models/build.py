@@ -6,6 +6,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
+from typing import TypeGuard
 
 import torch
 import torchvision
@@ -37,7 +38,7 @@ def build(name: str, num_classes: int, weights: str | Path | None = None, allow_
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     own = re.fullmatch(r"(xresnet|bcos_resnet)(\d+)", name)
     if name == "smallcnn":
-        model = SmallCNN(num_classes)
+        model: nn.Module = SmallCNN(num_classes)
     elif own:
         model = (xresnet if own[1] == "xresnet" else bcos_resnet)(int(own[2]), num_classes)
     elif name.startswith("timm:"):
@@ -123,7 +124,7 @@ _OLD_DENSENET = re.compile(
 )
 
 
-def _tensor_dict(obj) -> bool:
+def _tensor_dict(obj: object) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 

@@ -57,9 +57,10 @@ def _vit_blocks(model: nn.Module) -> tuple[str, int, str] | None:
     if isinstance(model, tvm.VisionTransformer):
         return "encoder.layers.encoder_layer_", len(model.encoder.layers), "ln_1"
     blocks = getattr(model, "blocks", None)
-    if getattr(model, "patch_embed", None) is not None and isinstance(blocks, nn.Sequential) and len(blocks):
-        if hasattr(blocks[-1], "norm1"):
-            return "blocks.", len(blocks), "norm1"
+    if not isinstance(blocks, nn.Sequential) or getattr(model, "patch_embed", None) is None:
+        return None
+    if len(blocks) and hasattr(blocks[-1], "norm1"):
+        return "blocks.", len(blocks), "norm1"
     return None
 
 
@@ -94,8 +95,8 @@ def depth_table(model: nn.Module) -> dict[str, str | None]:
         if isinstance(model, _SEQUENTIAL_FAMILIES):
             container = "layers" if isinstance(model, tvm.MNASNet) else "features"
             _cache[model] = _stage_ends(model, container)
-        elif isinstance(getattr(model, "feature_info", None), list) and model.feature_info:  # timm
-            _cache[model] = _from_feature_info(model.feature_info)
+        elif isinstance(info := getattr(model, "feature_info", None), list) and info:  # timm
+            _cache[model] = _from_feature_info(info)
         else:
             names = [n for n, _ in model.named_modules() if n]
             shown = ", ".join(names[:40]) + (f", ... ({len(names)} modules)" if len(names) > 40 else "")

@@ -24,7 +24,7 @@ class MeanStd(_Strict):
 
     @field_validator("std")
     @classmethod
-    def _positive(cls, v):
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(v) <= 0:
             raise ValueError(f"std must be > 0 per channel, got {v}")
         return v
@@ -87,7 +87,7 @@ class ExplainConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _layer(self):
+    def _layer(self) -> ExplainConfig:
         method = get_method(self.method)
         if "layer" not in self.model_fields_set:
             self.layer = method.layer
@@ -126,7 +126,7 @@ class WeightsGroup(_Strict):
     """State dicts or salience checkpoints (TorchScript / torch.export files: input-level methods only)."""
 
     @model_validator(mode="after")
-    def _model_named(self):
+    def _model_named(self) -> WeightsGroup:
         if (self.model is None) != (self.num_classes is None):
             raise ValueError("give both model and num_classes, or neither (salience checkpoints name their model)")
         return self
@@ -145,7 +145,7 @@ class TrainGroup(_Strict):
     """`key=value` overrides of the training config."""
 
 
-def _group_kind(value) -> str:
+def _group_kind(value: Any) -> str:
     keys = value if isinstance(value, dict) else vars(value)
     return "train" if "train" in keys else "weights"
 
@@ -172,7 +172,7 @@ class StudyConfig(_Strict):
     """Training processes side by side on CPU (one torch thread each)."""
 
     @model_validator(mode="after")
-    def _check(self):
+    def _check(self) -> StudyConfig:
         if self.reference is not None and self.reference not in self.groups:
             raise ValueError(f"reference {self.reference!r} is not a group; groups: {', '.join(self.groups)}")
         for name, g in self.groups.items():

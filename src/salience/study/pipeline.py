@@ -21,9 +21,11 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -31,8 +33,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from salience import attribution as A
-from salience.data.core import collate
-from salience.distributed import atomic_write_text
+from salience.data.core import SalienceDataset, collate
+from salience.distributed import Context, atomic_write_text
 from salience.io.checkpoint import load_run
 from salience.io.config import ConfigError, load_config, validate
 from salience.io.datasets import open_split
@@ -66,7 +68,7 @@ def run(
     out: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
-    ctx=None,
+    ctx: Context | None = None,
 ) -> dict | None:
     """Run a study (a `StudyConfig`, a study file or a mapping; `overrides`: `key=value`) and return its
     results (also in `out/results.json`). Under torchrun (`ctx`) the processes share explaining and probes;
@@ -127,6 +129,7 @@ def run(
     )
     if not main:
         return None
+    assert summary is not None  # measure_stores returns it on rank 0
     accuracy = _accuracies(cfg, members, out, data)
     results = _results(cfg, members, summary, accuracy, out, data)
     results["seconds"] = round(time.perf_counter() - t0, 1)
@@ -176,19 +179,19 @@ def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, 
     return members
 
 
-def _normalise_input(model: nn.Module, mean, std) -> None:
+def _normalise_input(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
     """Make `model` take images in [0, 1]: `(x - mean) / std` per channel before its forward."""
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
 
-    def pre(_module, args):
+    def pre(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
         return ((x - mean_t.to(x)) / std_t.to(x),) + tuple(args[1:])
 
     model.register_forward_pre_hook(pre)
 
 
-def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
+def _check_explainable(cfg: StudyConfig, members: list[Member], data: SalienceDataset) -> None:
     """Fail before any work when a model cannot give this study's maps."""
     needs_layer = cfg.explain.layer not in (None, "input") or A.get_method(cfg.explain.method).layer is not None
     for m in members:
@@ -256,7 +259,7 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
     return runs
 
 
-def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dict[str, dict]:
+def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: SalienceDataset) -> dict[str, dict]:
     """Per model: task metrics on the study's data and on every `evaluate` split, and the share of
     out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
     rerun recomputes only changed models."""
@@ -315,11 +318,13 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
     with open(out / "per_image.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-        columns = [c for c in reader.fieldnames if c in ENTROPIES + LOCALISATION + PROBES]
+        columns = [c for c in reader.fieldnames or [] if c in ENTROPIES + LOCALISATION + PROBES]
     return rows, columns
 
 
-def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path, data) -> dict:
+def _results(
+    cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path, data: SalienceDataset
+) -> dict:
     ref = cfg.reference_group
     rows, columns = _pooled_values(out)
     by_store = {s["model"]: s for s in summary["stores"].values()}
@@ -408,7 +413,7 @@ def _pareto(run_dir: Path) -> list[dict]:
     return points
 
 
-def _gallery(cfg: StudyConfig, members: list[Member], data, stores: dict, out: Path) -> None:
+def _gallery(cfg: StudyConfig, members: list[Member], data: SalienceDataset, stores: dict, out: Path) -> None:
     """The first images with their boxes, human maps and the first model's map of each group, for the report."""
     from salience.store import MapStore
 
@@ -504,17 +509,17 @@ def findings(results: dict) -> list[str]:
             else {}
         )
         if means:
-            best = pick(means, key=means.get)
+            best = pick(means, key=means.__getitem__)
             out.append(f"{what}: {best} ({means[best]:.3f}).")
     return out
 
 
-def _write_json(path: Path, obj) -> None:
+def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def measure_checkpoints(
-    groups: dict[str, list[str | Path]],
+    groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     *,
     method: str,
@@ -528,7 +533,7 @@ def measure_checkpoints(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = False,
-    ctx=None,
+    ctx: Context | None = None,
 ) -> dict | None:
     """`salience measure --checkpoints / --group`: a study of salience checkpoints (group -> paths) on `split`
     of their (shared) data config, explained with `method` (`NAME`, `NAME@LAYER`, or the name and `layer`),
@@ -548,6 +553,8 @@ def measure_checkpoints(
                     f"{path}: its data config differs from that of {first}; measure checkpoints of "
                     f"one data set together (or align them with --set data.<key>=...)"
                 )
+    if data is None:
+        raise ValueError("measure_checkpoints: no checkpoints given")
     section = {
         "format": data.format,
         "root": data.root,

@@ -65,7 +65,7 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    out = {}
+    out: dict = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=True)
@@ -187,7 +187,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
-    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
+    )
     val_loader = DataLoader(
         val_ds,
         batch_size=config.eval.batch_size or config.batch_size,

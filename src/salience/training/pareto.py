@@ -18,7 +18,7 @@ def _value(x) -> float:
 def dominates(a, b) -> bool:
     """a >= b everywhere and a > b somewhere (NaN counts as the worst value)."""
     a, b = [_value(x) for x in a], [_value(x) for x in b]
-    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
 
 
 class ParetoFront:
