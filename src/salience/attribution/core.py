@@ -76,24 +76,29 @@ def capture(module: nn.Module, grad_from_here: bool = False):
     `grad_from_here`, gradient recording is switched on at the module's output: a forward started
     under `torch.no_grad()` builds the graph only from the layer on (the caller restores the mode).
 
-    The rest of the network receives a copy of the output, so an in-place op after the layer
-    (DenseNet's `F.relu(features, inplace=True)`, VGG's `ReLU(inplace=True)`) changes the copy and
-    the recorded tensor keeps the layer's own values; gradients pass through the copy unchanged.
+    A module returning a tuple whose first element is a tensor (a transformer block's hidden states and
+    attention weights) is recorded at that first element. The rest of the network receives a copy of
+    the output, so an in-place op after the layer (DenseNet's `F.relu(features, inplace=True)`, VGG's
+    `ReLU(inplace=True)`) changes the copy and the recorded tensor keeps the layer's own values;
+    gradients pass through the copy unchanged.
     """
     outputs: list[torch.Tensor] = []
 
     def hook(_module, _inputs, out):
+        rest = None
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            out, rest = out[0], out[1:]  # a transformer block's (hidden states, attention weights, ...)
         if not isinstance(out, torch.Tensor):
             raise ValueError(
                 f"layer {type(_module).__name__} returns {type(out).__name__}, not a tensor; "
-                "pick a module whose output is one feature tensor"
+                "pick a module whose output is one feature tensor (or a tuple starting with one)"
             )
         if grad_from_here:
             torch.set_grad_enabled(True)
         if torch.is_grad_enabled() and not out.requires_grad:
             out = out.detach().requires_grad_(True)
         outputs.append(out)
-        return out.clone()
+        return out.clone() if rest is None else (out.clone(), *rest)
 
     handle = module.register_forward_hook(hook)
     try:

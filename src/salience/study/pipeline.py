@@ -15,6 +15,7 @@ compare -> results files and the report.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -39,7 +40,8 @@ from salience.io.datasets import open_split
 from salience.measures.run import Source, measure_stores
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES
 from salience.measures.summary import compare_groups, summarise
-from salience.models import load_model
+from salience.models import adapt, build, load_model
+from salience.models.adapt import adapted, check_scores
 from salience.store import model_hash
 from salience.store.explain import explain_stores
 from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
@@ -67,11 +69,21 @@ def run(
     overrides: list[str] | None = None,
     progress: bool = True,
     ctx=None,
+    models: dict[str, list[nn.Module] | dict[str, nn.Module]] | None = None,
 ) -> dict | None:
     """Run a study (a `StudyConfig`, a study file or a mapping; `overrides`: `key=value`) and return its
     results (also in `out/results.json`). Under torchrun (`ctx`) the processes share explaining and probes;
-    rank 0 writes the results and returns them, the others return None."""
+    rank 0 writes the results and returns them, the others return None.
+
+    `models`: more groups, of `nn.Module`s in memory (`{"CE": [m1, m2]}`, models named `<group>_<i>`, or
+    `{"CE": {"ce_a": m1, ...}}`), after the file's groups. Each must return scores `[B, C]` (see
+    `salience.models.adapt`; a model not adapted gets the default: the tensor itself, or `.logits`). The study
+    works on copies: the modules passed are left as they are."""
     cfg = study if isinstance(study, StudyConfig) else load_study(study, overrides)
+    try:
+        names = cfg.group_names(list(models or {}))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out = Path(out or cfg.out)
     main = ctx is None or ctx.is_main
     try:
@@ -87,7 +99,7 @@ def run(
     if cfg.out_of_set is not None and cfg.measures.n_probe > 0:
         other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
         oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
-    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
+    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {})
     _check_explainable(cfg, members, data)
 
     spec = cfg.explain.method if cfg.explain.layer is None else f"{cfg.explain.method}@{cfg.explain.layer}"
@@ -108,7 +120,7 @@ def run(
         progress=progress and main,
         ctx=ctx,
     )
-    groups = {g: [stores[m.name] for m in members if m.group == g] for g in cfg.groups}
+    groups = {g: [stores[m.name] for m in members if m.group == g] for g in names}
     sources = {
         str(stores[m.name]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
         for m in members
@@ -127,7 +139,7 @@ def run(
     if not main:
         return None
     accuracy = _accuracies(cfg, members, out, data)
-    results = _results(cfg, members, summary, accuracy, out, data)
+    results = _results(cfg, names, members, summary, accuracy, out, data)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     _gallery(cfg, members, data, stores, out)
     _write_json(out / "results.json", results)
@@ -137,23 +149,25 @@ def run(
     return results
 
 
-def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool) -> list[Member]:
+def _members(
+    cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool, models: dict
+) -> list[Member]:
     """Every model of the study, in eval mode on `device`, normalising its input as the data say. Weights
     files are loaded (and a bad one refused) before any training starts."""
     members: list[Member] = []
     stems = [Path(w).stem for g in cfg.groups.values() if isinstance(g, WeightsGroup) for w in g.weights]
     for group, g in cfg.groups.items():
         if isinstance(g, WeightsGroup):
-            for i, w in enumerate(g.weights):
-                if not Path(w).is_file():
-                    raise ConfigError(f"groups.{group}.weights: {w}: file not found")
-                name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
-                if g.model is None:
-                    model, config = load_run(w)
-                    members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
-                else:
-                    model = load_model(w, g.model, g.num_classes, allow_pickle=g.allow_pickle)
-                    members.append(Member(group, name, model, f"{g.model} weights {w}"))
+            members += _weights_members(group, g, stems)
+    for group, given in models.items():
+        named = given if isinstance(given, dict) else {f"{group}_{i}": m for i, m in enumerate(given)}
+        for name, model in named.items():
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"models[{group!r}]: {name} is a {type(model).__name__}, not a torch nn.Module")
+            model = copy.deepcopy(model)
+            members.append(
+                Member(group, name, model if adapted(model) else adapt(model), f"{type(model).__name__} from Python")
+            )
     names = [m.name for m in members] + [
         f"{group}_s{seed}" for group, g in cfg.groups.items() if isinstance(g, TrainGroup) for seed in g.seeds
     ]
@@ -175,6 +189,28 @@ def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, 
     return members
 
 
+def _weights_members(group: str, g: WeightsGroup, stems: list[str]) -> list[Member]:
+    """The models of a group of weights files (or the one model its import path or `hf:` folder gives)."""
+    if not g.weights:
+        try:
+            model = build(g.model, g.num_classes, kwargs=g.kwargs, output=g.output)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"groups.{group}.model: {err}") from None
+        return [Member(group, f"{group}_0", model, g.model)]
+    members = []
+    for i, w in enumerate(g.weights):
+        if not Path(w).is_file():
+            raise ConfigError(f"groups.{group}.weights: {w}: file not found")
+        name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
+        if g.model is None:
+            model, config = load_run(w)
+            members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
+        else:
+            model = load_model(w, g.model, g.num_classes, g.allow_pickle, g.kwargs, g.output)
+            members.append(Member(group, name, model, f"{g.model} weights {w}"))
+    return members
+
+
 def _normalise_input(model: nn.Module, mean, std) -> None:
     """Make `model` take images in [0, 1]: `(x - mean) / std` per channel before its forward."""
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
@@ -188,9 +224,15 @@ def _normalise_input(model: nn.Module, mean, std) -> None:
 
 
 def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
-    """Fail before any work when a model cannot give this study's maps."""
+    """Fail before any work when a model cannot give this study's maps: it must return scores `[B, C]` on
+    the first image, and have the layer explained."""
     needs_layer = cfg.explain.layer not in (None, "input") or cfg.explain.method == "cam"
+    first = collate([data[0]])["image"]
     for m in members:
+        try:
+            check_scores(m.model, first.to(next(m.model.parameters()).device))
+        except Exception as err:
+            raise ConfigError(f"groups.{m.group}: model {m.name} ({m.source}): {err}") from None
         if needs_layer and getattr(m.model, "salience_opaque", False):
             raise ConfigError(
                 f"explain: {m.name} ({m.source}) is a TorchScript / torch.export model; its layers "
@@ -317,8 +359,10 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
     return rows, columns
 
 
-def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path, data) -> dict:
-    ref = cfg.reference_group
+def _results(
+    cfg: StudyConfig, names: list[str], members: list[Member], summary: dict, accuracy: dict, out: Path, data
+) -> dict:
+    ref = cfg.reference or names[0]
     rows, columns = _pooled_values(out)
     by_store = {s["model"]: s for s in summary["stores"].values()}
     models = {}
@@ -335,7 +379,7 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
         }
         if m.run is not None:
             models[m.name]["pareto"] = _pareto(m.run)
-    groups = {g: [m.name for m in members if m.group == g] for g in cfg.groups}
+    groups = {g: [m.name for m in members if m.group == g] for g in names}
     table, comparisons = {}, {}
 
     def add(key: str, values: dict[str, torch.Tensor]) -> None:
