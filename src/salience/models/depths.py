@@ -150,4 +150,4 @@ def layer_name(model: nn.Module, depth: str) -> str | None:
     """Module name of a named depth (`None` means the input)."""
     if depth not in DEPTHS:
         raise ValueError(f"depth {depth!r} is unknown; accepted: {', '.join(DEPTHS)}")
-    return depth_table(model)[depth]
+    return None if depth == "input" else depth_table(model)[depth]  # the input needs no table (any model)
