@@ -230,7 +230,7 @@ def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
     first = collate([data[0]])["image"]
     for m in members:
         try:
-            check_scores(m.model, first.to(next(m.model.parameters()).device))
+            check_scores(m.model, first.to(next(m.model.parameters(), first).device))
         except Exception as err:
             raise ConfigError(f"groups.{m.group}: model {m.name} ({m.source}): {err}") from None
         if needs_layer and getattr(m.model, "salience_opaque", False):
