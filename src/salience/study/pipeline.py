@@ -99,7 +99,8 @@ def run(
     if cfg.out_of_set is not None and cfg.measures.n_probe > 0:
         other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
         oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
-    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {})
+    first = collate([data[0]])["image"]
+    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {}, first)
     _check_explainable(cfg, members, data)
 
     spec = cfg.explain.method if cfg.explain.layer is None else f"{cfg.explain.method}@{cfg.explain.layer}"
@@ -150,10 +151,11 @@ def run(
 
 
 def _members(
-    cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool, models: dict
+    cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool, models: dict, first
 ) -> list[Member]:
     """Every model of the study, in eval mode on `device`, normalising its input as the data say. Weights
-    files are loaded (and a bad one refused) before any training starts."""
+    files are loaded (and a bad one refused), and every model not trained here is checked to return scores
+    `[1, C]` on the `first` image `[1, 3, H, W]`, before any training starts."""
     members: list[Member] = []
     stems = [Path(w).stem for g in cfg.groups.values() if isinstance(g, WeightsGroup) for w in g.weights]
     for group, g in cfg.groups.items():
@@ -168,12 +170,20 @@ def _members(
             members.append(
                 Member(group, name, model if adapted(model) else adapt(model), f"{type(model).__name__} from Python")
             )
+    for m in members:
+        try:
+            check_scores(m.model, first.to(next(m.model.parameters(), first).device))
+        except Exception as err:
+            raise ConfigError(f"groups.{m.group}: model {m.name} ({m.source}): {err}") from None
     names = [m.name for m in members] + [
         f"{group}_s{seed}" for group, g in cfg.groups.items() if isinstance(g, TrainGroup) for seed in g.seeds
     ]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
-        raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
+        raise ConfigError(
+            f"groups: two models are named {dup!r} (weights file stems, <group>_<i>, the names of models from "
+            f"Python and <group>_s<seed> must differ)"
+        )
     trained = _train_all(cfg, out, progress, distributed)
     for group, g in cfg.groups.items():
         if isinstance(g, TrainGroup):
@@ -224,15 +234,9 @@ def _normalise_input(model: nn.Module, mean, std) -> None:
 
 
 def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
-    """Fail before any work when a model cannot give this study's maps: it must return scores `[B, C]` on
-    the first image, and have the layer explained."""
+    """Fail before any work when a model cannot give this study's maps."""
     needs_layer = cfg.explain.layer not in (None, "input") or cfg.explain.method == "cam"
-    first = collate([data[0]])["image"]
     for m in members:
-        try:
-            check_scores(m.model, first.to(next(m.model.parameters(), first).device))
-        except Exception as err:
-            raise ConfigError(f"groups.{m.group}: model {m.name} ({m.source}): {err}") from None
         if needs_layer and getattr(m.model, "salience_opaque", False):
             raise ConfigError(
                 f"explain: {m.name} ({m.source}) is a TorchScript / torch.export model; its layers "
