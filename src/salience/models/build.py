@@ -171,7 +171,8 @@ def _hf_model(folder: str, num_classes: int | None, kwargs: dict) -> nn.Module:
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(transformers, arch, None) if arch else None
     cls = cls or transformers.AutoModelForImageClassification
-    resize = {} if num_classes is None else {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+    same = num_classes is None or num_classes == config.num_labels
+    resize = {} if same else {"num_labels": num_classes, "ignore_mismatched_sizes": True}
     try:
         model, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True, **resize, **kwargs)
     except Exception as err:

@@ -27,7 +27,7 @@ from salience.data.core import collate
 from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.io.checkpoint import load_checkpoint, save_checkpoint
-from salience.io.config import ConfigError, TrainConfig
+from salience.io.config import ConfigError, TrainConfig, validate
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
 from salience.models.adapt import check_scores
 from salience.training.evaluate import evaluate, task_metric_name
@@ -170,7 +170,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     start = 0
     if resume:
         state, used = _load_resume_state(ckpt_dir, ctx.device)
-        diffs = _same_run(state["config"], config.dump())
+        saved = validate(state["config"], f"{used} (saved config)").dump()  # keys added since take defaults
+        diffs = _same_run(saved, config.dump())
         if diffs:
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
         model.load_state_dict(state["model"])
