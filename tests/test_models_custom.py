@@ -76,7 +76,7 @@ def test_a_custom_class_by_import_path_through_a_study_file_and_models_from_pyth
     [
         (
             {"model": "modelzoo.nothere:TupleNet"},
-            r"model 'modelzoo.nothere:TupleNet': cannot import 'modelzoo.nothere'",
+            r"^study: groups\.Custom: .*model 'modelzoo.nothere:TupleNet': cannot import 'modelzoo.nothere'",
         ),
         ({"model": "modelzoo.faces:Nope"}, r"model 'modelzoo.faces:Nope': 'modelzoo.faces' has no 'Nope'"),
         (

@@ -162,7 +162,7 @@ def config_error(err: ValidationError, source: str, tagged: tuple[str, ...] = ()
     lines = []
     for e in err.errors():
         loc = list(e["loc"])
-        if loc[:1] and loc[0] in tagged and len(loc) > 3:
+        if loc[:1] and loc[0] in tagged and len(loc) >= 3:
             del loc[2]
         key = ".".join(str(p) for p in loc) or "(top level)"
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""
