@@ -146,6 +146,10 @@ def test_every_method_matches_captum_at_named_depths(folders, kind):
             cam = captum_attr.LayerGradCam(model, layer).attribute(x, target=t, relu_attributions=True)[:, 0]
         _check(model, x, t, "input_x_gradient", depth, ixg)
         _check(model, x, t, "grad_cam", depth, cam)
+    specs = ["grad_cam@mid1", "input_x_gradient@final", "gradient"]  # one forward, one backward
+    for spec, maps in A.attribute_many(model, x, t, specs).items():
+        method, _, layer = spec.partition("@")
+        assert rel_err(maps, A.attribute(method, model, x, t, layer=layer or None)) <= 1e-5, spec
 
 
 @contextmanager
