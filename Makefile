@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,timm]'
+	$(VENV)/bin/pip install -q -e '.[test,timm,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)

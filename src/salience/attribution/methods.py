@@ -19,7 +19,7 @@ from salience.models.bcos import BcosResNet, encode
 from salience.models.depths import layer_name
 
 
-def pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def pairs(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs `[P, C, H, W]` and classes `[P]`, one row per (image, class) pair."""
     check_input(x)
     image, cls = expand_targets(target, x.shape[0])
@@ -29,7 +29,7 @@ def pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     return x, cls
 
 
-def grad_of_selected(logits, cls, wrt, create_graph):
+def grad_of_selected(logits: torch.Tensor, cls: torch.Tensor, wrt: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """`∂(Σ_p y_{c_p})/∂wrt`: every pair's gradient from one `autograd.grad`."""
     selected = selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
     (grad,) = torch.autograd.grad(selected, wrt, create_graph=create_graph)
@@ -140,13 +140,13 @@ def cam_map(p: Pass) -> torch.Tensor:
 
 def integrated_gradients(
     model: nn.Module,
-    x,
-    target,
+    x: torch.Tensor,
+    target: torch.Tensor,
     steps: int = 32,
     baseline: torch.Tensor | None = None,
     internal_batch_size: int | None = None,
     create_graph: bool = False,
-):
+) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al. 2017):
     `Σ_channels (x − x0) ⊙ mean_k ∂y_c/∂x(x0 + α_k (x − x0))`, α_k = (k + ½)/steps (midpoint rule).
 
@@ -177,7 +177,9 @@ def integrated_gradients(
     return detach_unless((delta * grad_sum / steps).sum(1), create_graph)
 
 
-def bcos(model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False):
+def bcos(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | None = None, create_graph: bool = False
+) -> torch.Tensor:
     """B-cos contributions (Böhle et al. 2022) `Σ_channels F ⊙ ∂y_c/∂F` in explanation mode (W(x) held
     constant). F = the encoded 6-channel input (`layer=None`), so the map sums to the logit minus the logit
     bias, or a layer's output. `[P, h, w]`, signed.

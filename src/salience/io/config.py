@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from salience.guidance import LOSSES
 from salience.guidance.step import METHODS
+from salience.models.build import build, check_model
 
 
 class ConfigError(ValueError):
@@ -24,8 +25,24 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: str = "smallcnn"
+    """Any name `salience.models.build` takes: ours, torchvision's, `timm:<name>`, `hf:<folder>` or an import
+    path `package.module:factory` (imported when the config is loaded: that runs the module's code)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the model's constructor (an import path's factory gets only these)."""
+    output: int | str | None = None
+    """Where the class scores are in the forward's result: an index or a key / attribute; default: the
+    tensor itself, or `.logits`."""
     weights: str | None = None
     """A local file, or a torchvision weight name (needs the network)."""
+
+    @model_validator(mode="after")
+    def _importable(self):
+        check_model(self.name, self.kwargs)
+        return self
+
+    def build(self, num_classes: int, weights: str | None = None):
+        """The model of this config for `num_classes` classes, with `weights` (a file or weight name) if given."""
+        return build(self.name, num_classes, weights, kwargs=self.kwargs, output=self.output)
 
 
 class DataConfig(_Strict):
@@ -148,7 +165,7 @@ def config_error(err: ValidationError, source: str, tagged: tuple[str, ...] = ()
     lines = []
     for e in err.errors():
         loc = list(e["loc"])
-        if loc[:1] and loc[0] in tagged and len(loc) > 3:
+        if loc[:1] and loc[0] in tagged and len(loc) >= 3:
             del loc[2]
         key = ".".join(str(p) for p in loc) or "(top level)"
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""

@@ -15,6 +15,7 @@ compare -> results files and the report.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -41,7 +42,8 @@ from salience.io.datasets import open_split
 from salience.measures.run import Source, measure_stores
 from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES
 from salience.measures.summary import compare_groups, summarise
-from salience.models import load_model
+from salience.models import adapt, build, load_model
+from salience.models.adapt import adapted, check_scores
 from salience.store import model_hash
 from salience.store.explain import explain_stores
 from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
@@ -69,11 +71,21 @@ def run(
     overrides: list[str] | None = None,
     progress: bool = True,
     ctx: Context | None = None,
+    models: dict[str, list[nn.Module] | dict[str, nn.Module]] | None = None,
 ) -> dict | None:
     """Run a study (a `StudyConfig`, a study file or a mapping; `overrides`: `key=value`) and return its
     results (also in `out/results.json`). Under torchrun (`ctx`) the processes share explaining and probes;
-    rank 0 writes the results and returns them, the others return None."""
+    rank 0 writes the results and returns them, the others return None.
+
+    `models`: more groups, of `nn.Module`s in memory (`{"CE": [m1, m2]}`, models named `<group>_<i>`, or
+    `{"CE": {"ce_a": m1, ...}}`), after the file's groups. Each must return scores `[B, C]` (see
+    `salience.models.adapt`; a model not adapted gets the default: the tensor itself, or `.logits`). The study
+    works on copies: the modules passed are left as they are."""
     cfg = study if isinstance(study, StudyConfig) else load_study(study, overrides)
+    try:
+        names = cfg.group_names(list(models or {}))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out = Path(out or cfg.out)
     main = ctx is None or ctx.is_main
     try:
@@ -89,7 +101,8 @@ def run(
     if cfg.out_of_set is not None and cfg.measures.n_probe > 0:
         other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
         oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
-    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
+    first = collate([data[0]])["image"]
+    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {}, first)
     _check_explainable(cfg, members, data)
 
     takes_layer = A.get_method(cfg.explain.method).takes_layer
@@ -111,7 +124,7 @@ def run(
         progress=progress and main,
         ctx=ctx,
     )
-    groups = {g: [stores[m.name] for m in members if m.group == g] for g in cfg.groups}
+    groups = {g: [stores[m.name] for m in members if m.group == g] for g in names}
     sources = {
         str(stores[m.name]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
         for m in members
@@ -131,7 +144,7 @@ def run(
         return None
     assert summary is not None  # measure_stores returns it on rank 0
     accuracy = _accuracies(cfg, members, out, data)
-    results = _results(cfg, members, summary, accuracy, out, data)
+    results = _results(cfg, names, members, summary, accuracy, out, data)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     _gallery(cfg, members, data, stores, out)
     _write_json(out / "results.json", results)
@@ -141,29 +154,40 @@ def run(
     return results
 
 
-def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool) -> list[Member]:
+def _members(
+    cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool, models: dict, first: Any
+) -> list[Member]:
     """Every model of the study, in eval mode on `device`, normalising its input as the data say. Weights
-    files are loaded (and a bad one refused) before any training starts."""
+    files are loaded (and a bad one refused), and every model not trained here is checked to return scores
+    `[1, C]` on the `first` image `[1, 3, H, W]`, before any training starts."""
     members: list[Member] = []
     stems = [Path(w).stem for g in cfg.groups.values() if isinstance(g, WeightsGroup) for w in g.weights]
     for group, g in cfg.groups.items():
         if isinstance(g, WeightsGroup):
-            for i, w in enumerate(g.weights):
-                if not Path(w).is_file():
-                    raise ConfigError(f"groups.{group}.weights: {w}: file not found")
-                name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
-                if g.model is None:
-                    model, config = load_run(w)
-                    members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
-                else:
-                    model = load_model(w, g.model, g.num_classes, allow_pickle=g.allow_pickle)
-                    members.append(Member(group, name, model, f"{g.model} weights {w}"))
+            members += _weights_members(group, g, stems)
+    for group, given in models.items():
+        named = given if isinstance(given, dict) else {f"{group}_{i}": m for i, m in enumerate(given)}
+        for name, model in named.items():
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"models[{group!r}]: {name} is a {type(model).__name__}, not a torch nn.Module")
+            model = copy.deepcopy(model)
+            members.append(
+                Member(group, name, model if adapted(model) else adapt(model), f"{type(model).__name__} from Python")
+            )
+    for m in members:
+        try:
+            check_scores(m.model, first.to(next(m.model.parameters(), first).device))
+        except Exception as err:
+            raise ConfigError(f"groups.{m.group}: model {m.name} ({m.source}): {err}") from None
     names = [m.name for m in members] + [
         f"{group}_s{seed}" for group, g in cfg.groups.items() if isinstance(g, TrainGroup) for seed in g.seeds
     ]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
-        raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
+        raise ConfigError(
+            f"groups: two models are named {dup!r} (weights file stems, <group>_<i>, the names of models from "
+            f"Python and <group>_s<seed> must differ)"
+        )
     trained = _train_all(cfg, out, progress, distributed)
     for group, g in cfg.groups.items():
         if isinstance(g, TrainGroup):
@@ -176,6 +200,29 @@ def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, 
         m.model = m.model.to(device).eval()
         if norm is not None:
             _normalise_input(m.model, *norm)
+    return members
+
+
+def _weights_members(group: str, g: WeightsGroup, stems: list[str]) -> list[Member]:
+    """The models of a group of weights files (or the one model its import path or `hf:` folder gives)."""
+    if not g.weights:
+        assert g.model is not None  # checked on load: a group without weights names its model
+        try:
+            model = build(g.model, g.num_classes, kwargs=g.kwargs, output=g.output)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"groups.{group}.model: {err}") from None
+        return [Member(group, f"{group}_0", model, g.model)]
+    members = []
+    for i, w in enumerate(g.weights):
+        if not Path(w).is_file():
+            raise ConfigError(f"groups.{group}.weights: {w}: file not found")
+        name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
+        if g.model is None:
+            model, config = load_run(w)
+            members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
+        else:
+            model = load_model(w, g.model, g.num_classes, g.allow_pickle, g.kwargs, g.output)
+            members.append(Member(group, name, model, f"{g.model} weights {w}"))
     return members
 
 
@@ -323,9 +370,15 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
 
 
 def _results(
-    cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path, data: SalienceDataset
+    cfg: StudyConfig,
+    names: list[str],
+    members: list[Member],
+    summary: dict,
+    accuracy: dict,
+    out: Path,
+    data: SalienceDataset,
 ) -> dict:
-    ref = cfg.reference_group
+    ref = cfg.reference or names[0]
     rows, columns = _pooled_values(out)
     by_store = {s["model"]: s for s in summary["stores"].values()}
     models = {}
@@ -342,7 +395,7 @@ def _results(
         }
         if m.run is not None:
             models[m.name]["pareto"] = _pareto(m.run)
-    groups = {g: [m.name for m in members if m.group == g] for g in cfg.groups}
+    groups = {g: [m.name for m in members if m.group == g] for g in names}
     table, comparisons = {}, {}
 
     def add(key: str, values: dict[str, torch.Tensor]) -> None:

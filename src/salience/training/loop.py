@@ -27,9 +27,9 @@ from salience.data.core import collate
 from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.io.checkpoint import load_checkpoint, save_checkpoint
-from salience.io.config import ConfigError, TrainConfig
+from salience.io.config import ConfigError, TrainConfig, validate
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
-from salience.models import build
+from salience.models.adapt import check_scores
 from salience.training.evaluate import evaluate, task_metric_name
 from salience.training.pareto import ParetoFront
 
@@ -145,7 +145,11 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     multi_label = is_multi_label(config.data, train_ds)
     check_guidance_data(g.loss, train_ds)
     num_classes = len(train_ds.classes)
-    model = build(config.model.name, num_classes, config.model.weights).to(ctx.device)
+    model = config.model.build(num_classes, config.model.weights).to(ctx.device)
+    try:  # a wrong `output` or a head of another size fails now, naming what the forward returns
+        check_scores(model, val_ds[0]["image"][None].to(ctx.device), num_classes)
+    except ValueError as err:
+        raise ConfigError(f"model: {config.model.name}: {err}") from None
     output = g.output
     if output == "auto":
         output = "log_softmax" if not multi_label and g.method in SHARED_FORWARD else "logit"
@@ -166,7 +170,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     start = 0
     if resume:
         state, used = _load_resume_state(ckpt_dir, ctx.device)
-        diffs = _same_run(state["config"], config.dump())
+        saved = validate(state["config"], f"{used} (saved config)").dump()  # keys added since take defaults
+        diffs = _same_run(saved, config.dump())
         if diffs:
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
         model.load_state_dict(state["model"])
