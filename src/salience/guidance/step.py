@@ -33,7 +33,8 @@ class Guide:
     """Guidance settings. `loss=None` trains on the task loss only.
 
     `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; `cam` and `grad_cam`
-    need a layer, `integrated_gradients` works on the input only. `lam` >= 0 weighs the guidance mean.
+    need a layer (`cam`: one whose output has as many channels as the head has inputs, e.g. CYBORG's
+    `layer4.2.conv3` of ResNet-50), `integrated_gradients` works on the input only. `lam` >= 0 weighs the guidance mean.
     `dilation` p grows each training box by p·w and p·h per side (guidance masks only).
     """
 
@@ -49,6 +50,11 @@ class Guide:
     which the logit's map never shows; the log-probability's gradient `∇y_c − Σ_j p_j ∇y_j` does.
     For `cam` the log-probability's map uses the class weights `w_c − Σ_j p_j w_j`.
     `log_softmax` needs a shared-forward method (input_x_gradient, grad_cam, cam)."""
+    target: str = "true"
+    """Whose map is guided: the drawn `true` class, or the `predicted` class (the argmax of the logits,
+    as CYBORG; `cyborg` loss only, since the human map does not depend on the class)."""
+    task_weight: float = 1.0
+    """The objective is `task_weight · task + lam · guidance` (CYBORG: α and 1 − α)."""
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
@@ -74,14 +80,17 @@ class Guide:
             raise ValueError(
                 f"guidance.method: 'bcos' needs a B-cos model (bcos_resnet18/34/50), not {type(model).__name__}"
             )
+        if self.target not in ("true", "predicted"):
+            raise ValueError(f"guidance.target: {self.target!r} is unknown; accepted: true, predicted")
+        if self.target == "predicted" and self.loss != "cyborg":
+            raise ValueError(
+                f"guidance.target: 'predicted' needs loss 'cyborg' (a box loss needs the class before the forward); "
+                f"got loss {self.loss!r}"
+            )
         if self.method == "cam":
-            if self.depth != "final":
-                raise ValueError(f"guidance.depth: method 'cam' uses the final layer; got {self.depth!r}")
-            if type(getattr(model, "fc", None)) is not nn.Linear:
-                raise ValueError(
-                    f"guidance.method: 'cam' needs a linear `fc` head after global average "
-                    f"pooling; {type(model).__name__} has none"
-                )
+            cam_head(model)
+            if self.depth == "input":
+                raise ValueError("guidance.depth: method 'cam' needs a layer, not the input")
         if self.method == "integrated_gradients" and self.depth != "input":
             raise ValueError(f"guidance.depth: 'integrated_gradients' works at the input only; got {self.depth!r}")
         try:
@@ -116,20 +125,22 @@ class Guide:
         if self.loss != "cyborg":  # a pair whose mask is empty has nothing to guide to (energy would be 1)
             keep = target.flatten(1).any(1)
             index, target = index[keep.to(index.device)], target[keep]
-        logits, maps = self.forward_and_maps(model, x, index, classes[index])
+        guided = None if self.target == "predicted" else classes[index]  # None: the argmax, after the forward
+        logits, maps = self.forward_and_maps(model, x, index, guided)
         task = task_loss(logits, labels, multi_label)
         if index.numel() == 0:
             guidance = task.new_zeros(())
         else:
             maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
             guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
-        total = objective(task, guidance, self.lam)
+        total = objective(task, guidance, self.lam, self.task_weight)
         return {"total": total, "task": task, "guidance": guidance, "logits": logits, "guided": int(index.numel())}
 
     def forward_and_maps(
         self, model: nn.Module, x: Tensor, index: Tensor, classes: Tensor
     ) -> tuple[Tensor, Tensor | None]:
-        """Logits `[B, C]` for every image and maps `[len(index), h, w]` (with graph) of `classes`."""
+        """Logits `[B, C]` for every image and maps `[len(index), h, w]` (with graph) of `classes`
+        (`[len(index)]`; None: each image's predicted class)."""
         if index.numel() == 0:
             return model(x), None
         with torch.enable_grad():
@@ -139,21 +150,18 @@ class Guide:
         inner = _inner(model)
         if self.method not in SHARED_FORWARD:
             logits = model(x)
+            classes = _predicted(logits, index) if classes is None else classes
             layer = None if self.depth == "input" else self.depth
             options = {"steps": self.ig_steps} if self.method == "integrated_gradients" else {}
             maps = attribute(self.method, inner, x[index], classes, layer=layer, create_graph=True, **options)
             return logits, maps
-        depth = "final" if self.method == "cam" else self.depth
-        layer = layer_name(inner, depth) if depth in DEPTHS else depth
+        layer = layer_name(inner, self.depth) if self.depth in DEPTHS else self.depth
         if layer is not None and inner is not model:  # a DDP wrapper: hook the wrapped module's layer
             layer = "module." + layer
         logits, feats = forward_at(model, x, layer)
+        classes = _predicted(logits, index) if classes is None else classes
         if self.method == "cam":
-            fc = inner.fc
-            weights = fc.weight[classes]
-            if self.output == "log_softmax":  # ∂ log p_c / ∂ pooled features
-                weights = weights - logits.softmax(1)[index].to(fc.weight.dtype) @ fc.weight
-            return logits, cam_map(weights, feats[index])
+            return logits, self._cam(inner, logits, feats, index, classes)
         explained = logits.log_softmax(1) if self.output == "log_softmax" else logits
         (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
         feats, grad = feats[index], grad[index]
@@ -161,11 +169,41 @@ class Guide:
             return logits, ixg_map(feats, grad)
         return logits, grad_cam_map(feats, grad)
 
+    def _cam(self, model: nn.Module, logits: Tensor, feats: Tensor, index: Tensor, classes: Tensor) -> Tensor:
+        """`Σ_k w_ck F_k` `[len(index), h, w]` with the head's class rows (`log_softmax`: `w_c − Σ_j p_j w_j`)
+        and F the layer's output `[B, K, h, w]` (CYBORG: any layer with K = the head's inputs)."""
+        head = cam_head(model).weight
+        if feats.dim() != 4 or feats.shape[1] != head.shape[1]:
+            raise ValueError(
+                f"guidance.depth: method 'cam' needs a layer output [B, {head.shape[1]}, h, w] (the head's inputs); "
+                f"{self.depth!r} gives {tuple(feats.shape)}"
+            )
+        weights = head[classes]
+        if self.output == "log_softmax":  # ∂ log p_c / ∂ pooled features
+            weights = weights - logits.softmax(1)[index].to(head.dtype) @ head
+        return cam_map(weights, feats[index])
+
     def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:
         """Masks `[len(index), H, W]`: the sampled class's boxes (dilated), or the human maps for `cyborg`."""
         if self.loss == "cyborg":
             return batch["human_map"][index]
         return object_masks(batch, index, classes, self.dilation)
+
+
+def cam_head(model: nn.Module) -> nn.Linear:
+    """The linear head after global average pooling that CAM reads its class weights from: `fc` or `classifier`."""
+    for name in ("fc", "classifier"):
+        if type(getattr(model, name, None)) is nn.Linear:
+            return getattr(model, name)
+    raise ValueError(
+        f"guidance.method: 'cam' needs a linear `fc` or `classifier` head after global average pooling; "
+        f"{type(model).__name__} has none"
+    )
+
+
+def _predicted(logits: Tensor, index: Tensor) -> Tensor:
+    """The argmax class `[len(index)]` of the images `index` (no gradient), as CYBORG's `pred`."""
+    return logits.detach()[index].argmax(1)
 
 
 def _inner(model: nn.Module) -> nn.Module:

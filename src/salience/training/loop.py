@@ -27,7 +27,7 @@ from salience.data.core import collate
 from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.io.checkpoint import load_checkpoint, save_checkpoint
-from salience.io.config import ConfigError, TrainConfig
+from salience.io.config import ConfigError, GuidanceConfig, TrainConfig
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
 from salience.models import build
 from salience.training.evaluate import evaluate, task_metric_name
@@ -146,10 +146,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     check_guidance_data(g.loss, train_ds)
     num_classes = len(train_ds.classes)
     model = build(config.model.name, num_classes, config.model.weights).to(ctx.device)
-    output = g.output
-    if output == "auto":
-        output = "log_softmax" if not multi_label and g.method in SHARED_FORWARD else "logit"
-    guide = Guide(g.loss, g.method, g.depth, g.lam, g.ig_steps, g.box_dilation, output)
+    guide = make_guide(g, multi_label)
     try:
         guide.check(model)
     except ValueError as err:
@@ -308,6 +305,23 @@ def _candidates(ckpt_dir: Path) -> list[Path]:
     """Checkpoints to resume from, newest first: last.pt, prev.pt, then the Pareto files by epoch."""
     epochs = sorted(ckpt_dir.glob("epoch_*.pt"), reverse=True)
     return [p for p in (ckpt_dir / "last.pt", ckpt_dir / "prev.pt", *epochs) if p.is_file()]
+
+
+def make_guide(g: GuidanceConfig, multi_label: bool) -> Guide:
+    """The `Guide` for a `guidance` section, `auto` settings resolved.
+
+    `output: auto`: the `logit` for `cyborg` (CYBORG's CAM) and multi-label tasks, else `log_softmax` with a
+    shared-forward method. `target: auto`: `predicted` for `cyborg` (CYBORG), else the drawn `true` class.
+    `alpha` (CYBORG's α) sets the objective to `α · task + (1 − α) · guidance` in place of `task + λ · guidance`.
+    """
+    output, target = g.output, g.target
+    if output == "auto":
+        shared = not multi_label and g.method in SHARED_FORWARD and g.loss != "cyborg"
+        output = "log_softmax" if shared else "logit"
+    if target == "auto":
+        target = "predicted" if g.loss == "cyborg" else "true"
+    task_weight, lam = (1.0, g.lam) if g.alpha is None else (g.alpha, 1.0 - g.alpha)
+    return Guide(g.loss, g.method, g.depth, lam, g.ig_steps, g.box_dilation, output, target, task_weight)
 
 
 def _load_resume_state(ckpt_dir: Path, device) -> tuple[dict, Path]:
