@@ -290,7 +290,7 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dic
             loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
             metrics = evaluate(m.model, loader, multi, localisation=False, ctx=Context(0, 1, device, False))
             prefix = "" if name == "data" else f"{name}_"
-            for k in ("accuracy", "auc", "f1", "worst_group_accuracy"):
+            for k in ("accuracy", "auc", "f1", "map", "worst_group_accuracy"):
                 if metrics.get(k) is not None:
                     acc[prefix + k] = metrics[k]
         if cfg.out_of_set is not None:
@@ -400,6 +400,7 @@ def _pareto(run_dir: Path) -> list[dict]:
                 "accuracy": val.get("accuracy", val.get("f1")),
                 "epg": val.get("epg"),
                 "iou": val.get("iou"),
+                "map": val.get("map"),
                 "pareto": rec["epoch"] in kept,
             }
         )

@@ -30,7 +30,7 @@ from salience.io.checkpoint import load_checkpoint, save_checkpoint
 from salience.io.config import ConfigError, GuidanceConfig, TrainConfig
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
 from salience.models import build
-from salience.training.evaluate import evaluate, task_metric_name
+from salience.training.evaluate import evaluate, task_metric_names
 from salience.training.pareto import ParetoFront
 
 log = logging.getLogger("salience")
@@ -159,7 +159,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
         raise ConfigError(str(err).replace("guidance.", "eval.")) from None
     optimizer = make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config, e))
-    front = ParetoFront(ckpt_dir)
+    front = ParetoFront(ckpt_dir, (*task_metric_names(multi_label), "epg", "iou"))
     start = 0
     if resume:
         state, used = _load_resume_state(ckpt_dir, ctx.device)
@@ -263,7 +263,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if ctx.is_main:
-            objectives = (val[task_metric_name(multi_label)], val["epg"], val["iou"])
+            objectives = (*(val[k] for k in task_metric_names(multi_label)), val["epg"], val["iou"])
             state = {
                 "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(),
