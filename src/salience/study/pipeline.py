@@ -255,8 +255,8 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
 
 
 def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dict[str, dict]:
-    """Per model: task metrics on the study's data and on every `evaluate` split, and the share of
-    out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
+    """Per model: task metrics on the study's data and on every `evaluate` split (with EPG and IoU of the
+    explain method's maps there, when the split has boxes), and the share of out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
     rerun recomputes only changed models."""
     from salience.distributed import Context
     from salience.training.evaluate import evaluate
@@ -266,7 +266,8 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dic
     opened: dict = {"data": data}
     key = json.dumps(
         {k: v.model_dump(mode="json") for k, v in splits.items()}
-        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
+        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None}
+        | {"explain": cfg.explain.model_dump(mode="json")},
         sort_keys=True,
     )
     (out / "models").mkdir(exist_ok=True)
@@ -288,9 +289,18 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dic
                 continue  # unlabelled images (a flat folder)
             multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
             loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
-            metrics = evaluate(m.model, loader, multi, localisation=False, ctx=Context(0, 1, device, False))
+            boxed = name != "data" and any(len(r.boxes) for r in getattr(ds, "records", []))  # data: the measures
+            metrics = evaluate(
+                m.model,
+                loader,
+                multi,
+                cfg.explain.method,
+                cfg.explain.layer or "input",
+                localisation=boxed,
+                ctx=Context(0, 1, device, False),
+            )
             prefix = "" if name == "data" else f"{name}_"
-            for k in ("accuracy", "auc", "f1", "map", "worst_group_accuracy"):
+            for k in ("accuracy", "auc", "f1", "map", "worst_group_accuracy", *(("epg", "iou") if boxed else ())):
                 if metrics.get(k) is not None:
                     acc[prefix + k] = metrics[k]
         if cfg.out_of_set is not None:
