@@ -8,7 +8,7 @@ training amplifies last-bit differences over a few hundred steps. This script re
 variant and evaluates each run on test, test_shift and test_unseen (accuracy, and EPG with the run's eval
 attribution, GradCAM at the final block):
 
-    PYTHONPATH=src python benchmarks/demo_spread.py --out demo-out/spread [--group Energy] [--variants default avx2]
+    PYTHONPATH=src python benchmarks/demo_spread.py --out benchmarks/out/spread [--group Energy] [--variants default avx2]
 
 Variants: `default` (this CPU's own kernels), `avx2` (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2: what
 a CPU without AVX-512 runs), `default_again` (the default once more: shows the run is deterministic).

@@ -209,6 +209,25 @@ def _trained(run_dir: Path, epochs: int) -> bool:
     return log.exists() and len(log.read_text().splitlines()) >= epochs
 
 
+def check_same_config(run_dir: Path, tree: dict) -> None:
+    """Refuse to reuse or resume `run_dir` when its saved `config.yaml` differs from `tree` (a run left by
+    older code or another study file would otherwise give stale numbers); `epochs`, `device`, `out`,
+    `data.workers` and `eval` may differ, as on resume."""
+    import yaml
+
+    from salience.training.loop import _same_run
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    diffs = _same_run(yaml.safe_load(saved.read_text()), validate(tree, str(saved)).dump())
+    if diffs:
+        raise ConfigError(
+            f"{run_dir}: trained with another config ({', '.join(diffs)} differ from the study file's); "
+            "remove the folder or choose another --out"
+        )
+
+
 def _train_one(tree: dict, run_dir: Path, threads: int | None = None) -> Path:
     from salience.training import train
 
@@ -233,6 +252,7 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
             tree = base.dump() | {"out": str(out / "runs" / f"{group}_s{seed}"), "seed": seed}
             if cfg.device == "cpu":
                 tree["device"] = "cpu"
+            check_same_config(Path(tree["out"]), tree)
             todo.append(((group, seed), tree, Path(tree["out"]), base.epochs))
     runs = {key: run_dir for key, _, run_dir, epochs in todo if _trained(run_dir, epochs)}  # reused
     todo = [item for item in todo if item[0] not in runs]
