@@ -16,7 +16,6 @@ from torch import nn
 from salience.attribution.core import check_input, expand_targets, forward_at, selected_logit_sum
 from salience.attribution.registry import Method, Pass, register
 from salience.models.bcos import BcosResNet, encode
-from salience.models.depths import layer_name
 
 
 def pairs(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,25 +110,29 @@ def eigen_cam_map(p: Pass) -> torch.Tensor:
 
 
 def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Tensor:
-    """The class weights `[C, K]` of the model's linear head `fc`; with `acts` `[P, K, h, w]` (the
-    `final` layer's output) also checks that K matches. ValueError when CAM does not apply."""
-    fc = getattr(model, "fc", None)
-    if type(fc) is not nn.Linear:
+    """The class weights `[C, K]` of the model's linear head (`fc` or `classifier`, a plain `nn.Linear` after
+    global average pooling); with `acts` `[P, K, h, w]` also checks that K matches. ValueError when CAM does
+    not apply."""
+    head = next(
+        (h for h in (getattr(model, "fc", None), getattr(model, "classifier", None)) if type(h) is nn.Linear), None
+    )
+    if head is None:
         raise ValueError(
-            f"cam needs a model whose classifier `fc` is a plain nn.Linear after global "
-            f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none"
+            f"cam needs a model whose classifier `fc` or `classifier` is a plain nn.Linear after global "
+            f"average pooling (ResNet, DenseNet, X-ResNet, SmallCNN); {type(model).__name__} has none"
         )
-    if acts is not None and acts.shape[1] != fc.in_features:
+    if acts is not None and (acts.dim() != 4 or acts.shape[1] != head.in_features):
         raise ValueError(
-            f"cam: the final layer ({layer_name(model, 'final')}) gives {acts.shape[1]} channels but "
-            f"fc takes {fc.in_features}"
+            f"cam: the layer gives {tuple(acts.shape)}, but the head takes {head.in_features} channels; pick a "
+            f"layer whose output has as many channels as the head has inputs (the default: final)"
         )
-    return fc.weight
+    return head.weight
 
 
 def cam_map(p: Pass) -> torch.Tensor:
-    """CAM (Zhou et al. 2016): `Σ_k w_ck A_k` at the `final` depth, `w_c` the row of the linear head `fc`
-    (no bias, no ReLU). For the log-probability (`p.probs`): `w_c − Σ_j p_j w_j`. Signed."""
+    """CAM (Zhou et al. 2016): `Σ_k w_ck A_k`, A the `final` depth's output (or another layer with as many
+    channels as the head has inputs, as CYBORG's tap), `w_c` the row of the linear head (no bias, no ReLU).
+    For the log-probability (`p.probs`): `w_c − Σ_j p_j w_j`. Signed."""
     acts = p.acts()
     weights = cam_weights(p.model, acts)
     class_weights = weights[p.classes]
@@ -206,7 +209,7 @@ for _name, _map, _summary, _extra in [
     ("eigen_cam", eigen_cam_map, "Eigen-CAM: first principal component of the activations (class-agnostic)",
      {"needs_grad": False, "differentiable": False}),
     ("cam", cam_map, "CAM: the classifier row applied to the final features",
-     {"takes_layer": False, "needs_grad": False, "linear_head": True, "signed": True}),
+     {"needs_grad": False, "linear_head": True, "signed": True}),
 ]:  # fmt: skip
     _caps = (
         {"layer": "final", "takes_layer": True} | _extra if _name not in ("gradient", "input_x_gradient") else _extra

@@ -94,7 +94,21 @@ class GuidanceConfig(_Strict):
     ig_steps: int = Field(16, ge=1)
     output: Literal["auto", "logit", "log_softmax"] = "auto"
     """What gradient maps explain during guidance: `auto` = the log-probability (`log_softmax`) of the
-    sampled class for single-label tasks with input_x_gradient / grad_cam / cam, else the `logit`."""
+    sampled class for single-label tasks with input_x_gradient / grad_cam / cam, else the `logit`;
+    always the `logit` for `cyborg` (CYBORG's CAM)."""
+    target: Literal["auto", "true", "predicted"] = "auto"
+    """Whose map is guided: the drawn `true` class or the `predicted` one (`cyborg` only); `auto` =
+    `predicted` for `cyborg` (as CYBORG), `true` otherwise."""
+    alpha: float | None = Field(None, gt=0, le=1)
+    """CYBORG's α: the objective becomes `α · task + (1 − α) · guidance` (replaces `lambda`, which must stay 1)."""
+
+    @model_validator(mode="after")
+    def _alpha_or_lambda(self):
+        if self.alpha is not None and self.lam != 1.0:
+            raise ValueError(
+                f"guidance: give `alpha` (CYBORG's α·task + (1−α)·guidance) or `lambda` ({self.lam}), not both"
+            )
+        return self
 
 
 class EvalConfig(_Strict):

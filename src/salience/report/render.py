@@ -34,6 +34,7 @@ LABELS = {
     "accuracy": "Accuracy",
     "auc": "ROC AUC",
     "f1": "F1 (micro)",
+    "map": "mAP (macro AP)",
     "worst_group_accuracy": "Worst-group accuracy",
 }
 
@@ -44,7 +45,7 @@ def _label(key: str) -> str:
         return LABELS[key]
     if key.startswith("out_of_set_called_"):
         return f"Out-of-set images called '{key[18:]}'"
-    for base in ("worst_group_accuracy", "accuracy", "auc", "f1"):
+    for base in ("worst_group_accuracy", "accuracy", "auc", "f1", "map", "epg", "iou"):
         if key.endswith("_" + base):
             return f"{LABELS[base]} on {key[: -len(base) - 1]}"
     return key

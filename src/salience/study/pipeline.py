@@ -261,6 +261,25 @@ def _trained(run_dir: Path, epochs: int) -> bool:
     return log.exists() and len(log.read_text().splitlines()) >= epochs
 
 
+def check_same_config(run_dir: Path, tree: dict) -> None:
+    """Refuse to reuse or resume `run_dir` when its saved `config.yaml` differs from `tree` (a run left by
+    older code or another study file would otherwise give stale numbers); `epochs`, `device`, `out`,
+    `data.workers` and `eval` may differ, as on resume."""
+    import yaml
+
+    from salience.training.loop import _same_run
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    diffs = _same_run(yaml.safe_load(saved.read_text()), validate(tree, str(saved)).dump())
+    if diffs:
+        raise ConfigError(
+            f"{run_dir}: trained with another config ({', '.join(diffs)} differ from the study file's); "
+            "remove the folder or choose another --out"
+        )
+
+
 def _train_one(tree: dict, run_dir: Path, threads: int | None = None) -> Path:
     from salience.training import train
 
@@ -285,6 +304,7 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
             tree = base.dump() | {"out": str(out / "runs" / f"{group}_s{seed}"), "seed": seed}
             if cfg.device == "cpu":
                 tree["device"] = "cpu"
+            check_same_config(Path(tree["out"]), tree)
             todo.append(((group, seed), tree, Path(tree["out"]), base.epochs))
     runs = {key: run_dir for key, _, run_dir, epochs in todo if _trained(run_dir, epochs)}  # reused
     todo = [item for item in todo if item[0] not in runs]
@@ -307,8 +327,9 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
 
 
 def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: SalienceDataset) -> dict[str, dict]:
-    """Per model: task metrics on the study's data and on every `evaluate` split, and the share of
-    out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
+    """Per model: task metrics on the study's data and on every `evaluate` split (with EPG and IoU of the
+    explain method's maps there, when the split has boxes), and the share of out-of-set images given each
+    class. Kept in `out/models/<model>.json` with the model's hash, so a
     rerun recomputes only changed models."""
     from salience.distributed import Context
     from salience.training.evaluate import evaluate
@@ -318,7 +339,8 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: Salien
     opened: dict = {"data": data}
     key = json.dumps(
         {k: v.model_dump(mode="json") for k, v in splits.items()}
-        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
+        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None}
+        | {"explain": cfg.explain.model_dump(mode="json")},
         sort_keys=True,
     )
     (out / "models").mkdir(exist_ok=True)
@@ -340,9 +362,18 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: Salien
                 continue  # unlabelled images (a flat folder)
             multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
             loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
-            metrics = evaluate(m.model, loader, multi, localisation=False, ctx=Context(0, 1, device, False))
+            boxed = name != "data" and any(len(r.boxes) for r in getattr(ds, "records", []))  # data: the measures
+            metrics = evaluate(
+                m.model,
+                loader,
+                multi,
+                cfg.explain.method,
+                cfg.explain.layer or "input",
+                localisation=boxed,
+                ctx=Context(0, 1, device, False),
+            )
             prefix = "" if name == "data" else f"{name}_"
-            for k in ("accuracy", "auc", "f1", "worst_group_accuracy"):
+            for k in ("accuracy", "auc", "f1", "map", "worst_group_accuracy", *(("epg", "iou") if boxed else ())):
                 if metrics.get(k) is not None:
                     acc[prefix + k] = metrics[k]
         if cfg.out_of_set is not None:
@@ -460,6 +491,7 @@ def _pareto(run_dir: Path) -> list[dict]:
                 "accuracy": val.get("accuracy", val.get("f1")),
                 "epg": val.get("epg"),
                 "iou": val.get("iou"),
+                "map": val.get("map"),
                 "pareto": rec["epoch"] in kept,
             }
         )
