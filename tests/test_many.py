@@ -119,7 +119,7 @@ def test_create_graph_gives_the_same_parameter_gradients():
         (["grad_cam@layer9"], "'layer9'"),
         (["grad_cam@mid9"], "'mid9'"),
         (["gradient@final"], "'gradient@final': gradient takes no layer"),
-        (["cam@mid2"], "'cam@mid2'"),
+        (["cam@mid2"], "cam: the layer gives"),
         (["grad_cam@input"], "'grad_cam@input': grad_cam needs a layer, not the input"),
         (["grad_cam@"], "empty layer"),
         (["gradient", "gradient"], "'gradient' is given twice"),
