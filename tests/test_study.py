@@ -22,7 +22,7 @@ from salience.cli import app
 
 captum_attr = pytest.importorskip("captum.attr")
 README = Path(__file__).resolve().parents[1] / "README.md"
-SIZE = 64  # the README says 224; the test overrides it to stay fast
+SIZE = 96  # the README says 224; the test overrides it to stay fast
 runner = CliRunner()
 
 
