@@ -120,7 +120,7 @@ def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
     out = study_dir / "studies" / "faces"
     assert {p.name for p in out.iterdir()} >= {"results.json", "per_image.csv", "stability.csv", "report.html"}
     rows = list(csv.DictReader(open(out / "per_image.csv")))
-    assert list(rows[0])[:4] == ["group", "model", "image", "class"]
+    assert list(rows[0])[:5] == ["group", "model", "method", "image", "class"]
     assert len(rows) == 4 * 6
     assert {(r["group"], r["model"]) for r in rows} == {
         ("CE", "ce_1"),
