@@ -1,0 +1,190 @@
+"""The measure registry: invariants every entry must keep (parametrized over `MEASURES`), the maps-only
+measures against Quantus 0.6 on generated maps, and a study over three methods driven by the registry."""
+
+import csv
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from salience.measures import MEASURES, evaluate, get_measure, select
+from salience.measures.suite import map_values
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MAPS = [n for n, m in MEASURES.items() if m.kind == "maps"]
+
+
+def _maps_and_masks(b=5, h=32, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randn(b, h, w, generator=g)
+    maps = maps / maps.abs().flatten(1).amax(1)[:, None, None]  # max |A| = 1: Quantus' batch-wide max is per image
+    masks = torch.zeros(b, h, w, dtype=torch.bool)
+    for i in range(b):
+        masks[i, 3 + i : 17 + 2 * i, 2 + i : 15 + i] = True
+    return maps, masks
+
+
+def test_registry_entries_are_complete_and_unknown_names_are_listed():
+    for name, m in MEASURES.items():
+        assert m.name == name and m.label and m.kind in ("maps", "probe", "group") and m.reference
+        assert m.better in ("higher", "lower", None)
+    with pytest.raises(ValueError, match="'nope' is unknown; accepted: entropy_histogram"):
+        get_measure("nope")
+    assert select(["auc", "sparseness"]) == ["sparseness", "auc"]  # registry order
+    assert "epg" not in select(None, "maps", masks=False)
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_maps_measures_are_per_image_in_range_and_batch_independent(name):
+    m = MEASURES[name]
+    maps, masks = _maps_and_masks()
+    maps = maps.clamp(min=0) if m.range[0] is not None and name == "relevance_mass_accuracy" else maps
+    values = map_values(maps, masks, names=[name])[name]
+    assert values.shape == (5,)
+    lo, hi = m.range
+    finite = values[~values.isnan()]
+    assert len(finite) == 5
+    assert lo is None or (finite >= lo - 1e-6).all()
+    assert hi is None or (finite <= hi + 1e-6).all()
+    alone = map_values(maps[2:3], masks[2:3], names=[name])[name]
+    assert torch.allclose(alone, values[2:3], atol=1e-6)
+    if m.needs_masks:
+        empty = masks.clone()
+        empty[1] = False
+        assert map_values(maps, empty, names=[name])[name][1].isnan()
+
+
+def _quantus(metric, maps, masks, **kwargs):
+    quantus = pytest.importorskip("quantus")
+    b = len(maps)
+    x = np.random.default_rng(0).random((b, 3, *maps.shape[-2:])).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scores = getattr(quantus, metric)(disable_warnings=True, **kwargs)(
+            model=None,
+            x_batch=x,
+            y_batch=np.zeros(b, dtype=int),
+            a_batch=maps[:, None].numpy(),
+            s_batch=masks[:, None].numpy().astype(np.float32),
+            channel_first=True,
+        )
+    return torch.tensor(np.asarray(scores, dtype=np.float64))
+
+
+QUANTUS_MAPS = [
+    ("sparseness", "Sparseness", {}, {}, 1e-6),
+    ("complexity", "Complexity", {}, {}, 1e-5),
+    ("relevance_mass_accuracy", "RelevanceMassAccuracy", {}, {}, 1e-5),
+    ("relevance_rank_accuracy", "RelevanceRankAccuracy", {}, {}, 1e-6),
+    ("top_k_intersection", "TopKIntersection", {"k": 100}, {"k": 100}, 1e-6),
+    ("auc", "AUC", {}, {}, 1e-6),
+]
+
+
+@pytest.mark.parametrize(("name", "metric", "ours", "theirs", "tol"), QUANTUS_MAPS)
+@pytest.mark.parametrize("signed", [True, False])
+def test_maps_measures_equal_quantus(name, metric, ours, theirs, tol, signed):
+    """Quantus 0.6 with its defaults (normalise_by_max, its abs setting) on continuous random maps (no ties)."""
+    maps, masks = _maps_and_masks()
+    maps = maps if signed else maps.abs()
+    fn = MEASURES[name].fn
+    got = (fn(maps, masks, **ours) if ours else fn(maps, masks)).double()
+    assert torch.allclose(got, _quantus(metric, maps, masks, **theirs), atol=tol, rtol=1e-5)
+
+
+def test_rank_measures_share_ties_at_the_cut():
+    from salience.measures import relevance_rank_accuracy, top_k_intersection
+
+    maps = torch.zeros(1, 4, 4)
+    maps[0, 0, :2] = 1.0  # two top pixels, then 14 tied zeros
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, 0, 0] = masks[0, 3, 3] = masks[0, 2, 2] = True
+    # top-3: both ones (one in the mask) + one of 14 zeros, 2 of which are in the mask
+    assert relevance_rank_accuracy(maps, masks).item() == pytest.approx((1 + 2 / 14) / 3)
+    assert top_k_intersection(maps, masks, k=2).item() == pytest.approx(0.5)
+
+
+def test_complexity_and_sparseness_of_degenerate_maps():
+    from salience.measures import complexity, sparseness
+
+    flat = torch.ones(1, 8, 8)
+    spike = torch.zeros(1, 8, 8)
+    spike[0, 3, 3] = 2.0
+    assert sparseness(flat).item() == pytest.approx(0.0, abs=1e-6)
+    assert sparseness(spike).item() == pytest.approx(63 / 64, abs=1e-5)
+    assert complexity(flat).item() == pytest.approx(np.log(64), abs=1e-5)
+    assert complexity(spike).item() == pytest.approx(0.0, abs=1e-6)
+    assert complexity(torch.zeros(1, 8, 8)).isnan().item()
+
+
+def test_evaluate_reads_the_registry_and_refuses_group_measures():
+    from salience.models import build
+
+    model = build("smallcnn", 2).eval()
+    x = torch.rand(2, 3, 32, 32)
+    target = torch.tensor([0, 1])
+    _, masks = _maps_and_masks(2)
+    out = evaluate(model, x, target, masks=masks, measures=["auc", "sparseness", "deletion_auc"], deletion_steps=4)
+    assert list(out) == ["sparseness", "auc", "deletion_auc"]
+    with pytest.raises(ValueError, match="compare the models of a group"):
+        evaluate(model, x, target, measures=["stability_ssim"])
+    with pytest.raises(ValueError, match="'bogus' is unknown"):
+        evaluate(model, x, target, measures=["bogus"])
+
+
+@pytest.fixture(scope="module")
+def three_method_study(tmp_path_factory):
+    from salience.models import build
+    from salience.study import run
+
+    root = tmp_path_factory.mktemp("methods")
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / "img" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "img" / c / f"{i}.png")
+    weights = []
+    for i in range(4):
+        torch.manual_seed(i)
+        torch.save(build("smallcnn", 2).state_dict(), root / f"m{i}.pt")
+        weights.append(str(root / f"m{i}.pt"))
+    study = {
+        "out": str(root / "out"),
+        "data": {"format": "imagefolder", "root": str(root / "img")},
+        "explain": {"methods": ["grad_cam@final", "grad_cam_pp@final", "input_x_gradient"], "target": "predicted"},
+        "measures": {
+            "n_probe": 2,
+            "n_boot": 100,
+            "n_perm": 100,
+            "gallery": 2,
+            "select": ["entropy_histogram", "sparseness", "complexity", "deletion_auc", "stability_ssim"],
+        },
+        "groups": {"A": {"model": "smallcnn", "num_classes": 2, "weights": weights[:2]},
+                   "B": {"model": "smallcnn", "num_classes": 2, "weights": weights[2:]}},
+    }  # fmt: skip
+    return root / "out", run(study, progress=False)
+
+
+def test_a_study_over_three_methods(three_method_study):
+    out, results = three_method_study
+    specs = ["grad_cam@final", "grad_cam_pp@final", "input_x_gradient"]
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert list(rows[0]) == ["group", "model", "method", "image", "class", "entropy_histogram", "sparseness",
+                             "complexity", "deletion_auc"]  # fmt: skip
+    assert sorted({r["method"] for r in rows}) == sorted(specs)
+    assert len(rows) == 3 * 4 * 6
+    stab = list(csv.DictReader(open(out / "stability.csv")))
+    assert list(stab[0]) == ["group", "method", "image", "class", "ssim"]
+    assert {(r["group"], r["method"]) for r in stab} == {(g, s) for g in "AB" for s in specs}
+    assert list(results["by_method"]) == specs
+    assert set(results["by_method"]["input_x_gradient"]["within"]["A"]) >= {"sparseness", "deletion_auc"}
+    # the per-method summary pools exactly that method's rows
+    vals = [float(r["sparseness"]) for r in rows if r["group"] == "B" and r["method"] == "grad_cam_pp@final"]
+    mean = results["by_method"]["grad_cam_pp@final"]["summary"]["sparseness"]["B"]["mean"]
+    assert mean == pytest.approx(np.mean(vals), rel=1e-4)
+    page = (out / "report.html").read_text()
+    assert "Methods compared within each group" in page and "Groups compared, per method" in page
+    assert json.loads((out / "results.json").read_text())["measures"]["sparseness"]["better"] == "higher"
