@@ -31,7 +31,7 @@ def test_registry_entries_are_complete_and_unknown_names_are_listed():
     for name, m in MEASURES.items():
         assert m.name == name and m.label and m.kind in ("maps", "probe", "group") and m.reference
         assert m.better in ("higher", "lower", None)
-    with pytest.raises(ValueError, match="'nope' is unknown; accepted: entropy_histogram"):
+    with pytest.raises(ValueError, match="'nope' is unknown; accepted: mprt, random_logit, "):
         get_measure("nope")
     assert select(["auc", "sparseness"]) == ["sparseness", "auc"]  # registry order
     assert "epg" not in select(None, "maps", masks=False)
@@ -160,7 +160,7 @@ def three_method_study(tmp_path_factory):
             "n_boot": 100,
             "n_perm": 100,
             "gallery": 2,
-            "select": ["entropy_histogram", "sparseness", "complexity", "deletion_auc", "stability_ssim"],
+            "select": ["entropy_histogram", "sparseness", "complexity", "deletion_auc", "stability_ssim", "mprt"],
         },
         "groups": {"A": {"model": "smallcnn", "num_classes": 2, "weights": weights[:2]},
                    "B": {"model": "smallcnn", "num_classes": 2, "weights": weights[2:]}},
@@ -172,8 +172,8 @@ def test_a_study_over_three_methods(three_method_study):
     out, results = three_method_study
     specs = ["grad_cam@final", "grad_cam_pp@final", "input_x_gradient"]
     rows = list(csv.DictReader(open(out / "per_image.csv")))
-    assert list(rows[0]) == ["group", "model", "method", "image", "class", "entropy_histogram", "sparseness",
-                             "complexity", "deletion_auc"]  # fmt: skip
+    assert list(rows[0]) == ["group", "model", "method", "image", "class", "mprt", "entropy_histogram",
+                             "sparseness", "complexity", "deletion_auc"]  # fmt: skip
     assert sorted({r["method"] for r in rows}) == sorted(specs)
     assert len(rows) == 3 * 4 * 6
     stab = list(csv.DictReader(open(out / "stability.csv")))
@@ -187,4 +187,105 @@ def test_a_study_over_three_methods(three_method_study):
     assert mean == pytest.approx(np.mean(vals), rel=1e-4)
     page = (out / "report.html").read_text()
     assert "Methods compared within each group" in page and "Groups compared, per method" in page
+    assert "Sanity check: model parameter randomisation" in page
+    assert page.index("MPRT") < page.index("Entropy, histogram")  # sanity checks first
+    curve = results["models"]["m0"]["by_method"]["input_x_gradient"]["mprt"]
+    assert curve["layers"][0] == "fc" and len(curve["similarity"]) == len(curve["layers"])
     assert json.loads((out / "results.json").read_text())["measures"]["sparseness"]["better"] == "higher"
+
+
+def _quantus_explain(method, layer, size):
+    from salience.attribution import attribute, upsample
+
+    def explain(model, inputs, targets, **kwargs):
+        x, t = torch.as_tensor(inputs).float(), torch.as_tensor(targets).long()
+        return upsample(attribute(method, model, x, t, layer=layer).detach(), size)[:, None].numpy()
+
+    return explain
+
+
+@pytest.fixture(scope="module")
+def ten_classes():
+    from salience.models import build
+
+    torch.manual_seed(0)
+    return build("smallcnn", 10).eval(), torch.rand(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+
+
+@pytest.mark.parametrize(("method", "layer"), [("grad_cam", "final"), ("input_x_gradient", None)])
+def test_mprt_equals_quantus_with_the_same_draws(ten_classes, method, layer):
+    """Same draws: Quantus seeds torch with seed + 1 before each module's reset_parameters; so do we."""
+    quantus = pytest.importorskip("quantus")
+    from salience.measures.sanity import mprt
+
+    model, x, y = ten_classes
+    ours = mprt(model, x, y, method, layer, seed=42, max_steps=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = quantus.MPRT(disable_warnings=True)(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None,
+                                                     explain_func=_quantus_explain(method, layer, (32, 32)),
+                                                     batch_size=4, channel_first=True)  # fmt: skip
+    assert ours["layers"] == [k for k in theirs if k != "original"]
+    q = torch.tensor(np.stack([theirs[k] for k in ours["layers"]], 1))
+    defined = ~q.isnan()  # Quantus (scipy) gives NaN where a randomised map is constant; we give 0
+    assert torch.allclose(ours["similarity"].double()[defined], q[defined], atol=1e-5)
+    assert (ours["similarity"][~defined] == 0).all()
+    assert torch.allclose(ours["summary"], ours["similarity"].mean(1))
+
+
+def test_mprt_compares_at_most_max_steps_of_the_same_cascade(ten_classes):
+    from salience.measures.sanity import mprt
+
+    model, x, y = ten_classes
+    full = mprt(model, x, y, "input_x_gradient", seed=3, max_steps=None)
+    few = mprt(model, x, y, "input_x_gradient", seed=3, max_steps=4)
+    assert len(few["layers"]) == 4 and few["layers"][0] == "fc" and few["layers"][-1] == full["layers"][-1]
+    idx = [full["layers"].index(n) for n in few["layers"]]
+    assert torch.allclose(few["similarity"], full["similarity"][:, idx], atol=1e-6)
+    assert torch.equal(model(x), model(x))  # the model itself is untouched
+
+
+def test_random_logit_equals_quantus_with_the_same_draws(ten_classes):
+    """Same draws: NumPy's legacy generator seeded as Quantus seeds it, per batch (here batches of one image,
+    since Quantus normalises by the batch's max)."""
+    quantus = pytest.importorskip("quantus")
+    from salience.attribution import attribute
+    from salience.measures.sanity import random_logit
+
+    model, x, y = ten_classes
+    for method, layer in (("grad_cam", "final"), ("input_x_gradient", None)):
+        explain = lambda xx, t, method=method, layer=layer: attribute(method, model, xx, t, layer=layer)
+        ours = torch.cat([random_logit(model, explain, x[i : i + 1], y[i : i + 1], seed=42)["similarity"]
+                          for i in range(4)])  # fmt: skip
+        theirs = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for i in range(4):
+                theirs += quantus.RandomLogit(num_classes=10, seed=42, disable_warnings=True)(
+                    model=model, x_batch=x[i : i + 1].numpy(), y_batch=y[i : i + 1].numpy(), a_batch=None,
+                    explain_func=_quantus_explain(method, layer, (32, 32)), channel_first=True)  # fmt: skip
+        assert torch.allclose(ours.double(), torch.tensor(theirs, dtype=torch.float64), atol=1e-5)
+
+
+def test_off_classes_are_never_the_target():
+    from salience.measures.sanity import off_classes
+
+    target = torch.arange(10).repeat(20)
+    off = off_classes(target, 10, seed=1)
+    assert (off != target).all() and off.min() >= 0 and off.max() <= 9
+
+
+def test_a_method_whose_maps_survive_randomisation_is_named():
+    from salience.study.methods import MPRT_FIGURE, sanity_findings
+
+    curve = lambda v: {"mprt": {"layers": ["fc", "conv"], "similarity": [0.9, v]}}
+    results = {
+        "explain": {"method": "grad_cam", "methods": ["grad_cam@final", "gradient"]},
+        "models": {
+            "m": {"by_method": {"grad_cam@final": curve(0.1), "gradient": curve(0.8)}},
+            "n": {"by_method": {"grad_cam@final": curve(0.0), "gradient": curve(0.7)}},
+        },
+    }
+    found = sanity_findings(results)
+    assert len(found) == 2 and found[0].startswith("gradient fails") and MPRT_FIGURE in found[0]
+    assert "grad_cam@final (0.05)" in found[1]

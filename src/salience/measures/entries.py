@@ -14,11 +14,31 @@ from salience.measures.localisation import epg, iou, pointing_game
 from salience.measures.probes import noise_response, seed_stability, transform_consistency
 from salience.measures.registry import Measure, Probe, register
 from salience.measures.relevance import auc, relevance_mass_accuracy, relevance_rank_accuracy, top_k_intersection
+from salience.measures.sanity import mprt, random_logit
 
 
 def _maps_only(fn):
     """A maps-kind function of the maps alone (masks ignored)."""
     return lambda maps, masks=None: fn(maps)
+
+
+# --- sanity checks (probes) ---------------------------------------------------------------------------
+def _mprt(p: Probe) -> torch.Tensor:
+    if p.method is None:
+        raise ValueError("mprt needs the probe's method (Probe.method) to explain the randomised models")
+    r = mprt(p.model, p.x, p.target, p.method, p.layer, seed=p.seed, maps=p.maps)
+    p.curves["mprt"] = {"layers": r["layers"], "similarity": r["similarity"].double().mean(0).tolist()}
+    return r["summary"]
+
+
+def _random_logit(p: Probe) -> torch.Tensor:
+    return random_logit(p.model, p.explain, p.x, p.target, maps=p.maps, seed=p.seed)["similarity"]
+
+
+register(Measure("mprt", "MPRT: Spearman of |maps| with those of the cascadingly randomised model (mean over layers)",
+                 "probe", "sanity", _mprt, range=(-1.0, 1.0), better="lower", reference="Quantus MPRT"))  # fmt: skip
+register(Measure("random_logit", "Random logit: SSIM of the map with that of a random other class", "probe",
+                 "sanity", _random_logit, range=(-1.0, 1.0), better="lower", reference="Quantus RandomLogit"))  # fmt: skip
 
 
 # --- complexity (maps only) ------------------------------------------------------------------------

@@ -123,3 +123,30 @@ def fig_methods(results: dict, label, color, png) -> str | None:
     axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
     return png(fig)
+
+
+def fig_mprt(results: dict, color, png) -> str | None:
+    """Per method, the mean Spearman correlation of |maps| with the original as the model is randomised from the
+    top down (one line per group, mean over its models); the dotted line marks `BARELY_CHANGES`."""
+    from salience.study.methods import BARELY_CHANGES, mprt_curves
+
+    curves = mprt_curves(results)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 2.8), squeeze=False)
+    for ax, (spec, per_model) in zip(axes[0], curves.items(), strict=True):
+        layers = next(iter(per_model.values()))["layers"]
+        for g, names in results["groups"].items():
+            rows = [per_model[n]["similarity"] for n in names if n in per_model]
+            if rows:
+                mean = [sum(col) / len(col) for col in zip(*rows, strict=True)]
+                ax.plot(range(len(mean)), mean, "o-", ms=3, color=color(results, g), label=g)
+        ax.axhline(BARELY_CHANGES, color="k", lw=0.5, ls=":")
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=60, ha="right", fontsize=6)
+        ax.set_ylim(-1, 1.05)
+        ax.set_title(spec, fontsize=9)
+        ax.set_xlabel("randomised down to (top first)", fontsize=7)
+    axes[0, 0].set_ylabel("Spearman with original |map|")
+    axes[0, 0].legend(fontsize=7)
+    return png(fig)

@@ -16,7 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from salience.report.methods import fig_methods, methods_html, ordered_keys
+from salience.report.methods import fig_methods, fig_mprt, methods_html, ordered_keys
+from salience.study.methods import MPRT_FIGURE
 
 COLORS = {"CE": "#7f7f7f", "Energy": "#1f77b4", "CYBORG": "#d62728"}
 PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#1f77b4", "#d62728"]
@@ -370,6 +371,13 @@ def render(results_dir: str | Path) -> Path:
             "Task metrics per group on each labelled split, and how out-of-set images are classified. "
             "Bars: mean ± sd over models.",
             fig_accuracy(results),
+        ),
+        (
+            MPRT_FIGURE,
+            "Maps of the model whose layers are randomised one by one from the top (cascading, as Quantus' MPRT) "
+            "compared with the original maps. A method that passes drops towards 0; one that stays high explains "
+            "the input, not the model.",
+            fig_mprt(results, _color, _png),
         ),
         (
             "Measures by method",

@@ -43,6 +43,7 @@ from salience.models import load_model
 from salience.store import model_hash
 from salience.store.explain import explain_stores
 from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
+from salience.study.methods import sanity_findings
 
 console = Console(stderr=True)
 OWN_FILES = ("runs", "stores", "models", "results.json", "report.html", "gallery.pt")
@@ -513,7 +514,7 @@ def findings(results: dict) -> list[str]:
     """Plain sentences generated from the numbers: how each group compares with the reference group."""
     s, c, ref = results["summary"], results["comparisons"], results["reference"]
     groups = [g for g, names in results["groups"].items() if names]
-    out = []
+    out = sanity_findings(results)
     about = {
         "epg": "EPG (share of positive salience inside the objects' boxes)",
         "accuracy": "accuracy",
