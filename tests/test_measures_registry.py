@@ -289,3 +289,21 @@ def test_a_method_whose_maps_survive_randomisation_is_named():
     found = sanity_findings(results)
     assert len(found) == 2 and found[0].startswith("gradient fails") and MPRT_FIGURE in found[0]
     assert "grad_cam@final (0.05)" in found[1]
+
+
+def test_cli_measure_selects_measures_by_name(three_method_study, tmp_path):
+    from typer.testing import CliRunner
+
+    from salience.cli import app
+
+    out, _ = three_method_study
+    a = ",".join(str(out / "stores" / "input_x_gradient" / m) for m in ("m0", "m1"))
+    b = ",".join(str(out / "stores" / "grad_cam@final" / m) for m in ("m2", "m3"))
+    args = ["measure", "--group", f"A={a}", "--group", f"B={b}", "--out", str(tmp_path / "o")]
+    ok = CliRunner().invoke(app, args + ["--measure", "complexity", "--measure", "sparseness"])
+    assert ok.exit_code == 0, ok.output
+    rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
+    assert list(rows[0])[2:] == ["method", "image", "class", "sparseness", "complexity"]
+    assert {r["method"] for r in rows} == {"input_x_gradient", "grad_cam@final"}
+    bad = CliRunner().invoke(app, args + ["--measure", "faithfulness"])
+    assert bad.exit_code != 0 and "'faithfulness' is unknown" in bad.output

@@ -584,7 +584,7 @@ def measure_checkpoints(
     groups: dict[str, list[str | Path]],
     out: str | Path,
     *,
-    method: str,
+    method: str | list[str],
     split: str = "test",
     layer: str | None = None,
     target_policy: str = "true",
@@ -596,14 +596,22 @@ def measure_checkpoints(
     device: str = "cpu",
     progress: bool = False,
     ctx=None,
+    measures: list[str] | None = None,
 ) -> dict | None:
     """`salience measure --checkpoints / --group`: a study of salience checkpoints (group -> paths) on `split`
     of their (shared) data config, explained with `method` (`NAME`, `NAME@LAYER`, or the name and `layer`),
-    with the first `n_probe` images of the split `out_of_set` as out-of-set samples. `overrides` change the
+    with the first `n_probe` images of the split `out_of_set` as out-of-set samples; a list of methods compares
+    them. `measures`: names of `MEASURES` to run (None: every one the data support). `overrides` change the
     checkpoints' saved configs (e.g. `data.root=/data`). Returns the study's results (None off rank 0)."""
-    name, _, at = method.partition("@")
-    if at and layer is not None:
-        raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
+    if isinstance(method, list):
+        if layer is not None:
+            raise ValueError("layer applies to one method; give each method as NAME@LAYER")
+        explain = {"methods": method}
+    else:
+        name, _, at = method.partition("@")
+        if at and layer is not None:
+            raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
+        explain = {"method": name, "layer": at or layer}
     data = None
     for paths in groups.values():
         for path in paths:
@@ -626,8 +634,8 @@ def measure_checkpoints(
         "out": str(out),
         "device": device,
         "data": section | {"split": split},
-        "explain": {"method": name, "layer": at or layer, "target": target_policy, "batch_size": batch_size},
-        "measures": {"n_probe": n_probe, "seed": seed},
+        "explain": explain | {"target": target_policy, "batch_size": batch_size},
+        "measures": {"n_probe": n_probe, "seed": seed, "select": measures},
         "groups": {g: {"weights": [str(p) for p in paths]} for g, paths in groups.items()},
     }
     if out_of_set is not None:
