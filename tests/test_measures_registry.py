@@ -307,3 +307,171 @@ def test_cli_measure_selects_measures_by_name(three_method_study, tmp_path):
     assert {r["method"] for r in rows} == {"input_x_gradient", "grad_cam@final"}
     bad = CliRunner().invoke(app, args + ["--measure", "faithfulness"])
     assert bad.exit_code != 0 and "'faithfulness' is unknown" in bad.output
+
+
+PROBES = [n for n, m in MEASURES.items() if m.kind == "probe"]
+
+
+@pytest.fixture(scope="module")
+def probe_inputs():
+    from salience.attribution import attribute
+    from salience.models import build
+
+    torch.manual_seed(1)
+    model = build("smallcnn", 3).eval()
+    x = torch.rand(2, 3, 16, 16)  # small: ROAD solves 2 x 50 x 3 systems
+    target = torch.tensor([0, 2])
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[:, 2:10, 3:11] = True
+    explain = lambda xx, t: attribute("input_x_gradient", model, xx, t)
+    return model, explain, x, target, explain(x, target), masks
+
+
+@pytest.mark.parametrize("name", PROBES)
+def test_probe_measures_are_per_image_in_range_and_seeded(probe_inputs, name):
+    from salience.measures.registry import Probe
+
+    model, explain, x, target, maps, masks = probe_inputs
+    m = MEASURES[name]
+    run = lambda: m.fn(Probe(model, explain, x, target, maps, masks, 0, 4, "input_x_gradient", None, samples=4))
+    values = run()
+    assert values.shape == (2,) and torch.isfinite(values).all()
+    lo, hi = m.range
+    assert (lo is None or (values >= lo - 1e-6).all()) and (hi is None or (values <= hi + 1e-6).all())
+    assert torch.equal(run(), values)  # the same seed gives the same numbers
+
+
+def _linear_gray(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 10)).eval()
+
+
+def test_linear_imputation_equals_quantus_sparse_solve():
+    pytest.importorskip("quantus")
+    from quantus.functions.perturb_func import noisy_linear_imputation
+
+    from salience.measures.faithfulness import linear_imputation
+
+    x = torch.rand(3, 2, 12, 12, dtype=torch.float64)
+    masks = torch.rand(3, 12, 12) < torch.tensor([0.1, 0.5, 0.99])[:, None, None]
+    ours = linear_imputation(x, masks)
+    for i in range(3):
+        ref = noisy_linear_imputation(x[i].numpy(), masks[i].flatten().nonzero().flatten().numpy(), noise=0.0)
+        assert np.abs(ref - ours[i].numpy()).max() < 1e-6
+
+
+@pytest.mark.parametrize("order", ["morf", "lerf"])
+def test_road_equals_quantus_without_noise(order):
+    """Quantus' ROAD orders the channel-broadcast map's entries, which only works for one channel: compared on
+    grey images; its noise (NumPy, per system) is switched off here and checked statistically below."""
+    quantus = pytest.importorskip("quantus")
+    from salience.measures.faithfulness import road
+
+    model = _linear_gray()
+    x = torch.rand(6, 1, 16, 16)
+    y = model(x).argmax(1)
+    maps = torch.randn(6, 16, 16)
+    ours = road(model, x, y, maps, order=order, noise=0.0)
+    q = quantus.ROAD(noise=0.0, disable_warnings=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=(maps if order == "morf" else -maps)[:, None].numpy(),
+          channel_first=True)  # fmt: skip
+    theirs = torch.tensor(list(q.evaluation_scores.values()), dtype=torch.float64)
+    assert torch.allclose(ours["correct"].double().mean(0), theirs)
+    assert 0 < ours["score"].mean() < 1  # the model's predictions do change
+
+
+def test_road_noise_is_gaussian_on_the_imputed_pixels_only():
+    """Statistical check of the noise Quantus draws with NumPy: N(0, noise^2) on the imputed values only."""
+    from salience.measures import faithfulness as fa
+
+    x = torch.rand(2, 3, 40, 40, dtype=torch.float64)
+    maps = torch.rand(2, 40, 40, dtype=torch.float64)
+    seen = []
+
+    def spy(t):
+        seen.append(t.clone())
+        return torch.zeros(len(t), 2, dtype=t.dtype)
+
+    fa.road(spy, x, torch.zeros(2, dtype=torch.long), maps, percentages=(40,), noise=0.01, seed=3)
+    k = int(40 * 40 * 40 / 100)
+    mask = torch.zeros(2, 1600, dtype=torch.bool)
+    mask.scatter_(1, maps.flatten(1).argsort(1, descending=True)[:, :k], True)
+    mask = mask.view(2, 1, 40, 40).expand(-1, 3, -1, -1)
+    noise = seen[0] - fa.linear_imputation(x, mask[:, 0])
+    assert noise[~mask].abs().max() == 0
+    assert abs(noise[mask].std().item() - 0.01) < 0.001 and abs(noise[mask].mean().item()) < 0.001
+
+
+def _np_draw(fn):
+    """Noise in Quantus' order: one `fn(size=(B, C*H*W))` NumPy draw per sample."""
+    return lambda shape: (
+        torch.from_numpy(np.stack([fn(size=(shape[1], int(np.prod(shape[2:])))) for _ in range(shape[0])]))
+        .float()
+        .view(shape)
+    )
+
+
+def test_sensitivities_and_local_lipschitz_equal_quantus_with_the_same_draws(ten_classes):
+    quantus = pytest.importorskip("quantus")
+    from salience.attribution import attribute
+    from salience.measures.robustness import local_lipschitz, sensitivity
+
+    model, x, y = ten_classes
+    x, y = x[:2], y[:2]
+    explain = lambda xx, t: attribute("input_x_gradient", model, xx, t)
+    maps = explain(x, y)
+    kw = dict(model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=None, channel_first=True,
+              explain_func=_quantus_explain("input_x_gradient", None, (32, 32)))  # fmt: skip
+    uniform = lambda size: np.random.uniform(-0.2, 0.2, size=size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.random.seed(0)
+        q_avg = quantus.AvgSensitivity(nr_samples=5, disable_warnings=True)(**kw)
+        np.random.seed(0)
+        q_max = quantus.MaxSensitivity(nr_samples=5, disable_warnings=True)(**kw)
+        np.random.seed(0)
+        s = sensitivity(explain, x, y, maps, samples=5, batch=4, draw=_np_draw(uniform))
+        assert torch.allclose(s.mean(1).double(), torch.tensor(q_avg, dtype=torch.float64), rtol=1e-4)
+        assert torch.allclose(s.amax(1).double(), torch.tensor(q_max, dtype=torch.float64), rtol=1e-4)
+        for i in range(2):  # Quantus normalises by the batch's max: one image per call
+            np.random.seed(0)
+            q = quantus.LocalLipschitzEstimate(nr_samples=5, disable_warnings=True)(**(kw | {
+                "x_batch": x[i : i + 1].numpy(), "y_batch": y[i : i + 1].numpy()}))  # fmt: skip
+            np.random.seed(0)
+            normal = lambda size: np.random.normal(0, 0.1, size=size)
+            ours = local_lipschitz(explain, x[i : i + 1], y[i : i + 1], maps[i : i + 1], 5, draw=_np_draw(normal))
+            assert ours.item() == pytest.approx(q[0], rel=1e-4)
+    # the default draws (a seeded torch generator) agree in distribution: mean sensitivity within 5 %
+    torch_draws = sensitivity(explain, x, y, maps, samples=60).mean(1)
+    np.random.seed(1)
+    numpy_draws = sensitivity(explain, x, y, maps, samples=60, draw=_np_draw(uniform)).mean(1)
+    assert torch.allclose(torch_draws, numpy_draws, rtol=0.05)
+
+
+def test_faithfulness_correlation_equals_quantus_with_the_same_draws(ten_classes):
+    quantus = pytest.importorskip("quantus")
+    from salience.attribution import attribute
+    from salience.measures.faithfulness import faithfulness_correlation
+
+    model, x, y = ten_classes
+    x, y = x[:2], y[:2]
+    maps = attribute("input_x_gradient", model, x, y).detach()
+
+    def pick(b, r):  # per run: one choice per image, then the B uniform draws of Quantus' baseline dictionary
+        runs = []
+        for _ in range(r):
+            runs.append(np.stack([np.random.choice(3 * 32 * 32, 100, replace=False) for _ in range(b)]))
+            np.random.uniform(size=b)
+        return torch.from_numpy(np.stack(runs, 1))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.random.seed(0)
+        theirs = quantus.FaithfulnessCorrelation(nr_runs=30, subset_size=100, disable_warnings=True,
+                                                 return_aggregate=False)(
+            model=model, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=maps[:, None].numpy(), channel_first=True)  # fmt: skip
+    np.random.seed(0)
+    ours = faithfulness_correlation(model, x, y, maps, runs=30, subset=100, chunk=7, draw=pick)
+    assert torch.allclose(ours.double(), torch.tensor(theirs, dtype=torch.float64), atol=1e-5)

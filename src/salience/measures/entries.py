@@ -10,10 +10,12 @@ import torch
 from salience.measures.complexity import complexity, sparseness
 from salience.measures.degradation import blur_degradation, deletion_insertion
 from salience.measures.entropy import entropy
+from salience.measures.faithfulness import faithfulness_correlation, road
 from salience.measures.localisation import epg, iou, pointing_game
 from salience.measures.probes import noise_response, seed_stability, transform_consistency
 from salience.measures.registry import Measure, Probe, register
 from salience.measures.relevance import auc, relevance_mass_accuracy, relevance_rank_accuracy, top_k_intersection
+from salience.measures.robustness import local_lipschitz, sensitivity
 from salience.measures.sanity import mprt, random_logit
 
 
@@ -39,6 +41,48 @@ register(Measure("mprt", "MPRT: Spearman of |maps| with those of the cascadingly
                  "probe", "sanity", _mprt, range=(-1.0, 1.0), better="lower", reference="Quantus MPRT"))  # fmt: skip
 register(Measure("random_logit", "Random logit: SSIM of the map with that of a random other class", "probe",
                  "sanity", _random_logit, range=(-1.0, 1.0), better="lower", reference="Quantus RandomLogit"))  # fmt: skip
+
+
+# --- faithfulness and robustness (probes, Quantus 0.6) ---------------------------------------------------
+def _road(order: str):
+    def fn(p: Probe) -> torch.Tensor:
+        r = road(p.model, p.x, p.target, p.maps, order=order, seed=p.seed)
+        curve = p.curves.setdefault("road", {"percentages": r["percentages"]})
+        curve[order] = r["correct"].double().mean(0).tolist()
+        return r["score"]
+
+    return fn
+
+
+def _faithfulness_correlation(p: Probe) -> torch.Tensor:
+    return faithfulness_correlation(p.model, p.x, p.target, p.maps, runs=p.samples or 100, seed=p.seed)
+
+
+def _sensitivity(reduce: str):
+    def fn(p: Probe) -> torch.Tensor:
+        s = p.once("sensitivity", lambda: sensitivity(p.explain, p.x, p.target, p.maps, p.samples or 200, seed=p.seed))
+        return s.amax(1) if reduce == "max" else s.mean(1)
+
+    return fn
+
+
+def _local_lipschitz(p: Probe) -> torch.Tensor:
+    return local_lipschitz(p.explain, p.x, p.target, p.maps, p.samples or 200, seed=p.seed)
+
+
+register(Measure("road_morf", "ROAD, most relevant first (accuracy while imputing; lower = faithful)", "probe",
+                 "faithfulness", _road("morf"), better="lower", reference="Quantus ROAD"))  # fmt: skip
+register(Measure("road_lerf", "ROAD, least relevant first (accuracy while imputing; higher = faithful)", "probe",
+                 "faithfulness", _road("lerf"), better="higher", reference="Quantus ROAD on -A"))  # fmt: skip
+register(Measure("faithfulness_correlation", "Faithfulness correlation (map sums vs logit drops)", "probe",
+                 "faithfulness", _faithfulness_correlation, range=(-1.0, 1.0), better="higher",
+                 reference="Quantus FaithfulnessCorrelation"))  # fmt: skip
+register(Measure("max_sensitivity", "Max-sensitivity (relative map change under ±0.2 noise)", "probe", "robustness",
+                 _sensitivity("max"), range=(0.0, None), better="lower", reference="Quantus MaxSensitivity"))  # fmt: skip
+register(Measure("avg_sensitivity", "Avg-sensitivity (relative map change under ±0.2 noise)", "probe", "robustness",
+                 _sensitivity("mean"), range=(0.0, None), better="lower", reference="Quantus AvgSensitivity"))  # fmt: skip
+register(Measure("local_lipschitz", "Local Lipschitz estimate (map change / input change)", "probe", "robustness",
+                 _local_lipschitz, range=(0.0, None), better="lower", reference="Quantus LocalLipschitzEstimate"))  # fmt: skip
 
 
 # --- complexity (maps only) ------------------------------------------------------------------------

@@ -45,6 +45,8 @@ class Source:
     n_probe: int = 128
     out_of_set: torch.Tensor | None = None
     deletion_steps: int = 16
+    samples: int | None = None
+    """Noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus' 200 / 100)."""
     select: tuple[str, ...] | None = None
     """The measures to run (names of `MEASURES`); None: every measure the data support."""
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
@@ -229,6 +231,7 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
         masks=None if masks is None else masks.to(device),
         method=store.meta.method,
         layer=store.meta.layer,
+        samples=src.samples,
     )
 
 
@@ -242,6 +245,7 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
         "deletion_steps": src.deletion_steps,
         "out_of_set": oos,
         "measures": select(src.select, "probe", masks=_has_masks(src.dataset)),
+        "samples": src.samples,
     }
     cache = store.path / "probes.json"
     if cache.exists():

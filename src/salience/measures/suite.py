@@ -48,6 +48,7 @@ def probe_suite(
     masks: torch.Tensor | None = None,
     method: str | None = None,
     layer: str | None = None,
+    samples: int | None = None,
 ) -> dict:
     """Run the probe-kind measures among `names` (None: all) on images `x [B, C, H, W]` explained for
     `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
@@ -57,7 +58,7 @@ def probe_suite(
     `out_of_set [N, C, H, W]` the entropies and scores of in-set vs out-of-set images with their shift (see
     `out_of_set_response`).
     """
-    probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer)
+    probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples)
     values = {name: MEASURES[name].fn(probe) for name in select(names, "probe", masks=masks is not None)}
     curves = probe.curves
     if out_of_set is not None:
@@ -83,6 +84,7 @@ def evaluate(
     measures: Sequence[str] | None = None,
     seed: int = 0,
     deletion_steps: int = 16,
+    samples: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every single-model measure among `measures` (names of `MEASURES`; None: all the inputs support), per
     image, in one call: `{name: [B]}` in registry order.
@@ -90,6 +92,7 @@ def evaluate(
     `images [B, C, H, W]` are explained for `target` (long `[B]`) with `method` at `layer` (see
     `salience.attribution.attribute`; model in eval mode); the maps give the maps-kind measures (those that need
     masks only with `masks [B, H, W]`, bool or float read as > 0.5); the probe-kind measures run the model.
+    `samples`: noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus').
     Group measures (stability) need several models: see `salience.measures.probes.seed_stability`.
     """
     import functools
@@ -106,7 +109,7 @@ def evaluate(
     values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}
     if any(MEASURES[n].kind == "probe" for n in names):
         probes = probe_suite(
-            model, explain, images, target, maps, None, seed, deletion_steps, names, masks, method, layer
+            model, explain, images, target, maps, None, seed, deletion_steps, names, masks, method, layer, samples
         )
         values |= probes["values"]
     return {n: values[n] for n in names if n in values}

@@ -140,6 +140,9 @@ class MeasuresConfig(_Strict):
     n_probe: int = Field(64, ge=0)
     """Images the model probes (noise, transforms, blur, deletion / insertion, out of set) run on; 0: none."""
     deletion_steps: int = Field(16, ge=1)
+    samples: int | None = Field(None, ge=2)
+    """Noisy samples of max- / avg-sensitivity and local Lipschitz, and runs of faithfulness correlation; null:
+    Quantus' defaults (200 and 100)."""
     seed: int = 0
     """Seed of the noise, bootstrap CIs and permutation tests."""
     n_boot: int = Field(2000, ge=100)

@@ -112,7 +112,9 @@ def run(
     )
     groups = {g: [paths[(m.name, spec)] for spec in specs for m in members if m.group == g] for g in cfg.groups}
     sources = {
-        str(paths[(m.name, spec)]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
+        str(paths[(m.name, spec)]): Source(
+            m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps, samples=cfg.measures.samples
+        )
         for m in members
         for spec in specs
     }
