@@ -198,6 +198,12 @@ def measure(
         help="Checkpoints only: class to explain: true (every present class of each image), predicted or class:<k>.",
     ),
     n_probe: int = typer.Option(128, min=0, help="Checkpoints only: images the model probes run on (0: none)."),
+    samples: int = typer.Option(
+        None,
+        min=2,
+        help="Checkpoints only: noisy samples of the robustness measures and runs of faithfulness correlation "
+        "(default: Quantus' 200 and 100).",
+    ),
     out_of_set: str = typer.Option(None, help="Checkpoints only: split whose images are the out-of-set samples."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
@@ -256,6 +262,7 @@ def measure(
                     out,
                     method=method[0] if len(method) == 1 else list(method),
                     measures=list(measure_) or None,
+                    samples=samples,
                     split=data,
                     layer=layer,
                     target_policy=target,

@@ -599,11 +599,13 @@ def measure_checkpoints(
     progress: bool = False,
     ctx=None,
     measures: list[str] | None = None,
+    samples: int | None = None,
 ) -> dict | None:
     """`salience measure --checkpoints / --group`: a study of salience checkpoints (group -> paths) on `split`
     of their (shared) data config, explained with `method` (`NAME`, `NAME@LAYER`, or the name and `layer`),
     with the first `n_probe` images of the split `out_of_set` as out-of-set samples; a list of methods compares
-    them. `measures`: names of `MEASURES` to run (None: every one the data support). `overrides` change the
+    them. `measures`: names of `MEASURES` to run (None: every one the data support); `samples`: see
+    `MeasuresConfig.samples`. `overrides` change the
     checkpoints' saved configs (e.g. `data.root=/data`). Returns the study's results (None off rank 0)."""
     if isinstance(method, list):
         if layer is not None:
@@ -637,7 +639,7 @@ def measure_checkpoints(
         "device": device,
         "data": section | {"split": split},
         "explain": explain | {"target": target_policy, "batch_size": batch_size},
-        "measures": {"n_probe": n_probe, "seed": seed, "select": measures},
+        "measures": {"n_probe": n_probe, "seed": seed, "select": measures, "samples": samples},
         "groups": {g: {"weights": [str(p) for p in paths]} for g, paths in groups.items()},
     }
     if out_of_set is not None:
