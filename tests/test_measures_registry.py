@@ -131,6 +131,8 @@ def test_evaluate_reads_the_registry_and_refuses_group_measures():
     assert list(out) == ["sparseness", "auc", "deletion_auc"]
     with pytest.raises(ValueError, match="compare the models of a group"):
         evaluate(model, x, target, measures=["stability_ssim"])
+    with pytest.raises(ValueError, match=r"measures \['auc'\] need masks"):
+        evaluate(model, x, target, measures=["auc"])
     with pytest.raises(ValueError, match="'bogus' is unknown"):
         evaluate(model, x, target, measures=["bogus"])
 

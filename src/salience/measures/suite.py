@@ -103,6 +103,9 @@ def evaluate(
     group = [n for n in names if MEASURES[n].kind == "group"]
     if measures is not None and group:
         raise ValueError(f"measures {group} compare the models of a group; evaluate measures one model")
+    unmasked = [n for n in names if MEASURES[n].needs_masks]
+    if measures is not None and masks is None and unmasked:
+        raise ValueError(f"measures {unmasked} need masks; pass masks [B, H, W]")
     explain = functools.partial(attribute, method, model, layer=layer)
     maps = explain(images, target)
     size = tuple(images.shape[-2:])
