@@ -17,6 +17,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 MAPS = [n for n, m in MEASURES.items() if m.kind == "maps"]
 
 
+def _rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
 def _maps_and_masks(b=5, h=32, w=32, seed=0):
     g = torch.Generator().manual_seed(seed)
     maps = torch.randn(b, h, w, generator=g)
@@ -173,12 +178,12 @@ def three_method_study(tmp_path_factory):
 def test_a_study_over_three_methods(three_method_study):
     out, results = three_method_study
     specs = ["grad_cam@final", "grad_cam_pp@final", "input_x_gradient"]
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    rows = _rows(out / "per_image.csv")
     assert list(rows[0]) == ["group", "model", "method", "image", "class", "mprt", "entropy_histogram",
                              "sparseness", "complexity", "deletion_auc"]  # fmt: skip
     assert sorted({r["method"] for r in rows}) == sorted(specs)
     assert len(rows) == 3 * 4 * 6
-    stab = list(csv.DictReader(open(out / "stability.csv")))
+    stab = _rows(out / "stability.csv")
     assert list(stab[0]) == ["group", "method", "image", "class", "ssim"]
     assert {(r["group"], r["method"]) for r in stab} == {(g, s) for g in "AB" for s in specs}
     assert list(results["by_method"]) == specs
@@ -304,7 +309,7 @@ def test_cli_measure_selects_measures_by_name(three_method_study, tmp_path):
     args = ["measure", "--group", f"A={a}", "--group", f"B={b}", "--out", str(tmp_path / "o")]
     ok = CliRunner().invoke(app, args + ["--measure", "complexity", "--measure", "sparseness"])
     assert ok.exit_code == 0, ok.output
-    rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
+    rows = _rows(tmp_path / "o" / "per_image.csv")
     assert list(rows[0])[2:] == ["method", "image", "class", "sparseness", "complexity"]
     assert {r["method"] for r in rows} == {"input_x_gradient", "grad_cam@final"}
     bad = CliRunner().invoke(app, args + ["--measure", "faithfulness"])
