@@ -38,7 +38,8 @@ def _random_logit(p: Probe) -> torch.Tensor:
 
 
 register(Measure("mprt", "MPRT: Spearman of |maps| with those of the cascadingly randomised model (mean over layers)",
-                 "probe", "sanity", _mprt, range=(-1.0, 1.0), better="lower", reference="Quantus MPRT"))  # fmt: skip
+                 "probe", "sanity", _mprt, range=(-1.0, 1.0), better="lower", needs_method=True,
+                 reference="Quantus MPRT"))  # fmt: skip
 register(Measure("random_logit", "Random logit: SSIM of the map with that of a random other class", "probe",
                  "sanity", _random_logit, range=(-1.0, 1.0), better="lower", reference="Quantus RandomLogit"))  # fmt: skip
 

@@ -29,7 +29,7 @@ class Measure:
     """One measure. `range`: `(low, high)` of its values (`None` for an unbounded side); `better`: `"higher"`,
     `"lower"` or `None` (neither: a property to read, not a score); `family`: one of `FAMILIES`;
     `needs_masks`: undefined without object masks; `at_input`: maps-kind measures computed on maps upsampled to
-    the input size; `curve`: the key of the curve a probe also stores for the report (`Probe.curves`);
+    the input size; `needs_method`: a probe that explains other models, so it needs `Probe.method`;
     `reference`: what its test compares it with."""
 
     name: str
@@ -41,6 +41,7 @@ class Measure:
     better: str | None = "higher"
     needs_masks: bool = False
     at_input: bool = False
+    needs_method: bool = False
     reference: str = ""
 
 

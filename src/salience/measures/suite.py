@@ -50,7 +50,7 @@ def probe_suite(
     layer: str | None = None,
     samples: int | None = None,
 ) -> dict:
-    """Run the probe-kind measures among `names` (None: all) on images `x [B, C, H, W]` explained for
+    """Run the probe-kind measures among `names` (None: all that the inputs support) on images `x [B, C, H, W]` explained for
     `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
 
     Returns `{"values": {name: [B]}, "curves": {...}}`; the curves are what the probes store for the report
@@ -59,7 +59,12 @@ def probe_suite(
     `out_of_set_response`).
     """
     probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples)
-    values = {name: MEASURES[name].fn(probe) for name in select(names, "probe", masks=masks is not None)}
+    chosen = select(names, "probe", masks=masks is not None)
+    if method is None:  # measures that explain other models (MPRT) need the method's name
+        if names is not None and any(MEASURES[n].needs_method for n in chosen):
+            raise ValueError(f"measures {[n for n in chosen if MEASURES[n].needs_method]} need method=")
+        chosen = [n for n in chosen if not MEASURES[n].needs_method]
+    values = {name: MEASURES[name].fn(probe) for name in chosen}
     curves = probe.curves
     if out_of_set is not None:
         oos = out_of_set_response(model, explain, x, target, out_of_set, seed=seed)
