@@ -3,18 +3,24 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all bench clean
+.PHONY: demo lint test test-all bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,timm]'
+	$(VENV)/bin/pip install -q -e '.[test,timm,hf]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/salience demo --out demo-out
 
-test: $(STAMP)
+# ruff and mypy come from the test extra (pinned); any finding fails the target
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+test: lint
 	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 test-all: $(STAMP)
@@ -24,4 +30,4 @@ bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/attribution.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -25,9 +25,9 @@ import argparse
 import statistics
 
 import numpy as np
+import pytorch_grad_cam as pgc
 import torch
 import torch.nn.functional as F
-import pytorch_grad_cam as pgc
 import torchcam.methods as tcm
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -129,14 +129,16 @@ def main() -> None:
         def diff(key):
             ref, got = outputs[(key[0], "salience")], outputs[key]
             if isinstance(ref, dict):
-                return max((ref[f"{m}@layer4"] - g).abs().max().item() for m, g in zip(FIVE, got))
+                return max((ref[f"{m}@layer4"] - g).abs().max().item() for m, g in zip(FIVE, got, strict=True))
             return (ref - torch.as_tensor(np.asarray(got))).abs().max().item()
 
         print(
             f"\n{args.model}, {args.size} px, batch {args.batch}, cpu, {torch.get_num_threads()} threads, "
             f"median of {done}; maps upsampled to the input and min-max normalised\n"
         )
-        print("| method | salience ms | pytorch-grad-cam ms | TorchCAM ms | vs pytorch-grad-cam | vs TorchCAM | max |Δ| pgc, TorchCAM |")
+        print(
+            "| method | salience ms | pytorch-grad-cam ms | TorchCAM ms | vs pytorch-grad-cam | vs TorchCAM | max |Δ| pgc, TorchCAM |"
+        )
         print("|---|---|---|---|---|---|---|")
         for name in dict.fromkeys(k[0] for k in keys):
             ms = {lib: med.get((name, lib)) for lib in ("salience", "pytorch-grad-cam", "TorchCAM")}
@@ -157,7 +159,7 @@ def main() -> None:
         shift = (r * 7) % len(keys)
         for key in keys[shift:] + keys[:shift]:  # rotate who goes first
             holder = {}
-            times[key].append(timed(lambda: holder.setdefault("out", cases[key]()), device))
+            times[key].append(timed(lambda holder=holder, key=key: holder.setdefault("out", cases[key]()), device))
             outputs.setdefault(key, holder["out"])
         print(f"repeat {r + 1}/{args.repeats} done", flush=True)
         report(r + 1)

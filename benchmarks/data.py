@@ -34,7 +34,7 @@ def main() -> None:
     for th in args.threads:
         torch.set_num_threads(th)
         cfg = BuiltinBenchmark(n_train=args.n)
-        _, s = timed(lambda: _render(cfg, "train"))
+        _, s = timed(lambda cfg=cfg: _render(cfg, "train"))
         print(
             json.dumps(
                 {
@@ -71,7 +71,7 @@ def main() -> None:
         ):
             for workers in (0, 1):
                 loader = DataLoader(ds, batch_size=64, shuffle=True, collate_fn=collate, num_workers=workers)
-                _, s = timed(lambda: sum(len(b["id"]) for b in loader))
+                _, s = timed(lambda loader=loader: sum(len(b["id"]) for b in loader))
                 print(
                     json.dumps(
                         {

@@ -97,7 +97,7 @@ def explain_load(n: int, tmp: Path) -> dict:
     from salience.training import load_config, save_checkpoint
 
     cfg = load_config(
-        None, ["data.size=32", "data.options={n_train: 0, n_val: 0, n_test: %d, n_out_of_set: 0, size: 32}" % n]
+        None, ["data.size=32", f"data.options={{n_train: 0, n_val: 0, n_test: {n}, n_out_of_set: 0, size: 32}}"]
     )
     torch.manual_seed(0)
     ckpt = tmp / f"model{n}.pt"

@@ -101,13 +101,17 @@ def compare(args) -> list[tuple]:
     linear = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * img_side * img_side, 2)).eval()
     for label, model in (("smallcnn", build("smallcnn", 2).eval()), ("linear", linear)):
         ours_t, _ = best_of(
-            lambda: deletion_insertion(model, x, t, dmaps, steps=steps, batch_size=256, curves=("deletion",))
+            lambda model=model: deletion_insertion(
+                model, x, t, dmaps, steps=steps, batch_size=256, curves=("deletion",)
+            )
         )
-        q_t, _ = best_of(lambda: quantus_call(q, model, x.numpy(), t.numpy(), a3))
+        q_t, _ = best_of(lambda model=model: quantus_call(q, model, x.numpy(), t.numpy(), a3))
         # the floor for any implementation of the curve: the model's forward passes alone, same batches
         every = x.repeat(steps + 1, 1, 1, 1)
         with torch.no_grad():
-            floor_t, _ = best_of(lambda: [model(every[i : i + 256]) for i in range(0, len(every), 256)])
+            floor_t, _ = best_of(
+                lambda model=model, every=every: [model(every[i : i + 256]) for i in range(0, len(every), 256)]
+            )
         rows.append(
             (
                 f"deletion curve (PixelFlipping), {label} model",
@@ -138,7 +142,9 @@ def stored_rss(args) -> tuple[float, float, float, int]:
             )
             store = MapStore.create(Path(tmp) / f"s{k}", meta, (14, 14), chunk_size=1024)
             g = torch.Generator().manual_seed(k)
-            fill(store, lambda a, b: (torch.rand(b - a, 14, 14, generator=g), torch.zeros(b - a, dtype=torch.long)))
+            fill(
+                store, lambda a, b, g=g: (torch.rand(b - a, 14, 14, generator=g), torch.zeros(b - a, dtype=torch.long))
+            )
             paths.append(str(store.path))
         cmd = [
             sys.executable,
@@ -157,7 +163,8 @@ def stored_rss(args) -> tuple[float, float, float, int]:
         subprocess.run(cmd, check=True, capture_output=True)
         wall = time.perf_counter() - t0
         rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        lines = sum(1 for _ in open(Path(tmp) / "out" / "per_image.csv")) - 1
+        with open(Path(tmp) / "out" / "per_image.csv") as f:
+            lines = sum(1 for _ in f) - 1
     return rss_mb, base_mb, wall, lines
 
 

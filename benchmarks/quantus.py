@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (quantus is imported after taking this folder off sys.path: this file is named quantus.py)
 """salience's measures vs Quantus 0.6, side by side on the same model, images and maps.
 
     python benchmarks/quantus.py                                  # smallcnn, 32 px, 16 images, CPU
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 
 _here = sys.path.pop(0)  # this file is named quantus.py: import the library, not itself
-import quantus  # noqa: E402
+import quantus
 
 sys.path.insert(0, _here)
-from common import timed  # noqa: E402
+from common import timed
 from salience.attribution import attribute, upsample
 from salience.measures import (
     auc,

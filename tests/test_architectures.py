@@ -110,6 +110,44 @@ def test_vision_transformer_input_methods_and_block_ixg_match_captum():
     _check(model, x, t, "input_x_gradient", "encoder.layers.encoder_layer_1", ref)
 
 
+def _grad_cam_from(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM from `[B, K, h, w]` activations and gradients: the definition, written out."""
+    return torch.relu((grads.mean((2, 3), keepdim=True) * acts).sum(1))
+
+
+def _layer_tensors(model, module, x, t):
+    """The module's output and its gradient, from Captum (no reshaping)."""
+    grads = captum_attr.LayerGradientXActivation(model, module, multiply_by_inputs=False).attribute(x, target=t)
+    acts = captum_attr.LayerActivation(model, module).attribute(x)
+    return acts, grads
+
+
+def test_token_grids_come_from_the_model_prefix_tokens_non_square_and_swin():
+    """The grid of a transformer's tokens is read off the model, not guessed: a timm ViT with a class token
+    and 4 register tokens on 32 x 48 inputs (a 2 x 3 patch grid, 11 tokens), and torchvision's Swin, whose
+    layers give channel-last `[B, h, w, C]`. Grad-CAM and layer IxG equal the definitions applied to
+    Captum's layer activations and gradients, the patches placed by hand in row-major order."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, img_size=(32, 48), reg_tokens=4, depth=2)
+    vit = vit.double().eval()
+    g = torch.Generator().manual_seed(2)
+    x, t = torch.rand(2, 3, 32, 48, generator=g, dtype=torch.float64), torch.tensor([0, 2])
+    assert layer_name(vit, "final") == "blocks.1.norm1"
+    acts, grads = _layer_tensors(vit, vit.blocks[1].norm1, x, t)  # [2, 11, D]
+    to_grid = lambda tok: torch.stack([tok[:, 5 + 3 * i + j] for i in range(2) for j in range(3)], -1).unflatten(
+        -1, (2, 3)
+    )
+    _check(vit, x, t, "grad_cam", "final", _grad_cam_from(to_grid(acts), to_grid(grads)))
+    _check(vit, x, t, "input_x_gradient", "final", (to_grid(acts) * to_grid(grads)).sum(1))
+
+    swin = torchvision.models.swin_t(num_classes=3).double().eval()
+    x = torch.rand(2, 3, 64, 96, generator=g, dtype=torch.float64)
+    for depth, module in (("final", swin.features), ("mid2", swin.features[3])):
+        acts, grads = (a.permute(0, 3, 1, 2) for a in _layer_tensors(swin, module, x, t))  # NHWC -> NCHW
+        _check(swin, x, t, "grad_cam", depth, _grad_cam_from(acts, grads))
+
+
 def test_xception_from_timm_every_method_matches_captum():
     pytest.importorskip("timm")
     model = _model("timm:legacy_xception")
@@ -163,7 +201,7 @@ def test_guided_step_on_densenet_features_matches_a_model_without_inplace_ops():
     }
     guide = Guide("energy", "grad_cam", "final", lam=1.0)
     out = guide(model, batch, torch.Generator().manual_seed(0))
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     grads = torch.autograd.grad(out["total"], params)
 
     logits, feats = forward(batch["image"])
@@ -177,7 +215,7 @@ def test_guided_step_on_densenet_features_matches_a_model_without_inplace_ops():
     total = torch.nn.functional.cross_entropy(logits, classes) + guidance
     assert torch.allclose(out["guidance"], guidance, rtol=1e-9)
     ref_grads = torch.autograd.grad(total, list(ref.parameters()))
-    worst = max(rel_err(a, b) for a, b in zip(grads, ref_grads) if b.abs().max() > 0)
+    worst = max(rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True) if b.abs().max() > 0)
     assert worst <= 1e-5
 
 

@@ -145,7 +145,7 @@ def test_multi_hot_targets_expand_to_pairs(resnet, batch):
     assert image.tolist() == [0, 0, 2] and cls.tolist() == [1, 3, 5]
     maps = A.input_x_gradient(resnet, x, multi)
     assert maps.shape == (3, 32, 32)
-    for p, (i, c) in enumerate(zip(image.tolist(), cls.tolist())):
+    for p, (i, c) in enumerate(zip(image.tolist(), cls.tolist(), strict=True)):
         assert torch.allclose(maps[p], A.input_x_gradient(resnet, x[i : i + 1], torch.tensor([c]))[0])
 
 

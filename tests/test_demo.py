@@ -38,6 +38,8 @@ def test_results_cover_every_group_and_measure(demo_dir):
         "accuracy",
         "test_shift_accuracy",
         "test_shift_worst_group_accuracy",
+        "test_unseen_accuracy",
+        "test_unseen_epg",
         "out_of_set_called_real",
     ]:
         assert set(results["summary"][key]) == set(GROUPS), key

@@ -282,7 +282,7 @@ def test_measure_under_torchrun_equals_one_process(tmp_path):
 
     a, b = rows("two"), rows("one")
     assert len(a) == len(b) == 48
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         assert ra.keys() == rb.keys()
         for k in ra:
             if ra[k] in ("", "nan") or k in ("group", "model", "image", "class"):
@@ -290,7 +290,7 @@ def test_measure_under_torchrun_equals_one_process(tmp_path):
             else:
                 assert abs(float(ra[k]) - float(rb[k])) <= 1e-4, (k, ra[k], rb[k])
     sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one"))
-    for (pa, va), (pb, vb) in zip(sorted(sa["stores"].items()), sorted(sb["stores"].items())):
+    for (_, va), (_, vb) in zip(sorted(sa["stores"].items()), sorted(sb["stores"].items()), strict=True):
         assert va["curves"]["transforms"].keys() == vb["curves"]["transforms"].keys()
         np.testing.assert_allclose(va["curves"]["deletion_curve"], vb["curves"]["deletion_curve"], atol=1e-5)
         np.testing.assert_allclose(

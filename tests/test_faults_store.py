@@ -100,7 +100,9 @@ def test_sigkill_mid_store_then_rerun_finishes_without_recomputing(tmp_path):
         started = lambda: store.exists() or any(tmp_path.glob(".s.*"))
         _kill_when(
             proc,
-            lambda: len(_computed(log)) >= seen + new_chunks and (new_chunks or started()),
+            lambda seen=seen, new_chunks=new_chunks, started=started: (
+                len(_computed(log)) >= seen + new_chunks and (new_chunks or started())
+            ),
             delay=rng.uniform(0, 0.05),
         )
         assert not finished_before & set(_computed(log)[seen:])  # no finished chunk was computed again
@@ -245,7 +247,7 @@ def test_damaged_chunk_is_reported_by_file_and_recomputed_on_resume(tmp_path, ca
     computed = []
     assert fill(resumed, lambda a, b: computed.append(a) or _maps(a, b)) == 1 and computed == [4]
     again = MapStore(tmp_path / "s").read(0, 10)
-    assert all(torch.equal(x, y) for x, y in zip(again, expected))
+    assert all(torch.equal(x, y) for x, y in zip(again, expected, strict=True))
 
 
 def test_damaged_done_flag_counts_as_unfinished(tmp_path, caplog):

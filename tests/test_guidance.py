@@ -17,7 +17,7 @@ from salience.guidance import (
     sample_classes,
     task_loss,
 )
-from salience.guidance.losses import PPCE_EPS
+from salience.guidance.losses import PPCE_EPS, cyborg_human_map
 
 MAP = torch.tensor([[[1.0, 2.0], [3.0, -4.0]]])
 CORNER = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
@@ -65,12 +65,20 @@ def test_rrr_closed_form():
     assert rrr(MAP, torch.ones(1, 2, 2)).item() == 0.0
 
 
-def test_cyborg_closed_form_resizes_the_human_map_to_the_cam():
+def test_cyborg_closed_form_quantises_and_min_max_normalises_the_human_map():
     cam = torch.tensor([[[0.0, 2.0], [4.0, 4.0]]])
-    blocks = torch.tensor([[1.0, 0.0], [0.5, 1.0]])
-    human = blocks.repeat_interleave(2, 0).repeat_interleave(2, 1)[None]  # 4x4, bilinear 2x down = blocks
-    expected = ((torch.tensor([0.0, 0.5, 1.0, 1.0]) - torch.tensor([1.0, 0.0, 0.5, 1.0])) ** 2).mean()
+    human = torch.tensor([[[0.6, 0.1], [0.35, 0.6]]])  # 8-bit: 153, 26, 89, 153 -> min-max: 1, 0, 63/127, 1
+    expected = ((torch.tensor([0.0, 0.5, 1.0, 1.0]) - torch.tensor([1.0, 0.0, 63 / 127, 1.0])) ** 2).mean()
     assert cyborg(cam, human).item() == pytest.approx(expected.item())
+
+
+def test_cyborg_human_map_is_pils_antialiased_resize_not_point_sampling():
+    human = torch.zeros(1, 16, 16)
+    human[0, 3, 3] = 1.0  # one bright pixel: a 4x down-sampling averages it, point-sampling misses it
+    small = cyborg_human_map(human, (4, 4))
+    assert small[0, 0, 0] == 1.0 and small.sum() > 1.0
+    naive = torch.nn.functional.interpolate(human[:, None], size=(4, 4), mode="bilinear")[0, 0]
+    assert naive.sum() == 0.0
 
 
 def test_minmax_of_a_constant_map_is_zero():

@@ -88,7 +88,7 @@ def test_unannotated_images_do_not_change_the_loss_or_its_gradient():
     second, grads2 = run(changed)
     assert first["guided"] == 3
     assert second["total"].item() == first["total"].item()
-    assert all(torch.equal(a, b) for a, b in zip(grads, grads2))
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads2, strict=True))
     none = dict(batch, annotated=torch.zeros(4, dtype=torch.bool))
     out = guide(model.eval(), none)
     assert out["guidance"].item() == 0 and out["guided"] == 0
@@ -118,7 +118,7 @@ def test_box_losses_use_the_sampled_class_boxes_dilated():
     _, maps = guide.forward_and_maps(model, batch["image"], index, classes)
     masks = torch.zeros(3, 16, 16)
     for i, c in enumerate(classes.tolist()):
-        for box, label in zip(batch["boxes"][i], batch["box_labels"][i]):
+        for box, label in zip(batch["boxes"][i], batch["box_labels"][i], strict=True):
             if label == c:  # box grown by 2 px per side (0.25 * 8), clipped to the image
                 x0, y0, x1, y1 = (box + torch.tensor([-2.0, -2.0, 2.0, 2.0])).clamp(0, 16).int().tolist()
                 masks[i, y0:y1, x0:x1] = 1
@@ -148,7 +148,9 @@ def test_own_forward_methods_train(name, method, depth):
         (dict(loss="energy", depth="nonexistent_module"), "guidance.depth"),
         (dict(loss="energy", lam=-1.0), "guidance.lambda"),
         (dict(loss="energy", method="bcos"), "guidance.method"),
-        (dict(loss="energy", method="cam", depth="mid2"), "guidance.depth"),
+        (dict(loss="energy", method="cam", depth="input"), "guidance.depth"),
+        (dict(loss="energy", target="predicted"), "guidance.target"),
+        (dict(loss="cyborg", target="best"), "guidance.target"),
         (dict(loss="energy", method="grad_cam", depth="input"), "guidance.depth"),
         (dict(loss="energy", method="integrated_gradients", depth="final"), "guidance.depth"),
     ],
@@ -195,7 +197,10 @@ def test_log_softmax_cam_is_the_final_layer_ixg_of_the_log_probability():
 
 
 def test_log_softmax_output_is_refused_where_it_cannot_apply():
-    with pytest.raises(ValueError, match="guidance.output: 'log_softmax' needs method gradient, input_x_gradient, grad_cam, .*, cam, not 'integrated_gradients'"):
+    with pytest.raises(
+        ValueError,
+        match="guidance.output: 'log_softmax' needs method gradient, input_x_gradient, grad_cam, .*, cam, not 'integrated_gradients'",
+    ):
         Guide("energy", "integrated_gradients", "input", output="log_softmax").check(build("smallcnn", 2))
 
 

@@ -106,7 +106,7 @@ def test_create_graph_gives_the_same_parameter_gradients():
         sum((_single(model, x, t, s, create_graph=True) ** 2).sum() for s in specs), params, allow_unused=True
     )
     assert sum(a is not None for a in together) > len(params) // 2  # the losses reach the weights
-    for a, b in zip(together, apart):
+    for a, b in zip(together, apart, strict=True):
         assert (a is None) == (b is None)
         if a is not None:
             _close(a, b)
@@ -119,7 +119,7 @@ def test_create_graph_gives_the_same_parameter_gradients():
         (["grad_cam@layer9"], "'layer9'"),
         (["grad_cam@mid9"], "'mid9'"),
         (["gradient@final"], "'gradient@final': gradient takes no layer"),
-        (["cam@mid2"], "'cam@mid2'"),
+        (["cam@mid2"], "cam: the layer gives"),
         (["grad_cam@input"], "'grad_cam@input': grad_cam needs a layer, not the input"),
         (["grad_cam@"], "empty layer"),
         (["gradient", "gradient"], "'gradient' is given twice"),

@@ -151,3 +151,32 @@ def test_unknown_method_lists_the_registry():
         A.attribute("lrp", _model("smallcnn"), x, t)
     with pytest.raises(ValueError, match="explain.method|unknown"):
         ExplainConfig(method="lrp")
+
+
+def test_explain_writes_every_method_to_its_store(tmp_path):
+    """What `salience explain --method ...` and a study run: every registered method (B-cos needs a B-cos
+    network) in one pass over the images, each store equal to the method run directly."""
+    from salience.data.core import Record, SalienceDataset
+    from salience.store.explain import explain_stores
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 32, 32), generator=g, dtype=torch.uint8)
+    data = SalienceDataset([Record(id=f"im{i}", image=images[i], labels=[i % 4]) for i in range(5)], list("abcd"))
+    specs = [name if not METHODS[name].takes_layer else f"{name}@mid3" for name in METHODS if name != "bcos"]
+    specs = [s.replace("smooth_grad@mid3", "smooth_grad").replace("var_grad@mid3", "var_grad") for s in specs]
+    model = _model("smallcnn")
+    (stores,) = explain_stores([model], data, specs, [{s: tmp_path / s for s in specs}], chunk_size=3, batch_size=2)
+    x = torch.stack([data[i]["image"] for i in range(5)])
+    for spec in specs:
+        name, _, layer = spec.partition("@")
+        maps, targets = stores[spec].read(0, 5)
+        assert targets.tolist() == [0, 1, 2, 3, 0]
+        if METHODS[name].random:  # the noise depends on the batch: rows 0-1 were explained together
+            expected = A.attribute(name, model, x[:2], targets[:2], layer=layer or None)
+            torch.testing.assert_close(maps[:2], expected, rtol=1e-4, atol=1e-6)
+            continue
+        expected = A.attribute(name, model, x, targets, layer=layer or None)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(
+            maps, expected, rtol=1e-3, atol=1e-4 * scale, msg=lambda m, spec=spec: f"{spec}: {m}"
+        )

@@ -207,7 +207,8 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
     ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
+    with open(tmp_path / "o" / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 4 * 12
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
 
@@ -233,7 +234,8 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "o" / "stores").rglob("*") if p.is_file()}
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert list(csv.DictReader(open(tmp_path / "o" / "per_image.csv"))) == rows
+    with open(tmp_path / "o" / "per_image.csv", newline="") as f:
+        assert list(csv.DictReader(f)) == rows
     assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
@@ -275,7 +277,8 @@ def test_localisation_uses_the_boxes_of_the_explained_class(tmp_path):
     model = Tiny().eval()
     store = explain_dataset(model, ds, "input_x_gradient", tmp_path / "s", target_policy="class:1", chunk_size=2)
     measure_stores({"g": [store.path]}, tmp_path / "o", sources={str(store.path): Source(model, ds, n_probe=0)})
-    rows = list(csv.DictReader(open(tmp_path / "o" / "per_image.csv")))
+    with open(tmp_path / "o" / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     maps = input_x_gradient(model, torch.stack([ds[i]["image"] for i in range(5)]), torch.ones(5, dtype=torch.long))
     right = torch.zeros(5, 16, 16)
     right[:, :, 10:] = 1

@@ -92,7 +92,8 @@ def test_measure_true_on_voc_measures_every_image_class_pair(voc):
         ],
     )
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     pairs = [
         (i, VOC_CLASSES.index(c))
         for i, objects in ENTRIES
@@ -110,7 +111,7 @@ def test_measure_true_on_voc_measures_every_image_class_pair(voc):
     masks = torch.stack(
         [
             box_masks(batch["boxes"][i][batch["box_labels"][i] == c], (64, 64)).any(0)
-            for i, c in zip(image.tolist(), classes.tolist())
+            for i, c in zip(image.tolist(), classes.tolist(), strict=True)
         ]
     )
     expected = epg(maps, masks)
@@ -144,10 +145,12 @@ def test_measure_predicted_on_voc_compares_2x2_maps(voc):
         ],
     )
     assert res.exit_code == 0, res.output
-    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert [r["image"] for r in rows] == [e[0] for e in ENTRIES] * 2  # one item per image and model
     for name in ("noise_ssim_0.1", "transform_ssim"):  # SSIM of 2x2 maps, compared at 7x7
         values = [float(r[name]) for r in rows if r[name]]
         assert len(values) == 4 and all(-1 <= v <= 1 for v in values)
-    stability = list(csv.DictReader(open(out / "stability.csv")))
+    with open(out / "stability.csv", newline="") as f:
+        stability = list(csv.DictReader(f))
     assert len(stability) == 3 and all(-1 <= float(r["ssim"]) <= 1 for r in stability)

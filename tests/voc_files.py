@@ -13,7 +13,7 @@ def write_voc_xml(path, objects, filename=None):
         ET.SubElement(o, "name").text = name
         ET.SubElement(o, "difficult").text = str(difficult)
         bb = ET.SubElement(o, "bndbox")
-        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box):
+        for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True):
             ET.SubElement(bb, k).text = str(v)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(ann).write(path)

@@ -221,10 +221,10 @@ def measure(
 
     groups: dict[str, list[str]] = {}
     for spec in group:
-        name, sep, paths = spec.partition("=")
-        if not sep or not name or not paths:
+        name, sep, listed = spec.partition("=")
+        if not sep or not name or not listed:
             raise typer.BadParameter(f"--group {spec!r}: expected NAME=PATH,PATH,...")
-        groups[name] = [p for p in paths.split(",") if p]
+        groups[name] = [p for p in listed.split(",") if p]
     if stores and checkpoints:
         raise typer.BadParameter("give --stores or --checkpoints, not both")
     if stores or checkpoints:
@@ -277,15 +277,17 @@ def measure(
                 )
                 counts = (
                     (len(results["models"]), len(results["comparisons"].get("entropy_histogram", {})))
-                    if ctx.is_main
+                    if ctx.is_main and results is not None  # results: None off rank 0
                     else None
                 )
             elif ctx.is_main:  # maps are read, not computed: one process does it
                 summary = measure_stores(groups, out, seed=seed, select=list(measure_) or None)
+                assert summary is not None  # measure_stores returns it when not distributed
                 counts = len(summary["stores"]), len(summary["comparisons"])
         finally:
             dist.teardown(ctx)
     if ctx.is_main:
+        assert counts is not None
         typer.echo(f"{out}: {counts[0]} models measured, {counts[1]} comparisons")
 
 

@@ -1,6 +1,8 @@
 """Shared pieces of the attribution methods: input and target checks, layer capture, upsampling."""
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -9,13 +11,16 @@ from torch import nn
 from salience.models.depths import DEPTHS, layer_name
 
 
-def patch_grid(model: nn.Module, size: tuple[int, int]) -> tuple[int, int] | None:
+def patch_grid(model: nn.Module, size: Sequence[int]) -> tuple[int, int] | None:
     """The patch grid `(h, w)` of a vision transformer for inputs of `size` `(H, W)`, read off the model
     (torchvision `patch_size`, timm `patch_embed`, Hugging Face `config.patch_size`); None for other models."""
     embed = getattr(model, "patch_embed", None)
     if embed is not None and hasattr(embed, "dynamic_feat_size"):  # timm ViT / DeiT: any input size
-        return tuple(embed.dynamic_feat_size(tuple(size)))
-    patch = getattr(model, "patch_size", None) or getattr(getattr(model, "config", None), "patch_size", None)
+        h, w = embed.dynamic_feat_size((size[0], size[1]))
+        return int(h), int(w)
+    patch = getattr(model, "patch_size", None)
+    if patch is None and not channels_last(model):  # Hugging Face ViT / DeiT; Swin's stages shrink the grid
+        patch = getattr(getattr(model, "config", None), "patch_size", None)
     if isinstance(patch, int) and patch > 0:
         return size[0] // patch, size[1] // patch
     return None
@@ -85,7 +90,7 @@ def resolve_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
 
 
 @contextmanager
-def capture(module: nn.Module, grad_from_here: bool = False):
+def capture(module: nn.Module, grad_from_here: bool = False) -> Iterator[list[torch.Tensor]]:
     """Record `module`'s output during the block in `outputs` (a list); the hook always goes away.
 
     An output that does not require grad (frozen parameters, detached input, or a forward run under
@@ -93,24 +98,29 @@ def capture(module: nn.Module, grad_from_here: bool = False):
     `grad_from_here`, gradient recording is switched on at the module's output: a forward started
     under `torch.no_grad()` builds the graph only from the layer on (the caller restores the mode).
 
-    The rest of the network receives a copy of the output, so an in-place op after the layer
-    (DenseNet's `F.relu(features, inplace=True)`, VGG's `ReLU(inplace=True)`) changes the copy and
-    the recorded tensor keeps the layer's own values; gradients pass through the copy unchanged.
+    A module returning a tuple whose first element is a tensor (a transformer block's hidden states and
+    attention weights) is recorded at that first element. The rest of the network receives a copy of
+    the output, so an in-place op after the layer (DenseNet's `F.relu(features, inplace=True)`, VGG's
+    `ReLU(inplace=True)`) changes the copy and the recorded tensor keeps the layer's own values;
+    gradients pass through the copy unchanged.
     """
     outputs: list[torch.Tensor] = []
 
-    def hook(_module, _inputs, out):
+    def hook(_module: nn.Module, _inputs: Any, out: Any) -> Any:
+        rest = None
+        if isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+            out, rest = out[0], out[1:]  # a transformer block's (hidden states, attention weights, ...)
         if not isinstance(out, torch.Tensor):
             raise ValueError(
                 f"layer {type(_module).__name__} returns {type(out).__name__}, not a tensor; "
-                "pick a module whose output is one feature tensor"
+                "pick a module whose output is one feature tensor (or a tuple starting with one)"
             )
         if grad_from_here:
             torch.set_grad_enabled(True)
         if torch.is_grad_enabled() and not out.requires_grad:
             out = out.detach().requires_grad_(True)
         outputs.append(out)
-        return out.clone()
+        return out.clone() if rest is None else (out.clone(), *rest)
 
     handle = module.register_forward_hook(hook)
     try:
@@ -119,7 +129,9 @@ def capture(module: nn.Module, grad_from_here: bool = False):
         handle.remove()
 
 
-def forward_at(model: nn.Module, x: torch.Tensor, layer: str | None, create_graph: bool = True):
+def forward_at(
+    model: nn.Module, x: torch.Tensor, layer: str | None, create_graph: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `model(x)`; return `(logits, F)`, F = the input (made differentiable) or the layer's output.
 
     Without `create_graph` (maps only, no parameter gradients) the part of the network before the

@@ -1,5 +1,8 @@
 """Guided backpropagation and Guided Grad-CAM. Maps `[P, H, W]` at the input's resolution."""
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,13 +17,13 @@ class _GuidedReLU(torch.autograd.Function):
     """ReLU whose backward passes only positive gradients at positive inputs: `ReLU(g) ⊙ [x > 0]`."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         out = x.clamp(min=0)
         ctx.save_for_backward(out)
         return out
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (out,) = ctx.saved_tensors
         return grad.clamp(min=0) * (out > 0)
 
@@ -32,13 +35,15 @@ class _GuidedMode(TorchFunctionMode):
     """Within the block every ReLU (modules, `F.relu`, `torch.relu`, in-place forms) runs as `_GuidedReLU`.
     In-place ReLUs return a new tensor instead of changing their input (same values)."""
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func in _RELUS:
             return _GuidedReLU.apply(args[0])
         return func(*args, **(kwargs or {}))
 
 
-def guided_backprop(model: nn.Module, x, target, create_graph: bool = False):
+def guided_backprop(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_graph: bool = False
+) -> torch.Tensor:
     """Guided backpropagation (Springenberg et al. 2015): `max_ch |∂y_c/∂x|` where every ReLU passes back
     only positive gradients at positive inputs. Every ReLU is guided, functional ones included (Captum
     guides `nn.ReLU` modules only). Not differentiable. `[P, H, W]`, >= 0."""
@@ -49,7 +54,9 @@ def guided_backprop(model: nn.Module, x, target, create_graph: bool = False):
     return grad_of_selected(logits, cls, x, create_graph=False).abs().amax(1)
 
 
-def guided_grad_cam(model: nn.Module, x, target, layer: str = "final", create_graph: bool = False):
+def guided_grad_cam(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str = "final", create_graph: bool = False
+) -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al. 2017): `guided_backprop ⊙ grad_cam`, Grad-CAM at `layer` upsampled
     bilinearly to the input (`align_corners=False`). Not differentiable. `[P, H, W]`, >= 0."""
     cam = attribute("grad_cam", model, x, target, layer=layer)

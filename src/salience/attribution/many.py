@@ -9,6 +9,7 @@ The shared methods (`Method.from_pass`) all read a feature tensor F (the input o
 from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +20,14 @@ from salience.attribution.registry import Pass, check_layer, get_method, parse_m
 
 
 def attribute(
-    method: str, model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False, **options
-):
+    method: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    layer: str | None = None,
+    create_graph: bool = False,
+    **options: Any,
+) -> torch.Tensor:
     """The maps `[P, h, w]` of one registered method: `attribute("grad_cam", model, x, target, layer="final")`.
 
     `layer=None` uses the method's default layer (`METHODS[method].layer`); `options` go to methods that
@@ -36,11 +43,16 @@ def attribute(
         return shared_maps(model, x, target, {method: (method, layer)}, create_graph)[method]
     if layer is not None:
         options["layer"] = layer
+    assert entry.run is not None  # a registry entry has exactly one of from_pass and run
     return entry.run(model, x, target, create_graph=create_graph, **options)
 
 
 def attribute_many(
-    model: nn.Module, x: torch.Tensor, target, methods: list[str] | tuple[str, ...], create_graph: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    methods: list[str] | tuple[str, ...],
+    create_graph: bool = False,
 ) -> dict[str, torch.Tensor]:
     """`{spec: maps [P, h, w]}` for each method spec `NAME` or `NAME@LAYER` (`"gradient"`,
     `"input_x_gradient@mid2"`, `"grad_cam@final"`, `"cam"`), each equal to `attribute(NAME, ..., layer=LAYER)`.
@@ -83,7 +95,9 @@ def shared_layers(model: nn.Module, specs: dict[str, tuple[str, str | None]]) ->
     return layers
 
 
-def record(model: nn.Module, x: torch.Tensor, modules: list[nn.Module], from_layer: bool):
+def record(
+    model: nn.Module, x: torch.Tensor, modules: list[nn.Module], from_layer: bool
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run `model(x)` recording each module's output once; `(logits, [outputs])`. With `from_layer`, the
     network below the first recorded layer runs without a graph."""
     with ExitStack() as stack, torch.no_grad() if from_layer else nullcontext():
@@ -96,7 +110,13 @@ def record(model: nn.Module, x: torch.Tensor, modules: list[nn.Module], from_lay
     return logits, [outputs[0] for outputs in recorded]
 
 
-def shared_maps(model, x, target, specs: dict[str, tuple[str, str | None]], create_graph: bool):
+def shared_maps(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    specs: dict[str, tuple[str, str | None]],
+    create_graph: bool,
+) -> dict[str, torch.Tensor]:
     """`{spec: maps}` for shared methods `{spec: (name, layer)}` from one forward and one backward."""
     layers = shared_layers(model, specs)
     modules = list({id(m): m for m in layers.values() if m is not None}.values())  # distinct, in order
@@ -120,7 +140,9 @@ def shared_maps(model, x, target, specs: dict[str, tuple[str, str | None]], crea
         for spec, (name, _) in specs.items():
             key, at_layer = id(layers[spec]), layers[spec] is not None
             recorded = Pass(feats[key], grads.get(key), cls, model, None, grid if at_layer else None, at_layer and last)
-            m = get_method(name).from_pass(recorded)
+            from_pass = get_method(name).from_pass
+            assert from_pass is not None  # shared specs only
+            m = from_pass(recorded)
             maps[spec] = m if create_graph else m.detach()
     return maps
 

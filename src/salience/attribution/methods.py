@@ -10,17 +10,15 @@ on them reaches the parameters (double backward); otherwise maps are detached. M
 train/eval mode alone: explain in eval mode, guide in train mode. Definitions: docs/definitions.md.
 """
 
-
 import torch
 from torch import nn
 
 from salience.attribution.core import check_input, expand_targets, forward_at, selected_logit_sum
 from salience.attribution.registry import Method, Pass, register
 from salience.models.bcos import BcosResNet, encode
-from salience.models.depths import layer_name
 
 
-def pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def pairs(x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs `[P, C, H, W]` and classes `[P]`, one row per (image, class) pair."""
     check_input(x)
     image, cls = expand_targets(target, x.shape[0])
@@ -30,7 +28,7 @@ def pairs(x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     return x, cls
 
 
-def grad_of_selected(logits, cls, wrt, create_graph):
+def grad_of_selected(logits: torch.Tensor, cls: torch.Tensor, wrt: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """`∂(Σ_p y_{c_p})/∂wrt`: every pair's gradient from one `autograd.grad`."""
     selected = selected_logit_sum(logits, torch.arange(cls.shape[0], device=cls.device), cls)
     (grad,) = torch.autograd.grad(selected, wrt, create_graph=create_graph)
@@ -53,25 +51,25 @@ def _weighted_cam(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
 
 def gradient_map(p: Pass) -> torch.Tensor:
     """Saliency (Simonyan et al. 2014): `max_ch |∂y_c/∂x|`, `[P, C, H, W]` -> `[P, H, W]`, >= 0."""
-    return p.grad.abs().amax(1)
+    return p.acts_and_grad()[1].abs().amax(1)
 
 
 def ixg_map(p: Pass) -> torch.Tensor:
     """Input x gradient (Shrikumar et al. 2016): `Σ_ch F ⊙ ∂y_c/∂F`, F = the input or a layer. Signed."""
-    feats, grad = p.maps()
+    feats, grad = p.acts_and_grad()
     return (feats * grad).sum(1)
 
 
 def grad_cam_map(p: Pass) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al. 2017): `ReLU(Σ_k mean_hw(∂y_c/∂A_k) · A_k)`."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     return _weighted_cam(grad.mean(dim=(2, 3)), acts)
 
 
 def grad_cam_pp_map(p: Pass) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018): `ReLU(Σ_k w_k A_k)`, `w_k = Σ_ij α_kij ReLU(g_kij)`,
     `α_kij = g²_kij / (2 g²_kij + (Σ_ab A_kab) g³_kij)` where `g_kij ≠ 0` (else 0), g = ∂y_c/∂A."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     g2 = grad.pow(2)
     denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g2 * grad
     alpha = _safe_divide(g2, denom, (grad != 0) & (denom != 0))
@@ -80,20 +78,20 @@ def grad_cam_pp_map(p: Pass) -> torch.Tensor:
 
 def xgrad_cam_map(p: Pass) -> torch.Tensor:
     """XGrad-CAM (Fu et al. 2020): `ReLU(Σ_k w_k A_k)`, `w_k = Σ_ij A_kij g_kij / Σ_ij A_kij` (0 when the sum is 0)."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     total = acts.sum(dim=(2, 3))
     return _weighted_cam(_safe_divide((acts * grad).sum(dim=(2, 3)), total, total != 0), acts)
 
 
 def layer_cam_map(p: Pass) -> torch.Tensor:
     """Layer-CAM (Jiang et al. 2021): `ReLU(Σ_k ReLU(∂y_c/∂A_k) ⊙ A_k)`, per-location weights."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     return torch.relu((torch.relu(grad) * acts).sum(1))
 
 
 def hires_cam_map(p: Pass) -> torch.Tensor:
     """HiResCAM (Draelos & Carin 2020): `ReLU(Σ_k ∂y_c/∂A_k ⊙ A_k)`, i.e. layer IxG, positive part."""
-    acts, grad = p.maps()
+    acts, grad = p.acts_and_grad()
     return torch.relu((grad * acts).sum(1))
 
 
@@ -101,7 +99,7 @@ def eigen_cam_map(p: Pass) -> torch.Tensor:
     """Eigen-CAM (Muhammad & Yeasin 2020): the layer's activations, each location a K-vector, centred over
     locations and projected on their first right-singular vector; the sign is chosen so that the largest
     magnitude is positive (|max| >= |min|), then ReLU. Class-agnostic: the target is not used."""
-    acts, _ = p.maps()
+    acts = p.acts()
     flat = acts.flatten(2).transpose(1, 2)  # [P, hw, K]
     flat = flat - flat.mean(dim=1, keepdim=True)
     first = torch.linalg.svd(flat, full_matrices=False).Vh[:, 0, :]  # [P, K]
@@ -112,26 +110,30 @@ def eigen_cam_map(p: Pass) -> torch.Tensor:
 
 
 def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Tensor:
-    """The class weights `[C, K]` of the model's linear head `fc`; with `acts` `[P, K, h, w]` (the
-    `final` layer's output) also checks that K matches. ValueError when CAM does not apply."""
-    fc = getattr(model, "fc", None)
-    if type(fc) is not nn.Linear:
+    """The class weights `[C, K]` of the model's linear head (`fc` or `classifier`, a plain `nn.Linear` after
+    global average pooling); with `acts` `[P, K, h, w]` also checks that K matches. ValueError when CAM does
+    not apply."""
+    head = next(
+        (h for h in (getattr(model, "fc", None), getattr(model, "classifier", None)) if type(h) is nn.Linear), None
+    )
+    if head is None:
         raise ValueError(
-            f"cam needs a model whose classifier `fc` is a plain nn.Linear after global "
-            f"average pooling (ResNet, X-ResNet, SmallCNN); {type(model).__name__} has none"
+            f"cam needs a model whose classifier `fc` or `classifier` is a plain nn.Linear after global "
+            f"average pooling (ResNet, DenseNet, X-ResNet, SmallCNN); {type(model).__name__} has none"
         )
-    if acts is not None and acts.shape[1] != fc.in_features:
+    if acts is not None and (acts.dim() != 4 or acts.shape[1] != head.in_features):
         raise ValueError(
-            f"cam: the final layer ({layer_name(model, 'final')}) gives {acts.shape[1]} channels but "
-            f"fc takes {fc.in_features}"
+            f"cam: the layer gives {tuple(acts.shape)}, but the head takes {head.in_features} channels; pick a "
+            f"layer whose output has as many channels as the head has inputs (the default: final)"
         )
-    return fc.weight
+    return head.weight
 
 
 def cam_map(p: Pass) -> torch.Tensor:
-    """CAM (Zhou et al. 2016): `Σ_k w_ck A_k` at the `final` depth, `w_c` the row of the linear head `fc`
-    (no bias, no ReLU). For the log-probability (`p.probs`): `w_c − Σ_j p_j w_j`. Signed."""
-    acts, _ = p.maps()
+    """CAM (Zhou et al. 2016): `Σ_k w_ck A_k`, A the `final` depth's output (or another layer with as many
+    channels as the head has inputs, as CYBORG's tap), `w_c` the row of the linear head (no bias, no ReLU).
+    For the log-probability (`p.probs`): `w_c − Σ_j p_j w_j`. Signed."""
+    acts = p.acts()
     weights = cam_weights(p.model, acts)
     class_weights = weights[p.classes]
     if p.probs is not None:
@@ -141,13 +143,13 @@ def cam_map(p: Pass) -> torch.Tensor:
 
 def integrated_gradients(
     model: nn.Module,
-    x,
-    target,
+    x: torch.Tensor,
+    target: torch.Tensor,
     steps: int = 32,
     baseline: torch.Tensor | None = None,
     internal_batch_size: int | None = None,
     create_graph: bool = False,
-):
+) -> torch.Tensor:
     """Integrated gradients (Sundararajan et al. 2017):
     `Σ_channels (x − x0) ⊙ mean_k ∂y_c/∂x(x0 + α_k (x − x0))`, α_k = (k + ½)/steps (midpoint rule).
 
@@ -178,7 +180,9 @@ def integrated_gradients(
     return detach_unless((delta * grad_sum / steps).sum(1), create_graph)
 
 
-def bcos(model: nn.Module, x, target, layer: str | None = None, create_graph: bool = False):
+def bcos(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor, layer: str | None = None, create_graph: bool = False
+) -> torch.Tensor:
     """B-cos contributions (Böhle et al. 2022) `Σ_channels F ⊙ ∂y_c/∂F` in explanation mode (W(x) held
     constant). F = the encoded 6-channel input (`layer=None`), so the map sums to the logit minus the logit
     bias, or a layer's output. `[P, h, w]`, signed.
@@ -205,7 +209,7 @@ for _name, _map, _summary, _extra in [
     ("eigen_cam", eigen_cam_map, "Eigen-CAM: first principal component of the activations (class-agnostic)",
      {"needs_grad": False, "differentiable": False}),
     ("cam", cam_map, "CAM: the classifier row applied to the final features",
-     {"takes_layer": False, "needs_grad": False, "linear_head": True, "signed": True}),
+     {"needs_grad": False, "linear_head": True, "signed": True}),
 ]:  # fmt: skip
     _caps = (
         {"layer": "final", "takes_layer": True} | _extra if _name not in ("gradient", "input_x_gradient") else _extra

@@ -12,7 +12,14 @@ from salience.attribution.methods import pairs
 from salience.attribution.registry import Method, register, token_grid
 
 
-def score_cam(model: nn.Module, x, target, layer: str = "final", batch_size: int = 64, create_graph: bool = False):
+def score_cam(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    layer: str = "final",
+    batch_size: int = 64,
+    create_graph: bool = False,
+) -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): `ReLU(Σ_k w_k A_k)`, `w = softmax_k(y_c(x ⊙ H_k))`, H_k the k-th channel
     upsampled bilinearly to the input (`align_corners=True`, as pytorch-grad-cam) and min-max normalised
     (a constant channel gives 0). One forward per (pair, channel), `batch_size` masked inputs at a time, so
@@ -42,7 +49,7 @@ def score_cam(model: nn.Module, x, target, layer: str = "final", batch_size: int
         return torch.relu(torch.einsum("pk,pkhw->phw", scores.softmax(1), acts))
 
 
-def _window_masks(size: int, window: int, stride: int, device) -> torch.Tensor:
+def _window_masks(size: int, window: int, stride: int, device: torch.device) -> torch.Tensor:
     """`[n, size]` 0/1 rows, window i covering `[i·stride, i·stride + window)` clipped to the size; n =
     ceil((size − window) / stride) + 1, so the last window reaches the edge (as Captum's Occlusion)."""
     n = -(-(size - window) // stride) + 1
@@ -53,14 +60,14 @@ def _window_masks(size: int, window: int, stride: int, device) -> torch.Tensor:
 
 def occlusion(
     model: nn.Module,
-    x,
-    target,
+    x: torch.Tensor,
+    target: torch.Tensor,
     window: int = 8,
     stride: int = 4,
     baseline: float = 0.0,
     batch_size: int = 64,
     create_graph: bool = False,
-):
+) -> torch.Tensor:
     """Occlusion (Zeiler & Fergus 2014): each `window`×`window` square (all channels, moved by `stride`) is
     set to `baseline`; a pixel's value is the mean, over the windows covering it, of `y_c(x) − y_c(x occluded)`.
     One forward per window and pair, `batch_size` at a time. Not differentiable. `[P, H, W]`, signed."""
@@ -92,12 +99,23 @@ def occlusion(
 
 
 def _noisy_maps(
-    model, x, target, base: str, layer, samples: int, noise_level: float, seed: int, batch_size, create_graph: bool
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    base: str,
+    layer: str | None,
+    samples: int,
+    noise_level: float,
+    seed: int,
+    batch_size: int | None,
+    create_graph: bool,
 ) -> torch.Tensor:
     """Maps `[P, samples, h, w]` of `base` on `x + ε`, ε ~ N(0, σ²), σ = noise_level · (max x − min x) per pair.
 
     The noise is one `torch.normal` draw of shape `[P·samples, C, H, W]` (pairs outer, samples inner) from a
-    generator seeded with `seed`, the layout Captum's NoiseTunnel draws from the global generator."""
+    generator seeded with `seed`, the layout Captum's NoiseTunnel draws from the global generator. (Captum builds
+    its σ tensor in the default dtype, so for float64 inputs its draw matches only under
+    `torch.set_default_dtype(torch.float64)`.)"""
     if base in ("smooth_grad", "var_grad"):
         raise ValueError(f"base: {base!r} is itself a noise method; pick another, e.g. gradient")
     if samples < 1 or noise_level < 0:
@@ -121,8 +139,8 @@ def _noisy_maps(
 
 def smooth_grad(
     model: nn.Module,
-    x,
-    target,
+    x: torch.Tensor,
+    target: torch.Tensor,
     base: str = "gradient",
     layer: str | None = None,
     samples: int = 16,
@@ -130,7 +148,7 @@ def smooth_grad(
     seed: int = 0,
     batch_size: int | None = None,
     create_graph: bool = False,
-):
+) -> torch.Tensor:
     """SmoothGrad (Smilkov et al. 2017): the mean over `samples` noisy copies of the input of the `base` method's
     map (at `layer`, if it takes one); noise as `_noisy_maps`. `batch_size` noisy rows per call (all by default).
     Differentiable when the base method is. `[P, h, w]`."""
@@ -139,8 +157,8 @@ def smooth_grad(
 
 def var_grad(
     model: nn.Module,
-    x,
-    target,
+    x: torch.Tensor,
+    target: torch.Tensor,
     base: str = "gradient",
     layer: str | None = None,
     samples: int = 16,
@@ -148,7 +166,7 @@ def var_grad(
     seed: int = 0,
     batch_size: int | None = None,
     create_graph: bool = False,
-):
+) -> torch.Tensor:
     """VarGrad (Adebayo et al. 2018): the variance `E[m²] − E[m]²` over `samples` noisy copies of the `base`
     method's map, noise and options as `smooth_grad`. `[P, h, w]`, >= 0."""
     maps = _noisy_maps(model, x, target, base, layer, samples, noise_level, seed, batch_size, create_graph)

@@ -31,10 +31,15 @@ class Pass:
     grid: tuple[int, int] | None = None
     channels_last: bool = False
 
-    def maps(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def acts(self) -> torch.Tensor:
+        """The features as `[P, K, h, w]` (see `token_grid`)."""
+        return token_grid(self.feats, self.grid, self.channels_last)
+
+    def acts_and_grad(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and gradient as `[P, K, h, w]` (see `token_grid`)."""
-        to_grid = lambda t: None if t is None else token_grid(t, self.grid, self.channels_last)
-        return to_grid(self.feats), to_grid(self.grad)
+        if self.grad is None:
+            raise ValueError("this method reads the gradient, and the pass recorded none")
+        return self.acts(), token_grid(self.grad, self.grid, self.channels_last)
 
 
 def token_grid(feats: torch.Tensor, grid: tuple[int, int] | None = None, channels_last: bool = False) -> torch.Tensor:

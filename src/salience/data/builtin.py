@@ -11,6 +11,9 @@ Made from data inside scikit-image, so it needs no download:
   in train/val/test and with probability 1 - `cue_agreement` in `test_shift`;
 - every face has its box (class = real/synthetic), the union-of-boxes mask and a soft human
   salience map (Gaussians on eyes, nose and mouth, a faint face ellipse; max 1);
+- `test_unseen`: test identities, whose synthetic faces come from a second generator never seen in
+  training (`_composites`: part-swapped, warped composites of two real faces, no PCA); the cue is drawn
+  at random (agreement 0.5), so only the face tells the classes apart;
 - `out_of_set`: the 100 non-face crops of `lfw_subset()` placed the same way, no labels/boxes;
 - `max_faces > 1` gives the multi-label variant: 1..max_faces faces per image, each real or
   synthetic, in distinct cells of a 2x2 grid (side capped at half the image), boxes per
@@ -36,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from salience.data.core import Record, SalienceDataset
 
 CLASSES = ["real", "synthetic"]
-SPLITS = ("train", "val", "test", "test_shift", "out_of_set")
+SPLITS = ("train", "val", "test", "test_shift", "out_of_set", "test_unseen")  # new splits last: seeds by index
 _TEXTURES = ("brick", "grass", "gravel", "camera", "moon", "coins", "cell")
 # landmarks (u, v) in face-crop units, weights: eyes, nose, mouth (from the mean lfw_subset face)
 _LANDMARKS = torch.tensor([[0.28, 0.35, 1.0], [0.64, 0.35, 1.0], [0.45, 0.55, 0.7], [0.45, 0.73, 0.8]])
@@ -80,6 +83,7 @@ class BuiltinBenchmark(BaseModel):
             "val": self.n_val,
             "test": self.n_test,
             "test_shift": self.n_test,
+            "test_unseen": self.n_test,
             "out_of_set": self.n_out_of_set,
         }[split]
 
@@ -107,7 +111,13 @@ def _split_seed(seed: int, split: str) -> np.random.Generator:
 def _identities(cfg: BuiltinBenchmark) -> dict[str, np.ndarray]:
     perm = np.random.default_rng([cfg.seed, 1]).permutation(100)
     a, b, _ = cfg.identities
-    return {"train": perm[:a], "val": perm[a : a + b], "test": perm[a + b :], "test_shift": perm[a + b :]}
+    return {
+        "train": perm[:a],
+        "val": perm[a : a + b],
+        "test": perm[a + b :],
+        "test_shift": perm[a + b :],
+        "test_unseen": perm[a + b :],
+    }
 
 
 def _pca(faces: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +127,31 @@ def _pca(faces: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     _, s, vt = torch.linalg.svd(x - mean, full_matrices=False)
     comps = (s[:rank, None] / (len(x) - 1) ** 0.5) * vt[:rank]
     return mean.float(), comps.float()
+
+
+def _composites(faces: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """The unseen generator: `n` crops `[n, 25, 25]` in [0, 1] from real faces `[M, 25, 25]` (M >= 2).
+
+    Each crop takes the eyes (rows above a cut at 0.42..0.58 of the height) from one face and the nose and
+    mouth from another, blended over 4 rows, then warped by a smooth random field (3x3 control grid,
+    up to 1.2 px) and blurred lightly: seams and warps where the PCA sampler leaves blur.
+    """
+    m = len(faces)
+    a = torch.randint(m, (n,), generator=gen)
+    b = (a + torch.randint(1, m, (n,), generator=gen)) % m  # another face
+    rows = torch.arange(25, dtype=torch.float32)[None, :, None]
+    cut = 25 * (0.42 + 0.16 * torch.rand(n, 1, 1, generator=gen))
+    top = ((cut - rows) / 4 + 0.5).clamp(0, 1)
+    mixed = top * faces[a] + (1 - top) * faces[b]
+    flow = (torch.rand(n, 2, 3, 3, generator=gen) * 2 - 1) * (1.2 * 2 / 25)  # grid units
+    flow = F.interpolate(flow, size=(25, 25), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+    axis = (torch.arange(25, dtype=torch.float32) + 0.5) / 25 * 2 - 1
+    base = torch.stack(torch.meshgrid(axis, axis, indexing="xy"), dim=-1)[None]
+    warped = F.grid_sample(mixed[:, None], base + flow, mode="bilinear", padding_mode="border", align_corners=False)
+    blur = torch.tensor([0.25, 0.5, 0.25])
+    kernel = (blur[:, None] * blur[None, :])[None, None]
+    smooth = F.conv2d(F.pad(warped, (1, 1, 1, 1), mode="replicate"), kernel)
+    return (0.5 * warped + 0.5 * smooth)[:, 0].clamp(0, 1)
 
 
 def _paste(canvas, maps, crops, boxes, active, flip, landmarks: bool):
@@ -201,7 +236,10 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
             who = pool[torch.randint(len(pool), (n,), generator=gen)]
             real = faces[who]
             identity[:, k] = torch.where(cls == 1, -1, who)
-            synth = (mean + torch.randn(n, cfg.pca_rank, generator=gen) @ comps).reshape(n, 25, 25).clamp(0, 1)
+            if split == "test_unseen":
+                synth = _composites(faces[pool], n, gen)
+            else:
+                synth = (mean + torch.randn(n, cfg.pca_rank, generator=gen) @ comps).reshape(n, 25, 25).clamp(0, 1)
             crops = torch.where(cls[:, None, None] == 1, synth, real)
         c_mean = crops.mean((1, 2), keepdim=True)
         contrast = 0.8 + 0.4 * rand(n, 1, 1)
@@ -214,7 +252,7 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
 
     cue = torch.full((n,), -1, dtype=torch.long)
     if k_max == 1:
-        agree = cfg.cue_agreement if split != "test_shift" else 1.0 - cfg.cue_agreement
+        agree = {"test_shift": 1.0 - cfg.cue_agreement, "test_unseen": 0.5}.get(split, cfg.cue_agreement)
         if oos:
             cue = (rand(n) < 0.5).long()
         else:
@@ -223,7 +261,9 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
 
     img = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
     hm = (maps * 255).round().to(torch.uint8)
-    out_boxes, out_labels, img_labels = [], [], []
+    out_boxes: list[torch.Tensor] = []
+    out_labels: list[torch.Tensor] = []
+    img_labels: list[list[int]] = []
     for i in range(n):
         k = int(n_faces[i])
         if oos:
@@ -336,7 +376,7 @@ def make_builtin(root: str | Path, config: BuiltinBenchmark | None = None, split
                 (tmp / hm).write_bytes(_png(d["maps"][i]))
             boxes = ";".join(
                 " ".join(f"{v:g}" for v in b.tolist()) + f" {CLASSES[int(c)]}"
-                for b, c in zip(d["boxes"][i], d["box_labels"][i])
+                for b, c in zip(d["boxes"][i], d["box_labels"][i], strict=True)
             )
             rows.append(
                 {

@@ -88,7 +88,7 @@ def class_masks(
     if not (len(boxes) == len(box_labels) == len(classes)):
         raise ValueError(f"class_masks: {len(boxes)} box sets, {len(box_labels)} label sets, {len(classes)} classes")
     out = torch.zeros(len(boxes), *size)
-    for i, (b, lab) in enumerate(zip(boxes, box_labels)):
+    for i, (b, lab) in enumerate(zip(boxes, box_labels, strict=True)):
         sel = b[lab.to(b.device) == int(classes[i])]
         if len(sel):
             out[i] = box_masks(sel.cpu(), size).any(0).float()
@@ -194,6 +194,11 @@ class SalienceDataset(Dataset):
     (see `joint_transforms`); `annotated` a bool `[N]` (see `annotated_fraction`).
     """
 
+    # set by the readers after construction, not by __init__
+    problems: list[dict]  # open_split: the reader's errors and skipped files
+    cue: torch.Tensor  # builtin_dataset: long [N], 1 red, 0 blue, -1 none
+    identity: torch.Tensor  # builtin_dataset: long [N, max_faces], lfw index of each real face, -1 otherwise
+
     def __init__(self, records: list[Record], classes: list[str], transforms=None, annotated=None, name: str = ""):
         self.records = records
         self.classes = list(classes)
@@ -226,7 +231,7 @@ class SalienceDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         r = self.records[index]
         img = r.image if isinstance(r.image, torch.Tensor) else read_image(r.image, "RGB")
-        hw = tuple(img.shape[-2:])
+        hw = (img.shape[-2], img.shape[-1])
         img_name = r.image if not isinstance(r.image, torch.Tensor) else r.id
         boxes, box_labels = r.boxes.to(torch.float32), r.box_labels.to(torch.long)
         mask = None  # box masks are drawn after the transforms, from the moved boxes

@@ -108,7 +108,9 @@ def read_voc(path: Path, split: str, problems: Problems) -> tuple[list[Record], 
                 break
             try:
                 bb = obj.find("bndbox")
-                xmin, ymin, xmax, ymax = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
+                if bb is None:
+                    raise ValueError("no bndbox")
+                xmin, ymin, xmax, ymax = (float(bb.findtext(t, "")) for t in ("xmin", "ymin", "xmax", "ymax"))
             except (AttributeError, TypeError, ValueError):
                 problems.error(f"{xml_path}: object {k} ({name}): bndbox needs numeric xmin, ymin, xmax, ymax")
                 bad = True

@@ -3,14 +3,17 @@
 Every loss takes raw attribution maps ``maps`` ``[B, h, w]`` (one class per image, signed where
 the method is signed) and a target ``[B, H, W]`` and returns one value per image, ``[B]``.
 Masks are bool or floating point (other dtypes are refused). Box-based losses (energy, l1, ppce, rrr) upsample the maps bilinearly to the mask size
-``(H, W)``; ``cyborg`` instead resizes the human map to the map size, as in CYBORG.
+``(H, W)``; ``cyborg`` instead resizes the human map to the map size as CYBORG's loader does
+(``cyborg_human_map``: PIL's antialiased bilinear on the 8-bit map, then min-max).
 The normalisation each loss applies is stated in its docstring (docs/definitions.md, "Guidance").
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image as PILImage
 from torch import Tensor
 
 EPS = 1e-7
@@ -98,17 +101,30 @@ def minmax(x: Tensor) -> Tensor:
     return ((flat - lo) / (hi - lo).clamp(min=EPS)).reshape(x.shape)
 
 
-def cyborg(maps: Tensor, human_maps: Tensor) -> Tensor:
-    """CYBORG salience term ``MSE(minmax(CAM), minmax(resize(H, CAM size)))`` per image.
+def cyborg_human_map(human_maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """CYBORG's human-map preparation: the 8-bit map resized to ``size`` by PIL, then min-max.
 
-    maps ``[B, h, w]`` (CAM of the true class), human_maps ``[B, H, W]`` in [0, 1]; the human map
-    is resized bilinearly to ``(h, w)``; returns ``[B]``. The CE half of CYBORG's
-    ``α·CE + (1−α)·MSE`` is the task loss of the objective (see ``objective``).
+    human_maps ``[B, H, W]`` in [0, 1] -> ``[B, h, w]`` in [0, 1] (same dtype and device). As CYBORG's
+    loader (``transforms.Resize`` on the PIL image, then ``ToTensor``): ``round(255·H)`` as an 8-bit image,
+    PIL's antialiased bilinear resize (its output is 8-bit again), ``/255``, then ``minmax`` per image.
+    PIL rather than ``F.interpolate(antialias=True)``, whose 8-bit results differ from PIL's by 1/255 at
+    some pixels. A constant map gives 0 (CYBORG's gives NaN).
+    """
+    h, w = size
+    grey = (human_maps.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    out = [np.asarray(PILImage.fromarray(m, mode="L").resize((w, h), PILImage.Resampling.BILINEAR)) for m in grey]
+    small = torch.from_numpy(np.stack(out)).to(human_maps.device, human_maps.dtype) / 255
+    return minmax(small)
+
+
+def cyborg(maps: Tensor, human_maps: Tensor) -> Tensor:
+    """CYBORG salience term ``mean_pixels (minmax(A) − H')²`` per image, ``H' = cyborg_human_map(H, A's size)``.
+
+    maps ``[B, h, w]`` raw (CYBORG: the logit CAM of the predicted class), human_maps ``[B, H, W]`` in
+    [0, 1]; returns ``[B]``. The CE half of CYBORG's ``α·CE + (1−α)·MSE`` is the task loss of the objective.
     """
     h = _check(maps, human_maps, "cyborg")
-    if h.shape[-2:] != maps.shape[-2:]:
-        h = F.interpolate(h[:, None], size=maps.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return _flat(minmax(maps) - minmax(h)).square().mean(dim=1)
+    return _flat(minmax(maps) - cyborg_human_map(h, (maps.shape[-2], maps.shape[-1]))).square().mean(dim=1)
 
 
 LOSSES = {"energy": energy, "l1": l1, "ppce": ppce, "rrr": rrr, "cyborg": cyborg}

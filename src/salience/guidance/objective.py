@@ -38,6 +38,6 @@ def task_loss(logits: Tensor, labels: Tensor, multi_label: bool) -> Tensor:
     return F.cross_entropy(logits, labels.argmax(dim=1))
 
 
-def objective(task: Tensor, guidance: Tensor, lam: float) -> Tensor:
-    """``task + lam · guidance`` (both already reduced to scalars)."""
-    return task + lam * guidance
+def objective(task: Tensor, guidance: Tensor, lam: float, task_weight: float = 1.0) -> Tensor:
+    """``task_weight · task + lam · guidance`` (both already reduced to scalars); CYBORG: α and 1 − α."""
+    return task_weight * task + lam * guidance

@@ -12,6 +12,7 @@ of a batch, so as in the reference code each map includes the batch-norm cross t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from salience.attribution import METHODS as ATTRIBUTION_METHODS
 from salience.attribution import attribute
 from salience.attribution.core import channels_last, forward_at, patch_grid, resolve_layer
+from salience.attribution.methods import cam_weights
 from salience.attribution.registry import Pass, get_method
 from salience.data.core import object_masks
 from salience.guidance.losses import LOSSES
@@ -34,8 +36,10 @@ SHARED_FORWARD = tuple(name for name in METHODS if ATTRIBUTION_METHODS[name].sha
 class Guide:
     """Guidance settings. `loss=None` trains on the task loss only.
 
-    `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; the CAMs need a layer,
-    `cam` uses `final`, methods that take no layer (`gradient`, `integrated_gradients`) use the input. `lam` >= 0 weighs the guidance mean.
+    `depth`: a named depth (`input`, `mid1`..`mid3`, `final`) or a module name; the CAMs need a layer
+    (`cam`: one whose output has as many channels as the head has inputs, e.g. CYBORG's `layer4.2.conv3` of
+    ResNet-50), methods that take no layer (`gradient`, `integrated_gradients`) use the input. `lam` >= 0
+    weighs the guidance mean.
     `dilation` p grows each training box by p·w and p·h per side (guidance masks only).
     """
 
@@ -51,6 +55,11 @@ class Guide:
     which the logit's map never shows; the log-probability's gradient `∇y_c − Σ_j p_j ∇y_j` does.
     For `cam` the log-probability's map uses the class weights `w_c − Σ_j p_j w_j`.
     `log_softmax` needs a shared-forward method (`SHARED_FORWARD`)."""
+    target: str = "true"
+    """Whose map is guided: the drawn `true` class, or the `predicted` class (the argmax of the logits,
+    as CYBORG; `cyborg` loss only, since the human map does not depend on the class)."""
+    task_weight: float = 1.0
+    """The objective is `task_weight · task + lam · guidance` (CYBORG: α and 1 − α)."""
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
@@ -78,14 +87,21 @@ class Guide:
             raise ValueError(
                 f"guidance.method: {self.method!r} needs a B-cos model (bcos_resnet18/34/50), not {type(model).__name__}"
             )
-        if method.linear_head and type(getattr(model, "fc", None)) is not nn.Linear:
-            raise ValueError(
-                f"guidance.method: {self.method!r} needs a linear `fc` head after global average "
-                f"pooling; {type(model).__name__} has none"
-            )
+        if method.linear_head:
+            try:
+                cam_weights(model)
+            except ValueError as err:
+                raise ValueError(f"guidance.method: {err}") from None
         if not method.takes_layer and self.depth != (method.layer or "input"):
             raise ValueError(
                 f"guidance.depth: {self.method!r} works at {method.layer or 'the input'} only; got {self.depth!r}"
+            )
+        if self.target not in ("true", "predicted"):
+            raise ValueError(f"guidance.target: {self.target!r} is unknown; accepted: true, predicted")
+        if self.target == "predicted" and self.loss != "cyborg":
+            raise ValueError(
+                f"guidance.target: 'predicted' needs loss 'cyborg' (a box loss needs the class before the forward); "
+                f"got loss {self.loss!r}"
             )
         try:
             module = resolve_layer(model, self.depth)
@@ -96,7 +112,7 @@ class Guide:
 
     def __call__(
         self, model: nn.Module, batch: dict, generator: torch.Generator | None = None, multi_label: bool = False
-    ) -> dict[str, Tensor]:
+    ) -> dict[str, Any]:
         """Losses for one batch (model in train mode).
 
         Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images whose
@@ -119,20 +135,23 @@ class Guide:
         if self.loss != "cyborg":  # a pair whose mask is empty has nothing to guide to (energy would be 1)
             keep = target.flatten(1).any(1)
             index, target = index[keep.to(index.device)], target[keep]
-        logits, maps = self.forward_and_maps(model, x, index, classes[index])
+        guided = None if self.target == "predicted" else classes[index]  # None: the argmax, after the forward
+        logits, maps = self.forward_and_maps(model, x, index, guided)
         task = task_loss(logits, labels, multi_label)
         if index.numel() == 0:
             guidance = task.new_zeros(())
         else:
+            assert maps is not None  # forward_and_maps returns maps when index is not empty
             maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
             guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
-        total = objective(task, guidance, self.lam)
+        total = objective(task, guidance, self.lam, self.task_weight)
         return {"total": total, "task": task, "guidance": guidance, "logits": logits, "guided": int(index.numel())}
 
     def forward_and_maps(
-        self, model: nn.Module, x: Tensor, index: Tensor, classes: Tensor
+        self, model: nn.Module, x: Tensor, index: Tensor, classes: Tensor | None
     ) -> tuple[Tensor, Tensor | None]:
-        """Logits `[B, C]` for every image and maps `[len(index), h, w]` (with graph) of `classes`."""
+        """Logits `[B, C]` for every image and maps `[len(index), h, w]` (with graph) of `classes`
+        (`[len(index)]`; None: each image's predicted class)."""
         if index.numel() == 0:
             return model(x), None
         with torch.enable_grad():
@@ -143,6 +162,7 @@ class Guide:
         method = get_method(self.method)
         if not method.shared:
             logits = model(x)
+            classes = _predicted(logits, index) if classes is None else classes
             layer = None if self.depth == "input" else self.depth
             options = {"steps": self.ig_steps} if self.method == "integrated_gradients" else {}
             maps = attribute(self.method, inner, x[index], classes, layer=layer, create_graph=True, **options)
@@ -152,6 +172,7 @@ class Guide:
         if layer is not None and inner is not model:  # a DDP wrapper: hook the wrapped module's layer
             layer = "module." + layer
         logits, feats = forward_at(model, x, layer)
+        classes = _predicted(logits, index) if classes is None else classes
         probs = logits.softmax(1)[index] if self.output == "log_softmax" else None
         grad = None
         if method.needs_grad:
@@ -161,6 +182,7 @@ class Guide:
         at_layer = layer is not None
         grid = patch_grid(inner, x.shape[-2:]) if at_layer else None
         recorded = Pass(feats[index], grad, classes, inner, probs, grid, at_layer and channels_last(inner))
+        assert method.from_pass is not None  # a shared method
         return logits, method.from_pass(recorded)
 
     def targets(self, batch: dict, index: Tensor, classes: Tensor) -> Tensor:
@@ -168,6 +190,11 @@ class Guide:
         if self.loss == "cyborg":
             return batch["human_map"][index]
         return object_masks(batch, index, classes, self.dilation)
+
+
+def _predicted(logits: Tensor, index: Tensor) -> Tensor:
+    """The argmax class `[len(index)]` of the images `index` (no gradient), as CYBORG's `pred`."""
+    return logits.detach()[index].argmax(1)
 
 
 def _inner(model: nn.Module) -> nn.Module:

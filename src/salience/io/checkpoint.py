@@ -94,13 +94,12 @@ def load_run(checkpoint: str | Path, overrides: list[str] | None = None, device:
     """`(model in eval mode on device, validated config)` of a training checkpoint; `overrides` are
     `key=value` changes to its saved config, e.g. `data.root=/data/VOCdevkit`."""
     from salience.io.config import _set, parse_overrides, validate
-    from salience.models import build
 
     state = load_checkpoint(checkpoint, map_location="cpu")
     tree = state["config"]
     for key, value in parse_overrides(overrides or []):
         _set(tree, key, value)
     config = validate(tree, f"{checkpoint} (saved config)")
-    model = build(config.model.name, len(state["classes"]))
+    model = config.model.build(len(state["classes"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from salience.guidance import LOSSES
 from salience.guidance.step import METHODS
+from salience.models.build import build, check_model
 
 
 class ConfigError(ValueError):
@@ -24,8 +25,24 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     name: str = "smallcnn"
+    """Any name `salience.models.build` takes: ours, torchvision's, `timm:<name>`, `hf:<folder>` or an import
+    path `package.module:factory` (imported when the config is loaded: that runs the module's code)."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the model's constructor (an import path's factory gets only these)."""
+    output: int | str | None = None
+    """Where the class scores are in the forward's result: an index or a key / attribute; default: the
+    tensor itself, or `.logits`."""
     weights: str | None = None
     """A local file, or a torchvision weight name (needs the network)."""
+
+    @model_validator(mode="after")
+    def _importable(self):
+        check_model(self.name, self.kwargs)
+        return self
+
+    def build(self, num_classes: int, weights: str | None = None):
+        """The model of this config for `num_classes` classes, with `weights` (a file or weight name) if given."""
+        return build(self.name, num_classes, weights, kwargs=self.kwargs, output=self.output)
 
 
 class DataConfig(_Strict):
@@ -63,6 +80,8 @@ class ScheduleConfig(_Strict):
 
 
 class GuidanceConfig(_Strict):
+    # Literal[...] built from the registries (LOSSES, METHODS) at import, so the accepted names live in one
+    # place: pydantic validates against them at runtime; mypy only takes literal values there (valid-type)
     loss: Literal[tuple(LOSSES)] | None = None  # type: ignore[valid-type]
     """None trains on the task loss only."""
     method: Literal[METHODS] = "input_x_gradient"  # type: ignore[valid-type]
@@ -75,10 +94,25 @@ class GuidanceConfig(_Strict):
     ig_steps: int = Field(16, ge=1)
     output: Literal["auto", "logit", "log_softmax"] = "auto"
     """What gradient maps explain during guidance: `auto` = the log-probability (`log_softmax`) of the
-    sampled class for single-label tasks with input_x_gradient / grad_cam / cam, else the `logit`."""
+    sampled class for single-label tasks with input_x_gradient / grad_cam / cam, else the `logit`;
+    always the `logit` for `cyborg` (CYBORG's CAM)."""
+    target: Literal["auto", "true", "predicted"] = "auto"
+    """Whose map is guided: the drawn `true` class or the `predicted` one (`cyborg` only); `auto` =
+    `predicted` for `cyborg` (as CYBORG), `true` otherwise."""
+    alpha: float | None = Field(None, gt=0, le=1)
+    """CYBORG's α: the objective becomes `α · task + (1 − α) · guidance` (replaces `lambda`, which must stay 1)."""
+
+    @model_validator(mode="after")
+    def _alpha_or_lambda(self):
+        if self.alpha is not None and self.lam != 1.0:
+            raise ValueError(
+                f"guidance: give `alpha` (CYBORG's α·task + (1−α)·guidance) or `lambda` ({self.lam}), not both"
+            )
+        return self
 
 
 class EvalConfig(_Strict):
+    # Literal built from the METHODS registry: see GuidanceConfig
     method: Literal[METHODS] | None = None  # type: ignore[valid-type]
     """Attribution for EPG and IoU; None: the guidance method."""
     depth: str | None = None
@@ -145,7 +179,7 @@ def config_error(err: ValidationError, source: str, tagged: tuple[str, ...] = ()
     lines = []
     for e in err.errors():
         loc = list(e["loc"])
-        if loc[:1] and loc[0] in tagged and len(loc) > 3:
+        if loc[:1] and loc[0] in tagged and len(loc) >= 3:
             del loc[2]
         key = ".".join(str(p) for p in loc) or "(top level)"
         got = f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from torch.utils.data import Dataset
-
-from salience.data import BuiltinBenchmark, build_dataset, joint_transforms
+from salience.data import BuiltinBenchmark, SalienceDataset, build_dataset, joint_transforms
 from salience.io.config import ConfigError, DataConfig
 
 
-def open_split(cfg: DataConfig, split: str, train: bool = False, fraction: float = 1.0, seed: int = 0) -> Dataset:
+def open_split(
+    cfg: DataConfig, split: str, train: bool = False, fraction: float = 1.0, seed: int = 0
+) -> SalienceDataset:
     """The data set of `split` through `salience.data.build_dataset`. Training splits get
     augmentation (if `cfg.augment`: 4 px padded random crop, horizontal flip) and a seeded subset of
     `fraction` of the images marked annotated (the rest train on the task loss only)."""
@@ -47,7 +47,7 @@ def check_guidance_data(loss: str | None, ds) -> None:
     """A guided config needs boxes (box losses) or human maps (cyborg) among annotated images."""
     if loss is None:
         return
-    records = [r for r, a in zip(ds.records, ds.annotated.tolist()) if a]
+    records = [r for r, a in zip(ds.records, ds.annotated.tolist(), strict=True) if a]
     if not records:
         raise ConfigError(
             "guidance.annotated_fraction: no training image is annotated; raise the fraction or set guidance.loss: null"

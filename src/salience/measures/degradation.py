@@ -45,7 +45,7 @@ def blur_levels(maps: torch.Tensor, size: tuple[int, int], mode: str = "nonsalie
     return 100 - level if mode == "salient" else level
 
 
-def level_sigma(level: torch.Tensor | int, scale: float = 1.0):
+def level_sigma(level: torch.Tensor | float, scale: float = 1.0) -> torch.Tensor | float:
     """Blur sigma of a level index (0..100): `(10 - level / 10) ** 4 / 1000 * scale` (10 px at level 0)."""
     return (10 - level / 10) ** 4 / 1000 * scale
 
@@ -58,7 +58,7 @@ def spatially_varying_blur(x: torch.Tensor, levels: torch.Tensor) -> torch.Tenso
     out = x.clone()
     for lv in torch.unique(levels).tolist():
         sel = (levels == lv)[:, None]
-        out = torch.where(sel, gaussian_blur(x, level_sigma(lv, scale)), out)
+        out = torch.where(sel, gaussian_blur(x, float(level_sigma(lv, scale))), out)
     return out
 
 
@@ -80,9 +80,9 @@ def blur_degradation(
     check_inputs(x, target)
     maps = explain_batched(explain, x, target, batch_size)
     score, pred = predict(model, x, target, batch_size)
-    out = {"clean": {"score": score, "pred": pred}}
+    out: dict[str, dict] = {"clean": {"score": score, "pred": pred}}
     for mode in modes:
-        levels = blur_levels(maps, tuple(x.shape[-2:]), mode)
+        levels = blur_levels(maps, (x.shape[-2], x.shape[-1]), mode)
         blurred = torch.cat(
             [
                 spatially_varying_blur(x[i : i + batch_size], levels[i : i + batch_size])

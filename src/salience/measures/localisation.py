@@ -67,7 +67,7 @@ def pointing_game(maps: torch.Tensor, masks: torch.Tensor, tolerance: float = 0)
 def _prepare(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     check_maps(maps)
     m = check_masks(maps, masks)
-    return upsample(unit_scale(maps), tuple(m.shape[-2:])), m  # every measure here is scale-free
+    return upsample(unit_scale(maps), (m.shape[-2], m.shape[-1])), m  # every measure here is scale-free
 
 
 def _nan_if_empty(values: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

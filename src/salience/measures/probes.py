@@ -44,7 +44,9 @@ def explain_batched(explain: Explain, x: torch.Tensor, target: torch.Tensor, bat
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None, batch_size: int = 64):
+def predict(
+    model: nn.Module, x: torch.Tensor, target: torch.Tensor | None = None, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(score [B], predicted class [B])`: softmax probability of `target` (default: the predicted class)."""
     scores, preds = [], []
     for i in range(0, len(x), batch_size):
@@ -126,7 +128,7 @@ def out_of_set_response(
     (`compare_groups(out, in)`: difference of means, Cohen's d, permutation p-value)."""
     check_inputs(x_in, target_in)
     _, pred_out = predict(model, x_out, batch_size=batch_size)
-    sets = {}
+    sets: dict[str, dict] = {}
     for name, x, t in (("in", x_in, target_in), ("out", x_out, pred_out)):
         maps = explain_batched(explain, x, t, batch_size)
         score, _ = predict(model, x, t, batch_size)
@@ -169,7 +171,7 @@ def valid_region(name: str, size: tuple[int, int]) -> tuple[slice, slice]:
     return slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
 
 
-def _shift(name: str, size) -> tuple[int, int]:
+def _shift(name: str, size: Sequence[int]) -> tuple[int, int]:
     sy, sx = (int(v) for v in name.split("_")[1:])
     return sy * round(size[0] / 14), sx * round(size[1] / 14)
 
@@ -190,7 +192,7 @@ def transform_consistency(
     (agreement: the predicted class of `T(x)` equals that of `x`).
     """
     check_inputs(x, target)
-    size = tuple(x.shape[-2:])
+    size = (x.shape[-2], x.shape[-1])
     if size[0] != size[1] and any(n.startswith("rot90") for n in transforms):
         raise ValueError(f"rot90 transforms need square images, got {size}; pass transforms without them")
     b = len(x)
@@ -198,7 +200,7 @@ def transform_consistency(
     flat_t = target.repeat(len(transforms) + 1)
     maps = upsample(explain_batched(explain, flat_x, flat_t, batch_size), size)
     _, pred = predict(model, flat_x, flat_t, batch_size)
-    sims = {k: [] for k in similarities}
+    sims: dict[str, list[torch.Tensor]] = {k: [] for k in similarities}
     for i, n in enumerate(transforms):
         rows, cols = valid_region(n, size)
         expected = apply_transform(n, maps[:b])[:, rows, cols]
@@ -226,7 +228,7 @@ def seed_stability(maps: Sequence[torch.Tensor] | torch.Tensor, similarities: Se
         raise ValueError(f"seed_stability needs maps [N >= 2, B, h, w], got {tuple(stack.shape)}")
     n, b = stack.shape[:2]
     pairs = list(itertools.combinations(range(n), 2))
-    i, j = (torch.tensor(p, device=stack.device) for p in zip(*pairs))
+    i, j = (torch.tensor(p, device=stack.device) for p in zip(*pairs, strict=True))
     a, c = stack[i].flatten(0, 1), stack[j].flatten(0, 1)
     sims = {k: v.view(len(pairs), b).T for k, v in _similarities(a, c, similarities).items()}
     return {"pairs": pairs, "similarity": sims, "mean": {k: v.mean(1) for k, v in sims.items()}}

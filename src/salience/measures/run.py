@@ -14,16 +14,19 @@ import itertools
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from salience.attribution import attribute
 from salience.data.core import collate, object_masks
-from salience.distributed import atomic_write_text
+from salience.distributed import Context, atomic_write_text
 from salience.measures.probes import seed_stability
 from salience.measures.registry import MEASURES, get_measure, select
 from salience.measures.suite import map_values, probe_suite
@@ -41,7 +44,7 @@ class Source:
     first `n_probe` items (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
 
     model: nn.Module
-    dataset: object
+    dataset: Dataset
     n_probe: int = 128
     out_of_set: torch.Tensor | None = None
     deletion_steps: int = 16
@@ -76,14 +79,14 @@ def _images(src: Source, positions: list[int]) -> tuple[dict, torch.Tensor]:
     return collate([src.dataset[d] for d in unique]), torch.tensor([row[d] for d in positions], dtype=torch.long)
 
 
-def _stage(path: Path, staged: list[tuple[Path, Path]]):
+def _stage(path: Path, staged: list[tuple[Path, Path]]) -> IO[str]:
     """Open a temporary file next to `path`; `measure_stores` renames all of them into place at the end."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     staged.append((tmp, path))
     return open(tmp, "w", newline="")
 
 
-def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, ...] = ()) -> str | None:
+def _other_run(out: Path, groups: Mapping[str, Sequence[str | Path]], own: tuple[str, ...] = ()) -> str | None:
     """Why `out` holds results of other stores (None when it is empty or holds these stores' results);
     `own`: other names the caller writes there."""
     old = out / "summary.json"
@@ -104,14 +107,14 @@ def _other_run(out: Path, groups: dict[str, list[str | Path]], own: tuple[str, .
 
 
 def measure_stores(
-    groups: dict[str, list[str | Path]],
+    groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     seed: int = 0,
     block: int = 1024,
     n_boot: int = 2000,
     n_perm: int = 10000,
     sources: dict[str, Source] | None = None,
-    ctx=None,
+    ctx: Context | None = None,
     names: dict[str, str] | None = None,
     own: tuple[str, ...] = (),
     select: list[str] | None = None,
@@ -168,13 +171,18 @@ def measure_stores(
     return summary
 
 
-def _map_values(blocks, size: tuple[int, int], names: list[str], workers: int = 2):
+_Block = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]  # start, maps, targets, masks
+
+
+def _map_values(
+    blocks: Iterable[_Block], size: tuple[int, int], names: list[str], workers: int = 2
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """`(start, maps, targets, {name: [n]})` per block of `(start, maps, targets, masks or None)`, in order
     (see `map_values`); up to `workers` blocks are measured at once in threads (torch releases the GIL), each
     with one intra-op thread: per-block tensors are small, and OpenMP's waits made two intra-op threads 4x
     slower than one on a busy 2-core machine."""
 
-    def work(item):
+    def work(item: _Block) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         torch.set_num_threads(1)
         start, maps, targets, masks = item
         return start, maps, targets, map_values(maps, masks, size, names)
@@ -193,7 +201,7 @@ def _map_values(blocks, size: tuple[int, int], names: list[str], workers: int = 
         torch.set_num_threads(threads)  # the workers' setting would otherwise become the default of new threads
 
 
-def _blocks(store: MapStore, block: int, src: Source | None):
+def _blocks(store: MapStore, block: int, src: Source | None) -> Iterator[_Block]:
     """`(start, maps, targets, masks or None)` over the store. Masks come from the source's data set: for each
     item, the boxes of the class its map explains in the item's image (empty when the image has none of that
     class), or the image's mask when it has no boxes at all (e.g. a segmentation). The images are read again
@@ -202,6 +210,7 @@ def _blocks(store: MapStore, block: int, src: Source | None):
     for start, maps, targets in store.iter_chunks(block):
         masks = None
         if src is not None:
+            assert positions is not None
             batch, rows = _images(src, positions[start : start + len(maps)])
             masks = object_masks(batch, rows, targets)
         yield start, maps, targets, masks
@@ -265,7 +274,9 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
     return result
 
 
-def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=None) -> dict[str, dict]:
+def _probes(
+    stores: list[MapStore], sources: dict[str, Source], seed: int, ctx: Context | None = None
+) -> dict[str, dict]:
     """`{store path: _probe(...)}` for the stores with a source and `n_probe` > 0, after checking that each
     source holds the store's images (`Source.positions`). Under torchrun each process probes every
     `world_size`-th store, and every process gets all the results."""
@@ -284,6 +295,7 @@ def _probes(stores: list[MapStore], sources: dict[str, Source], seed: int, ctx=N
     if world == 1:
         return mine
     merged: dict[str, dict] = {}
+    assert ctx is not None  # world > 1
     for part in dist.gather(mine, ctx):
         merged |= part
     return merged
@@ -293,7 +305,7 @@ def _finite(values: list[float]) -> int:
     return sum(math.isfinite(v) for v in values)
 
 
-def _has_masks(dataset) -> bool:
+def _has_masks(dataset: Dataset) -> bool:
     """Whether some image has boxes or a segmentation (else localisation is undefined and left out)."""
     records = getattr(dataset, "records", None)
     if records is None:

@@ -29,7 +29,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, win_size: int = 7, k1: float = 0.01, 
         raise ValueError(f"win_size must be odd and at least 3; got {win_size}")
     dtype = a.dtype
     a, b = a.to(torch.float64), b.to(torch.float64)  # float32 rounding could put identical maps above 1
-    size = small_map_size(tuple(a.shape[-2:]), win_size)
+    size = small_map_size((a.shape[-2], a.shape[-1]), win_size)
     if size != tuple(a.shape[-2:]):
         a, b = (
             F.interpolate(unit_scale(t)[:, None], size=size, mode="bilinear", align_corners=False)[:, 0] for t in (a, b)

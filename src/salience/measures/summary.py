@@ -6,6 +6,7 @@ NaN values (e.g. localisation on an image with an empty mask) are dropped and co
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -13,14 +14,14 @@ CHUNK = 1_000_000
 """Elements per temporary in the bootstrap and permutation loops."""
 
 
-def _clean(values, name: str) -> torch.Tensor:
+def _clean(values: Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if torch.isinf(v).any():
         raise ValueError(f"{name} contains inf")
     return v[~torch.isnan(v)]
 
 
-def summarise(values, seed: int = 0, n_boot: int = 2000, level: float = 0.95) -> dict:
+def summarise(values: Sequence[float] | torch.Tensor, seed: int = 0, n_boot: int = 2000, level: float = 0.95) -> dict:
     """`{n, n_nan, mean, sd, ci_low, ci_high}` of 1-D `values`: sd with ddof=1, percentile bootstrap CI of
     the mean over `n_boot` resamples drawn from `torch.Generator().manual_seed(seed)`."""
     raw = torch.as_tensor(values, dtype=torch.float64).flatten()
@@ -56,7 +57,9 @@ def summarise(values, seed: int = 0, n_boot: int = 2000, level: float = 0.95) ->
     return out
 
 
-def compare_groups(a, b, seed: int = 0, n_perm: int = 10000) -> dict:
+def compare_groups(
+    a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor, seed: int = 0, n_perm: int = 10000
+) -> dict:
     """Compare two groups of values (e.g. per-model means of CE vs guided models).
 
     Returns `{n_a, n_b, mean_a, mean_b, diff (a - b), cohens_d, p_value}`: Cohen's d uses the pooled sd

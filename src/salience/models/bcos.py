@@ -8,6 +8,7 @@ model is `f(x) = W(x) x + logit_bias` and `Σ x ⊙ ∂f/∂x` reproduces the lo
 """
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -23,7 +24,16 @@ _EPS = 1e-6
 class BcosConv2d(nn.Conv2d):
     """A bias-free convolution whose output is scaled by `|cos(patch, ŵ)|^(b−1)`."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, b=2):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
+        b: int = 2,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
         self.b = b
         self.explain = False
@@ -41,7 +51,7 @@ class BcosConv2d(nn.Conv2d):
 class BcosLinear(nn.Linear):
     """The fully connected B-cos unit: `(ŵᵀx) · |cos(x, ŵ)|^(b−1)`, no bias."""
 
-    def __init__(self, in_features, out_features, b=2):
+    def __init__(self, in_features: int, out_features: int, b: int = 2) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.b = b
         self.explain = False
@@ -61,22 +71,27 @@ def encode(x: torch.Tensor) -> torch.Tensor:
 class BcosResNet(resnet.ResNet):
     """A torchvision ResNet whose convolutions and classifier are B-cos units (no ReLU, no biases)."""
 
-    def __init__(self, block, layers, num_classes: int, b: int = 2):
+    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int, b: int = 2) -> None:
         super().__init__(block, layers, num_classes=num_classes, norm_layer=UncentredBatchNorm2d)
         for parent in list(self.modules()):
             for child_name, child in parent.named_children():
                 if isinstance(child, nn.Conv2d) and not isinstance(child, BcosConv2d):
                     in_ch = 6 if child is self.conv1 else child.in_channels
-                    setattr(
-                        parent,
-                        child_name,
-                        BcosConv2d(
-                            in_ch, child.out_channels, child.kernel_size, child.stride, child.padding, child.dilation, b
-                        ),
+                    # torch annotates a Conv2d's stored sizes as tuple[int, ...] (they are the (h, w) pairs its
+                    # __init__ took as int | tuple[int, int]), hence the ignore
+                    conv = BcosConv2d(
+                        in_ch,
+                        child.out_channels,
+                        child.kernel_size,  # type: ignore[arg-type]
+                        child.stride,  # type: ignore[arg-type]
+                        child.padding,  # type: ignore[arg-type]
+                        child.dilation,  # type: ignore[arg-type]
+                        b,
                     )
+                    setattr(parent, child_name, conv)
                 elif isinstance(child, nn.ReLU):
                     setattr(parent, child_name, nn.Identity())
-        self.fc = BcosLinear(self.fc.in_features, num_classes, b)
+        self.fc: nn.Linear = BcosLinear(self.fc.in_features, num_classes, b)
         self.logit_bias = -math.log(num_classes - 1) if num_classes > 1 else 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -86,21 +101,21 @@ class BcosResNet(resnet.ResNet):
         return super().forward(x) + self.logit_bias
 
     @contextmanager
-    def explanation_mode(self):
+    def explanation_mode(self) -> Iterator["BcosResNet"]:
         """Treat the dynamic weights W(x) as constants while inside the block."""
         units = [m for m in self.modules() if isinstance(m, (BcosConv2d, BcosLinear))]
         norms = [m for m in self.modules() if isinstance(m, UncentredBatchNorm2d)]
         for m in units:
             m.explain = True
-        for m in norms:
-            m.detach_scale = True
+        for n in norms:
+            n.detach_scale = True
         try:
             yield self
         finally:
             for m in units:
                 m.explain = False
-            for m in norms:
-                m.detach_scale = False
+            for n in norms:
+                n.detach_scale = False
 
 
 _BLOCKS = {

@@ -1,16 +1,22 @@
-"""`build` a classifier by name (ours, torchvision's, or timm's as `timm:<name>`) and load weights
-from a file or a torchvision weight name; `load_model` also opens TorchScript and torch.export files."""
+"""`build` a classifier by name (ours, torchvision's, timm's as `timm:<name>`, Hugging Face's as `hf:<folder>`,
+or any class or function as `package.module:factory`) and load weights from a file or a torchvision weight name; `load_model` also opens TorchScript and torch.export files."""
 
+import functools
+import importlib
+import inspect
 import logging
 import pickle
 import re
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeGuard
 
 import torch
 import torchvision
 from torch import nn
 
+from salience.models.adapt import adapt
 from salience.models.bcos import bcos_resnet
 from salience.models.small import SmallCNN
 from salience.models.xresnet import xresnet
@@ -24,39 +30,167 @@ _OWN = {
 }
 
 
-def build(name: str, num_classes: int, weights: str | Path | None = None, allow_pickle: bool = False) -> nn.Module:
+def build(
+    name: str,
+    num_classes: int | None = None,
+    weights: str | Path | None = None,
+    allow_pickle: bool = False,
+    kwargs: dict | None = None,
+    output: int | str | None = None,
+) -> nn.Module:
     """A classifier `[B, 3, H, W] -> [B, num_classes]`.
 
     `name`: `smallcnn`, `xresnet{18,34,50}`, `bcos_resnet{18,34,50}`, any torchvision
-    classification model (`resnet50`, `densenet121`, `vit_b_16`, ...) or `timm:<name>` (needs the
-    `timm` extra; e.g. `timm:legacy_xception`). `weights`: a local file or a torchvision weight name
-    (`ResNet50_Weights.IMAGENET1K_V2`, or the short `IMAGENET1K_V2`); see `load_weights` for the
-    files accepted and `allow_pickle`. A classifier head of another size is left freshly initialised.
+    classification model (`resnet50`, `densenet121`, `vit_b_16`, ...), `timm:<name>` (needs the
+    `timm` extra; e.g. `timm:legacy_xception`), `hf:<folder>` (a Hugging Face image classifier saved with
+    `save_pretrained`, read from disk; needs the `hf` extra) or an import path `package.module:factory`
+    (a class or function returning an `nn.Module`; importing runs that module's code). `kwargs` go to the
+    constructor (the factory gets only these; torchvision, timm and ours also get `num_classes`, which only
+    an import path may omit; `hf:` replaces a head of another size when `num_classes` is given).
+    `weights`: a local file or a torchvision weight name (`ResNet50_Weights.IMAGENET1K_V2`, or the short
+    `IMAGENET1K_V2`); see `load_weights` for the files accepted and `allow_pickle`. A classifier head of
+    another size is left freshly initialised. `output` says where the scores are in the forward's result
+    (see `adapt`; default: the tensor itself, or `.logits`).
     """
-    if num_classes < 1:
+    kwargs = dict(kwargs or {})
+    if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    own = re.fullmatch(r"(xresnet|bcos_resnet)(\d+)", name)
-    if name == "smallcnn":
-        model = SmallCNN(num_classes)
-    elif own:
-        model = (xresnet if own[1] == "xresnet" else bcos_resnet)(int(own[2]), num_classes)
+    if name.startswith("hf:"):
+        model: nn.Module = _hf_model(name[3:], num_classes, kwargs)
+    elif is_import_path(name):
+        model = _call(name, import_factory(name), kwargs)
+    elif num_classes is None:
+        raise ValueError(f"model {name!r}: num_classes is needed (only an import path or hf:<folder> may omit it)")
     elif name.startswith("timm:"):
-        model = _timm_model(name[5:], num_classes)
+        model = _timm_model(name[5:], num_classes, kwargs)
     else:
-        known = torchvision.models.list_models(module=torchvision.models)
-        if name not in known:
-            raise ValueError(
-                f"model name {name!r} is unknown; accepted: {', '.join(_OWN)}, "
-                f"a torchvision classification model such as {', '.join(known[:8])}, ..., "
-                f"or timm:<name> for a timm model"
-            )
-        model = torchvision.models.get_model(name, num_classes=num_classes)
+        model = _call(name, _named_factory(name), {"num_classes": num_classes, **kwargs})
     if weights is not None:
         load_weights(model, weights, name, allow_pickle=allow_pickle)
+    if output is None and not (name.startswith("hf:") or is_import_path(name)):
+        return model  # ours, torchvision's and timm's return scores; no hook (it would stop torch.jit.script)
+    return adapt(model, output)
+
+
+def _named_factory(name: str) -> Callable[..., nn.Module]:
+    """The constructor of one of our models or a torchvision model, taking `num_classes` and keywords."""
+    own = re.fullmatch(r"(xresnet|bcos_resnet)(\d+)", name)
+    if name == "smallcnn":
+        return SmallCNN
+    if own:
+        return functools.partial(xresnet if own[1] == "xresnet" else bcos_resnet, int(own[2]))
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        raise ValueError(
+            f"model name {name!r} is unknown; accepted: {', '.join(_OWN)}, "
+            f"a torchvision classification model such as {', '.join(known[:8])}, ..., "
+            f"timm:<name> for a timm model, hf:<folder> for a Hugging Face one, or package.module:factory"
+        )
+    return functools.partial(torchvision.models.get_model, name)
+
+
+_IMPORT_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def is_import_path(name: str) -> bool:
+    """`package.module:factory` (not `timm:` or `hf:`, which name models of those libraries)."""
+    return not name.startswith(("timm:", "hf:")) and _IMPORT_PATH.fullmatch(name) is not None
+
+
+def import_factory(path: str) -> Callable[..., Any]:
+    """The class or function at `package.module:factory`. Importing runs the module's code, as any import does.
+    ValueError naming `path` when the import fails or the name is missing or not callable."""
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as err:
+        raise ValueError(
+            f"model {path!r}: cannot import {module_name!r} ({type(err).__name__}: {err}); "
+            f"install its package or put the folder holding it on PYTHONPATH"
+        ) from err
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model {path!r}: {module_name!r} has no {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model {path!r}: {attr!r} is a {type(obj).__name__}, not a class or function")
+    return obj
+
+
+def check_kwargs(name: str, factory: Callable[..., Any], kwargs: dict) -> None:
+    """ValueError naming the model and the factory's signature when `factory(**kwargs)` cannot be called."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins have none: the call itself will tell
+        return
+    try:
+        signature.bind(**kwargs)
+    except TypeError as err:
+        label = getattr(factory, "__name__", type(factory).__name__)
+        raise ValueError(f"model {name!r}: kwargs {kwargs} do not fit {label}{signature}: {err}") from None
+
+
+def check_model(name: str | None, kwargs: dict | None = None) -> None:
+    """Fail now, naming the model, when an import path does not import or its kwargs do not fit, or an
+    `hf:` folder holds no `config.json`; other names are checked when built."""
+    if name is None:
+        if kwargs:
+            raise ValueError(f"kwargs {kwargs} given without a model")
+        return
+    if name.startswith("hf:"):
+        _hf_folder(name[3:])
+    elif is_import_path(name):
+        check_kwargs(name, import_factory(name), kwargs or {})
+
+
+def _call(name: str, factory: Callable[..., Any], kwargs: dict) -> nn.Module:
+    check_kwargs(name, factory, kwargs)
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {name!r} returned a {type(model).__name__}, not a torch nn.Module")
     return model
 
 
-def _timm_model(name: str, num_classes: int) -> nn.Module:
+def _hf_folder(folder: str) -> Path:
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model 'hf:{folder}': {path / 'config.json'} not found; hf:<folder> takes a folder written by "
+            f"save_pretrained (nothing is downloaded)"
+        )
+    return path
+
+
+def _hf_model(folder: str, num_classes: int | None, kwargs: dict) -> nn.Module:
+    """A Hugging Face image classifier from a local folder: the class named in its config (else the
+    image-classification auto class), weights from the folder; a head of another size is re-initialised."""
+    path = _hf_folder(folder)
+    try:
+        import transformers
+    except ImportError as err:
+        raise ValueError(f"model 'hf:{folder}' needs transformers: pip install 'salience[hf]'") from err
+    config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, arch, None) if arch else None
+    cls = cls or transformers.AutoModelForImageClassification
+    same = num_classes is None or num_classes == config.num_labels
+    resize = {} if same else {"num_labels": num_classes, "ignore_mismatched_sizes": True}
+    try:
+        model, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True, **resize, **kwargs)
+    except Exception as err:
+        raise ValueError(
+            f"model 'hf:{folder}': {cls.__name__}.from_pretrained failed: {type(err).__name__}: {err}"
+        ) from err
+    fresh = {k for k, *_ in info.get("mismatched_keys", [])}
+    missing = [k for k in info.get("missing_keys", []) if k not in fresh]
+    if missing:
+        raise ValueError(
+            f"model 'hf:{folder}': the folder's weights lack {len(missing)} keys of {cls.__name__}: {missing[:5]}"
+        )
+    return model
+
+
+def _timm_model(name: str, num_classes: int, kwargs: dict) -> nn.Module:
     try:
         import timm
     except ImportError as err:
@@ -66,7 +200,7 @@ def _timm_model(name: str, num_classes: int) -> nn.Module:
         raise ValueError(
             f"model 'timm:{name}' is not a timm model name" + (f"; similar: {', '.join(close)}" if close else "")
         )
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
 
 def _torchvision_state_dict(weights: str, name: str) -> dict:
@@ -123,7 +257,7 @@ _OLD_DENSENET = re.compile(
 )
 
 
-def _tensor_dict(obj) -> bool:
+def _tensor_dict(obj: object) -> TypeGuard[dict[str, torch.Tensor]]:
     return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
@@ -216,7 +350,12 @@ def load_weights(model: nn.Module, weights: str | Path, name: str = "", allow_pi
 
 
 def load_model(
-    path: str | Path, name: str | None = None, num_classes: int | None = None, allow_pickle: bool = False
+    path: str | Path,
+    name: str | None = None,
+    num_classes: int | None = None,
+    allow_pickle: bool = False,
+    kwargs: dict | None = None,
+    output: int | str | None = None,
 ) -> nn.Module:
     """A model from a file trained anywhere.
 
@@ -246,9 +385,9 @@ def load_model(
             ) from err
         model.salience_opaque = True
         return model
-    if name is None or num_classes is None:
+    if name is None:
         raise ValueError(
             f"model file {path} is not a TorchScript or torch.export archive; as weights it needs "
             f"the architecture: load_model(path, name='densenet121', num_classes=2)"
         )
-    return build(name, num_classes, weights=path, allow_pickle=allow_pickle)
+    return build(name, num_classes, weights=path, allow_pickle=allow_pickle, kwargs=kwargs, output=output)

@@ -11,10 +11,15 @@ global pooling. `mid1`..`mid3` end the stages at output strides 4, 8 and 16 (Res
 | VGG, AlexNet, SqueezeNet, MobileNet v2 / v3, EfficientNet v1 / v2, ConvNeXt, MNASNet | the last child of `features` (`layers` for MNASNet) at stride 4, 8, 16 | `features` (`layers`) |
 | Inception v3 | `Conv2d_4a_3x3`, `Mixed_5d`, `Mixed_6e` | `Mixed_7c` |
 | timm models | the last `feature_info` entry at reduction 4, 8, 16 | the last `feature_info` entry |
+| Hugging Face ResNet, ConvNeXt | `<base>.encoder.stages.<i>` at stride 4, 8, 16 | the last stage |
+| Hugging Face Swin | the last block of the stage at stride 4, 8, 16: `swin.encoder.layers.<i>.blocks.<j>` (tokens) | `swin.layernorm` (tokens) |
+| Hugging Face ViT, DeiT (L blocks) | the blocks ending a quarter, half and three quarters of the depth, never the last | `layernorm_before` of the last block |
 
 Strides of `features` children are read off one forward of a 128 px zero image (eval mode, no
 gradient, train/eval flags restored), once per model. A family without a stage at some stride
-(SqueezeNet stops at 16) repeats the next deeper stage.
+(SqueezeNet stops at 16) repeats the next deeper stage. Hugging Face strides come from the model's config.
+A ViT classifies from its class token, so the patch tokens after the last block get no gradient: `final`
+is the normalised input of the last block, and no mid depth is the last block.
 """
 
 from __future__ import annotations
@@ -57,9 +62,10 @@ def _vit_blocks(model: nn.Module) -> tuple[str, int, str] | None:
     if isinstance(model, tvm.VisionTransformer):
         return "encoder.layers.encoder_layer_", len(model.encoder.layers), "ln_1"
     blocks = getattr(model, "blocks", None)
-    if getattr(model, "patch_embed", None) is not None and isinstance(blocks, nn.Sequential) and len(blocks):
-        if hasattr(blocks[-1], "norm1"):
-            return "blocks.", len(blocks), "norm1"
+    if not isinstance(blocks, nn.Sequential) or getattr(model, "patch_embed", None) is None:
+        return None
+    if len(blocks) and hasattr(blocks[-1], "norm1"):
+        return "blocks.", len(blocks), "norm1"
     return None
 
 
@@ -90,12 +96,15 @@ def depth_table(model: nn.Module) -> dict[str, str | None]:
     blocks = _vit_blocks(model)
     if blocks is not None:
         return _vit_table(*blocks)
+    hf = _hf_table(model)
+    if hf is not None:
+        return hf
     if model not in _cache:
         if isinstance(model, _SEQUENTIAL_FAMILIES):
             container = "layers" if isinstance(model, tvm.MNASNet) else "features"
             _cache[model] = _stage_ends(model, container)
-        elif isinstance(getattr(model, "feature_info", None), list) and model.feature_info:  # timm
-            _cache[model] = _from_feature_info(model.feature_info)
+        elif isinstance(info := getattr(model, "feature_info", None), list) and info:  # timm
+            _cache[model] = _from_feature_info(info)
         else:
             names = [n for n, _ in model.named_modules() if n]
             shown = ", ".join(names[:40]) + (f", ... ({len(names)} modules)" if len(names) > 40 else "")
@@ -118,6 +127,34 @@ def _table(ends: dict[int, str], final: str) -> dict[str, str | None]:
 def _from_feature_info(info: list[dict]) -> dict[str, str | None]:
     ends = {entry["reduction"]: entry["module"] for entry in info}  # later entries win: the stage's last
     return _table(ends, info[-1]["module"])
+
+
+def _hf_table(model: nn.Module) -> dict[str, str | None] | None:
+    """Depths of a Hugging Face ViT, DeiT, Swin, ConvNeXt or ResNet classifier, from its config; None for
+    any other model."""
+    config, base = getattr(model, "config", None), getattr(model, "base_model_prefix", "")
+    kind = getattr(config, "model_type", None)
+    if config is None:
+        return None
+    modules = dict(model.named_modules())
+    if kind in ("vit", "deit"):
+        blocks = next(f"{base}.{p}" for p in ("layers", "encoder.layer") if f"{base}.{p}" in modules)
+        n = len(modules[blocks])
+        mid = {f"mid{q}": f"{blocks}.{max(min(n * q // 4, n - 1) - 1, 0)}" for q in (1, 2, 3)}
+        return {"input": None, **mid, "final": f"{blocks}.{n - 1}.layernorm_before"}
+    if kind == "swin":
+        stages = modules[f"{base}.encoder.layers"]
+        ends = {
+            config.patch_size * 2**i: f"{base}.encoder.layers.{i}.blocks.{len(s.blocks) - 1}"
+            for i, s in enumerate(stages)
+        }
+        return _table(ends, f"{base}.layernorm")
+    if kind in ("convnext", "resnet"):
+        first = config.patch_size if kind == "convnext" else 4 * (2 if config.downsample_in_first_stage else 1)
+        n = len(modules[f"{base}.encoder.stages"])
+        ends = {first * 2**i: f"{base}.encoder.stages.{i}" for i in range(n)}
+        return _table(ends, ends[max(ends)])
+    return None
 
 
 def _stage_ends(model: nn.Module, container: str) -> dict[str, str | None]:
@@ -144,4 +181,4 @@ def layer_name(model: nn.Module, depth: str) -> str | None:
     """Module name of a named depth (`None` means the input)."""
     if depth not in DEPTHS:
         raise ValueError(f"depth {depth!r} is unknown; accepted: {', '.join(DEPTHS)}")
-    return depth_table(model)[depth]
+    return None if depth == "input" else depth_table(model)[depth]  # the input needs no table (any model)

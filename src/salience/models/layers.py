@@ -12,6 +12,8 @@ class UncentredBatchNorm2d(nn.Module):
     With `detach_scale = True` (B-cos explanation mode) the divisor is treated as a constant.
     """
 
+    running_var: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__()
         self.eps = eps

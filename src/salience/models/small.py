@@ -5,7 +5,7 @@ from torch import nn
 
 
 def _block(c_in: int, c_out: int, pool: bool) -> nn.Sequential:
-    layers = [nn.MaxPool2d(2)] if pool else []
+    layers: list[nn.Module] = [nn.MaxPool2d(2)] if pool else []
     layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 

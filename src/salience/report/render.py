@@ -9,6 +9,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -36,6 +37,7 @@ LABELS = {
     "accuracy": "Accuracy",
     "auc": "ROC AUC",
     "f1": "F1 (micro)",
+    "map": "mAP (macro AP)",
     "worst_group_accuracy": "Worst-group accuracy",
 }
 
@@ -52,7 +54,7 @@ def _label(key: str) -> str:
         return LABELS[key]
     if key.startswith("out_of_set_called_"):
         return f"Out-of-set images called '{key[18:]}'"
-    for base in ("worst_group_accuracy", "accuracy", "auc", "f1"):
+    for base in ("worst_group_accuracy", "accuracy", "auc", "f1", "map", "epg", "iou"):
         if key.endswith("_" + base):
             return f"{LABELS[base]} on {key[: -len(base) - 1]}"
     return key
@@ -89,7 +91,9 @@ def fig_gallery(gallery: dict, results: dict) -> str | None:
         img = gallery["images"][i].permute(1, 2, 0).clamp(0, 1).numpy()
         label = gallery["labels"][i]
         name = gallery["classes"][label] if 0 <= label < len(gallery["classes"]) else "image"
-        panels = [(name + (" + boxes" if len(gallery["boxes"][i]) else ""), img, None)]
+        panels: list[tuple[str, Any, str | None]] = [
+            (name + (" + boxes" if len(gallery["boxes"][i]) else ""), img, None)
+        ]
         if human:
             panels.append(("human salience", gallery["human_maps"][i].numpy(), "inferno"))
         panels += [
@@ -204,7 +208,7 @@ def fig_stability(results: dict) -> str | None:
     if not st:
         return None
     fig, axes = plt.subplots(1, len(st), figsize=(3.2 * len(st), 2.6), squeeze=False)
-    for k, (ax, (g, s)) in enumerate(zip(axes[0], st.items())):
+    for k, (ax, (g, s)) in enumerate(zip(axes[0], st.items(), strict=True)):
         im = ax.imshow(s["ssim_matrix"], vmin=0, vmax=1, cmap="viridis")
         n = len(s["ssim_matrix"])
         for i in range(n):
@@ -256,7 +260,7 @@ def fig_deletion(results: dict) -> str | None:
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 2.8), squeeze=False)
     axes = axes[0]
     for k, name in enumerate(names):
-        for g, curve in _per_group_curve(results, lambda m: m[name]).items():
+        for g, curve in _per_group_curve(results, lambda m, name=name: m[name]).items():
             axes[k].plot([i / (len(curve) - 1) for i in range(len(curve))], curve, color=_color(results, g), label=g)
         axes[k].set_title(name.split("_")[0], fontsize=9)
         axes[k].set_xlabel("fraction of pixels changed (most salient first)")
@@ -270,7 +274,7 @@ def fig_pareto(results: dict) -> str | None:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
     labelled = set()
-    for name, m in results["models"].items():
+    for m in results["models"].values():
         if "pareto" not in m:
             continue
         pts = [p for p in m["pareto"] if p["accuracy"] is not None and p["epg"] is not None]

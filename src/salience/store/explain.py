@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -103,7 +104,7 @@ def explain_stores(
     models: list[torch.nn.Module],
     dataset,
     methods: list[str],
-    outs: list[dict[str, str | Path]],
+    outs: Sequence[Mapping[str, str | Path]],
     *,
     target_policy: str = "true",
     data: str = "",
@@ -183,7 +184,8 @@ def explain_stores(
                     split=split,
                     image_ids=tuple(ids[i] for i in item_image),
                 )
-                stores.append(MapStore.resume(path, meta, tuple(first[m][spec].shape[-2:]), chunk_size))
+                h, w = first[m][spec].shape[-2:]
+                stores.append(MapStore.resume(path, meta, (h, w), chunk_size))
             pending = [s.pending() for s in stores]
         except Exception as err:
             if ctx.world_size == 1:
@@ -208,8 +210,8 @@ def explain_stores(
         by_model: dict[int, list[str]] = {}
         for k in wanted:
             by_model.setdefault(flat[k][0], []).append(flat[k][1])
-        maps = {k: [] for k in wanted}
-        targets = {m: [] for m in by_model}
+        maps: dict[int, list[torch.Tensor]] = {k: [] for k in wanted}
+        targets: dict[int, list[torch.Tensor]] = {m: [] for m in by_model}
         images = item_image[start:stop]  # the chunk's items' dataset indices, non-decreasing
         unique = sorted(set(images))
         row = {d: j for j, d in enumerate(unique)}  # dataset index -> position among the chunk's images
@@ -240,7 +242,7 @@ def explain_stores(
     fill(stores, compute, progress=progress and ctx.is_main, chunks=mine)
     dist.barrier(ctx)
     result: list[dict[str, MapStore]] = [{} for _ in models]
-    for (m, spec, _), store in zip(flat, stores):
+    for (m, spec, _), store in zip(flat, stores, strict=True):
         result[m][spec] = store
     return result
 

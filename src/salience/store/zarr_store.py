@@ -22,8 +22,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -78,13 +79,13 @@ def model_hash(model: torch.nn.Module) -> str:
 class MapStore:
     """A zarr 3 store of maps `[N, h, w]` and targets `[N]` in chunks of `chunk_size` images."""
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r"):
+    def __init__(self, path: str | os.PathLike, mode: Literal["r", "r+"] = "r"):
         self.path = Path(path)
         if not (self.path / "zarr.json").is_file():
             raise FileNotFoundError(f"{self.path}: not a map store (no zarr.json)")
         try:
             self._group = zarr.open_group(str(self.path), mode=mode)
-            attrs = self._group.attrs.asdict()
+            attrs: dict[str, Any] = self._group.attrs.asdict()  # JSON; checked below
         except Exception as err:  # unreadable zarr.json
             raise DamagedStoreError(f"{self.path / 'zarr.json'}: unreadable ({type(err).__name__}: {err})") from err
         if attrs.get("salience_store") != FORMAT:
@@ -151,9 +152,14 @@ class MapStore:
             raise ValueError(f"{path}: existing store differs in {', '.join(diffs)}; refusing to resume into it")
         for i, reason in store.verify().items():
             log.warning("%s; chunk %d will be recomputed", reason, i)
-            store._group["done"][i] = False
+            store._array("done")[i] = False
             store._seen_done[i] = False
         return store
+
+    def _array(self, name: str) -> zarr.Array:
+        arr = self._group[name]
+        assert isinstance(arr, zarr.Array), f"{self.path / name}: not an array"
+        return arr
 
     def chunk_range(self, i: int) -> tuple[int, int]:
         """Image range `[start, stop)` of chunk `i`."""
@@ -169,12 +175,12 @@ class MapStore:
     def done(self) -> np.ndarray:
         """bool `[n_chunks]`: which chunks are finished. An unreadable done flag counts as unfinished."""
         try:
-            flags = np.asarray(self._group["done"][:], dtype=bool)
+            flags = np.asarray(self._array("done")[:], dtype=bool)
         except Exception:  # a damaged flag file: check them one by one
             flags = np.zeros(self.n_chunks, dtype=bool)
             for i in range(self.n_chunks):
                 try:
-                    flags[i] = bool(self._group["done"][i])
+                    flags[i] = bool(self._array("done")[i])
                 except Exception as err:
                     log.warning(
                         "%s: unreadable (%s); chunk %d counts as unfinished", self.path / "done" / "c" / str(i), err, i
@@ -194,11 +200,11 @@ class MapStore:
 
     def _check_chunk(self, i: int) -> str | None:
         start, stop = self.chunk_range(i)
-        for name, file in zip(("maps", "targets"), self.chunk_files(i)):
+        for name, file in zip(("maps", "targets"), self.chunk_files(i), strict=True):
             if not file.is_file():
                 return f"{file}: finished chunk {i} is missing"
             try:
-                np.asarray(self._group[name][start:stop])
+                np.asarray(self._array(name)[start:stop])
             except Exception as err:
                 return f"{file}: chunk {i} is damaged ({type(err).__name__}: {err})"
         return None
@@ -220,10 +226,14 @@ class MapStore:
             )
         if not torch.isfinite(maps).all():
             raise ValueError(f"{self.path}: chunk {i} maps contain NaN or inf")
-        full = {"write_empty_chunks": True}  # a finished chunk always has its files, even an all-zero one
-        self._group["maps"].with_config(full)[start:stop] = maps.detach().to("cpu", torch.float32).numpy()
-        self._group["targets"].with_config(full)[start:stop] = targets.detach().to("cpu", torch.int64).numpy()
-        self._group["done"][i] = True
+        # write_empty_chunks: a finished chunk always has its files, even an all-zero one
+        self._array("maps").with_config({"write_empty_chunks": True})[start:stop] = (
+            maps.detach().to("cpu", torch.float32).numpy()
+        )
+        self._array("targets").with_config({"write_empty_chunks": True})[start:stop] = (
+            targets.detach().to("cpu", torch.int64).numpy()
+        )
+        self._array("done")[i] = True
 
     def read(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps `[stop - start, h, w]` (float32) and targets of images `[start, stop)`; they must be finished."""
@@ -235,8 +245,8 @@ class MapStore:
         chunks = range(first, last + 1)
         damaged = any(not f.is_file() for i in chunks for f in self.chunk_files(i))  # zarr would read fill values
         try:
-            maps = torch.from_numpy(np.asarray(self._group["maps"][start:stop]))
-            targets = torch.from_numpy(np.asarray(self._group["targets"][start:stop]))
+            maps = torch.from_numpy(np.asarray(self._array("maps")[start:stop]))
+            targets = torch.from_numpy(np.asarray(self._array("targets")[start:stop]))
         except Exception:  # a checksum or decoding error: find the chunks at fault
             damaged = True
         if damaged:
@@ -272,7 +282,7 @@ def fill(
     chunks to compute, e.g. one process's share when several fill the same stores (default: every chunk
     unfinished in some store)."""
     single = isinstance(stores, MapStore)
-    group = [stores] if single else list(stores)
+    group = [stores] if isinstance(stores, MapStore) else list(stores)
     if not group:
         raise ValueError("fill: no stores given")
     for s in group[1:]:
@@ -283,7 +293,7 @@ def fill(
             )
     if chunks is None:
         chunks = np.flatnonzero(~np.stack([s.done() for s in group]).all(0)).tolist()
-    todo = chunks
+    todo: Iterable[int] = chunks
     if progress and todo:
         from rich.progress import track
 

@@ -2,6 +2,7 @@
 images, compared with a reference group, written as results files and a report.
 
     results = salience.study.run("study.yaml")          # or a StudyConfig, or a mapping
+    results = salience.study.run(cfg, models={"CE": [m1, m2], "CYBORG": [m3, m4]})   # modules in memory
 
 `demo_study(quick=False)` is the path of the study file behind `salience demo`.
 """

@@ -3,6 +3,7 @@ explained how, measured how. Validated on load; unknown keys are refused by name
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 
 from salience.attribution.registry import check_layer, get_method, parse_method
 from salience.io.config import DataConfig, config_error, read_tree
+from salience.models.build import check_model, is_import_path
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
@@ -24,7 +26,7 @@ class MeanStd(_Strict):
 
     @field_validator("std")
     @classmethod
-    def _positive(cls, v):
+    def _positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
         if min(v) <= 0:
             raise ValueError(f"std must be > 0 per channel, got {v}")
         return v
@@ -113,7 +115,7 @@ class ExplainConfig(_Strict):
         return [f"{self.method}@{self.layer}" if takes_layer and self.layer else self.method]
 
     @model_validator(mode="after")
-    def _layer(self):
+    def _layer(self) -> ExplainConfig:
         if self.methods is not None:
             given = {"method", "layer"} & self.model_fields_set
             if given:
@@ -163,23 +165,36 @@ class MeasuresConfig(_Strict):
 
 
 class WeightsGroup(_Strict):
-    """Models trained elsewhere: one architecture, one weights file per model."""
+    """Models trained elsewhere: one architecture, one weights file per model (or, for an import path or an
+    `hf:<folder>` without weights files, the one model the factory or the folder gives)."""
 
     model: str | None = None
-    """Any name `salience.models.build` knows (`densenet121`, `timm:legacy_xception`, ...); null when every
-    file is a salience checkpoint (its saved config names the model)."""
+    """Any name `salience.models.build` knows (`densenet121`, `timm:legacy_xception`, `hf:<folder>`, or an import
+    path `package.module:factory`, imported when the study is loaded); null when every file is a salience
+    checkpoint (its saved config names the model)."""
     num_classes: int | None = Field(None, ge=1)
-    weights: list[str] = Field(min_length=1)
+    """Classes of a named model's head; an import path gets only `kwargs`, `hf:` keeps the folder's head if null."""
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the model's constructor."""
+    output: int | str | None = None
+    """Where the class scores are in the forward's result: an index or a key / attribute; default: the
+    tensor itself, or `.logits`."""
+    weights: list[str] = Field(default_factory=list)
     """State dicts or salience checkpoints (TorchScript / torch.export files: input-level methods only)."""
-
-    @model_validator(mode="after")
-    def _model_named(self):
-        if (self.model is None) != (self.num_classes is None):
-            raise ValueError("give both model and num_classes, or neither (salience checkpoints name their model)")
-        return self
-
     allow_pickle: bool = False
     """Load whole pickled models (`torch.save(model)`): runs code from the files; only for files you trust."""
+
+    @model_validator(mode="after")
+    def _model_named(self) -> WeightsGroup:
+        own = self.model is not None and (self.model.startswith("hf:") or is_import_path(self.model))
+        if self.model is None and (self.num_classes is not None or self.kwargs or self.output is not None):
+            raise ValueError("num_classes, kwargs and output need a model (salience checkpoints name their own)")
+        if self.model is not None and not own and self.num_classes is None:
+            raise ValueError(f"model {self.model!r} needs num_classes")
+        if not self.weights and not own:
+            raise ValueError("weights: give at least one file (only an import path or hf:<folder> may have none)")
+        check_model(self.model, self.kwargs)
+        return self
 
 
 class TrainGroup(_Strict):
@@ -192,7 +207,7 @@ class TrainGroup(_Strict):
     """`key=value` overrides of the training config."""
 
 
-def _group_kind(value) -> str:
+def _group_kind(value: Any) -> str:
     keys = value if isinstance(value, dict) else vars(value)
     return "train" if "train" in keys else "weights"
 
@@ -212,19 +227,17 @@ class StudyConfig(_Strict):
     """More labelled splits on which each model's accuracy is reported (e.g. a shifted test set)."""
     explain: ExplainConfig = Field(default_factory=ExplainConfig)
     measures: MeasuresConfig = Field(default_factory=MeasuresConfig)
-    groups: dict[str, Group] = Field(min_length=1)
+    groups: dict[str, Group] = Field(default_factory=dict)
+    """Groups of models; more may come from Python (`salience.study.run(cfg, models=...)`)."""
     reference: str | None = None
     """The group the others are compared with (default: the first)."""
     train_workers: int = Field(1, ge=1)
     """Training processes side by side on CPU (one torch thread each)."""
 
     @model_validator(mode="after")
-    def _check(self):
-        if self.reference is not None and self.reference not in self.groups:
-            raise ValueError(f"reference {self.reference!r} is not a group; groups: {', '.join(self.groups)}")
+    def _check(self) -> StudyConfig:
         for name, g in self.groups.items():
-            if "/" in name or name.startswith("."):
-                raise ValueError(f"groups: {name!r}: a group name is used in file names; no '/' or leading '.'")
+            _check_group_name(name)
             if isinstance(g, TrainGroup) and self.data.normalize != "none":
                 raise ValueError(
                     f"groups.{name}: models trained by salience see images in [0, 1]; "
@@ -232,9 +245,25 @@ class StudyConfig(_Strict):
                 )
         return self
 
-    @property
-    def reference_group(self) -> str:
-        return self.reference or next(iter(self.groups))
+    def group_names(self, extra: Sequence[str] = ()) -> list[str]:
+        """The file's groups, then `extra` (groups given from Python); ValueError when there are none, a name
+        repeats, or `reference` is none of them."""
+        names = list(self.groups) + list(extra)
+        if not names:
+            raise ValueError("groups: none given; a study needs groups in its file or models from Python")
+        dup = next((n for n in extra if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"groups: {dup!r} is both a group of the study file and a group of models from Python")
+        for name in extra:
+            _check_group_name(name)
+        if self.reference is not None and self.reference not in names:
+            raise ValueError(f"reference {self.reference!r} is not a group; groups: {', '.join(names)}")
+        return names
+
+
+def _check_group_name(name: str) -> None:
+    if "/" in name or name.startswith("."):
+        raise ValueError(f"groups: {name!r}: a group name is used in file names; no '/' or leading '.'")
 
 
 def load_study(source: str | Path | dict, overrides: list[str] | None = None) -> StudyConfig:

@@ -15,15 +15,18 @@ compare -> results files and the report.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
 import multiprocessing
 import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -31,15 +34,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from salience import attribution as A
-from salience.data.core import collate
-from salience.distributed import atomic_write_text
+from salience.data.core import SalienceDataset, collate
+from salience.distributed import Context, atomic_write_text
 from salience.io.checkpoint import load_run
 from salience.io.config import ConfigError, load_config, validate
 from salience.io.datasets import open_split
 from salience.measures import MEASURES
 from salience.measures.run import Source, measure_stores
 from salience.measures.summary import compare_groups, summarise
-from salience.models import load_model
+from salience.models import adapt, build, load_model
+from salience.models.adapt import adapted, check_scores
 from salience.store import model_hash
 from salience.store.explain import explain_stores
 from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
@@ -67,12 +71,22 @@ def run(
     out: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
-    ctx=None,
+    ctx: Context | None = None,
+    models: dict[str, list[nn.Module] | dict[str, nn.Module]] | None = None,
 ) -> dict | None:
     """Run a study (a `StudyConfig`, a study file or a mapping; `overrides`: `key=value`) and return its
     results (also in `out/results.json`). Under torchrun (`ctx`) the processes share explaining and probes;
-    rank 0 writes the results and returns them, the others return None."""
+    rank 0 writes the results and returns them, the others return None.
+
+    `models`: more groups, of `nn.Module`s in memory (`{"CE": [m1, m2]}`, models named `<group>_<i>`, or
+    `{"CE": {"ce_a": m1, ...}}`), after the file's groups. Each must return scores `[B, C]` (see
+    `salience.models.adapt`; a model not adapted gets the default: the tensor itself, or `.logits`). The study
+    works on copies: the modules passed are left as they are."""
     cfg = study if isinstance(study, StudyConfig) else load_study(study, overrides)
+    try:
+        names = cfg.group_names(list(models or {}))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     out = Path(out or cfg.out)
     main = ctx is None or ctx.is_main
     try:
@@ -88,7 +102,8 @@ def run(
     if cfg.out_of_set is not None and cfg.measures.n_probe > 0:
         other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
         oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
-    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1)
+    first = collate([data[0]])["image"]
+    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {}, first)
     _check_explainable(cfg, members, data)
 
     specs = cfg.explain.specs
@@ -110,7 +125,7 @@ def run(
         progress=progress and main,
         ctx=ctx,
     )
-    groups = {g: [paths[(m.name, spec)] for spec in specs for m in members if m.group == g] for g in cfg.groups}
+    groups = {g: [paths[(m.name, spec)] for spec in specs for m in members if m.group == g] for g in names}
     sources = {
         str(paths[(m.name, spec)]): Source(
             m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps, samples=cfg.measures.samples
@@ -132,8 +147,9 @@ def run(
     )
     if not main:
         return None
+    assert summary is not None  # measure_stores returns it on rank 0
     accuracy = _accuracies(cfg, members, out, data)
-    results = _results(cfg, members, summary, accuracy, out, data)
+    results = _results(cfg, names, members, summary, accuracy, out, data)
     results["seconds"] = round(time.perf_counter() - t0, 1)
     _gallery(cfg, members, data, stores, out)
     _write_json(out / "results.json", results)
@@ -143,29 +159,40 @@ def run(
     return results
 
 
-def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool) -> list[Member]:
+def _members(
+    cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool, models: dict, first: Any
+) -> list[Member]:
     """Every model of the study, in eval mode on `device`, normalising its input as the data say. Weights
-    files are loaded (and a bad one refused) before any training starts."""
+    files are loaded (and a bad one refused), and every model not trained here is checked to return scores
+    `[1, C]` on the `first` image `[1, 3, H, W]`, before any training starts."""
     members: list[Member] = []
     stems = [Path(w).stem for g in cfg.groups.values() if isinstance(g, WeightsGroup) for w in g.weights]
     for group, g in cfg.groups.items():
         if isinstance(g, WeightsGroup):
-            for i, w in enumerate(g.weights):
-                if not Path(w).is_file():
-                    raise ConfigError(f"groups.{group}.weights: {w}: file not found")
-                name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
-                if g.model is None:
-                    model, config = load_run(w)
-                    members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
-                else:
-                    model = load_model(w, g.model, g.num_classes, allow_pickle=g.allow_pickle)
-                    members.append(Member(group, name, model, f"{g.model} weights {w}"))
+            members += _weights_members(group, g, stems)
+    for group, given in models.items():
+        named = given if isinstance(given, dict) else {f"{group}_{i}": m for i, m in enumerate(given)}
+        for name, model in named.items():
+            if not isinstance(model, nn.Module):
+                raise ConfigError(f"models[{group!r}]: {name} is a {type(model).__name__}, not a torch nn.Module")
+            model = copy.deepcopy(model)
+            members.append(
+                Member(group, name, model if adapted(model) else adapt(model), f"{type(model).__name__} from Python")
+            )
+    for m in members:
+        try:
+            check_scores(m.model, first.to(next(m.model.parameters(), first).device))
+        except Exception as err:
+            raise ConfigError(f"groups.{m.group}: model {m.name} ({m.source}): {err}") from None
     names = [m.name for m in members] + [
         f"{group}_s{seed}" for group, g in cfg.groups.items() if isinstance(g, TrainGroup) for seed in g.seeds
     ]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup is not None:
-        raise ConfigError(f"groups: two models are named {dup!r} (weights file stems and <group>_s<seed> must differ)")
+        raise ConfigError(
+            f"groups: two models are named {dup!r} (weights file stems, <group>_<i>, the names of models from "
+            f"Python and <group>_s<seed> must differ)"
+        )
     trained = _train_all(cfg, out, progress, distributed)
     for group, g in cfg.groups.items():
         if isinstance(g, TrainGroup):
@@ -181,12 +208,35 @@ def _members(cfg: StudyConfig, out: Path, device: torch.device, progress: bool, 
     return members
 
 
-def _normalise_input(model: nn.Module, mean, std) -> None:
+def _weights_members(group: str, g: WeightsGroup, stems: list[str]) -> list[Member]:
+    """The models of a group of weights files (or the one model its import path or `hf:` folder gives)."""
+    if not g.weights:
+        assert g.model is not None  # checked on load: a group without weights names its model
+        try:
+            model = build(g.model, g.num_classes, kwargs=g.kwargs, output=g.output)
+        except (ValueError, FileNotFoundError) as err:
+            raise ConfigError(f"groups.{group}.model: {err}") from None
+        return [Member(group, f"{group}_0", model, g.model)]
+    members = []
+    for i, w in enumerate(g.weights):
+        if not Path(w).is_file():
+            raise ConfigError(f"groups.{group}.weights: {w}: file not found")
+        name = Path(w).stem if stems.count(Path(w).stem) == 1 else f"{group}_{i}"
+        if g.model is None:
+            model, config = load_run(w)
+            members.append(Member(group, name, model, f"{config.model.name} checkpoint {w}"))
+        else:
+            model = load_model(w, g.model, g.num_classes, g.allow_pickle, g.kwargs, g.output)
+            members.append(Member(group, name, model, f"{g.model} weights {w}"))
+    return members
+
+
+def _normalise_input(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
     """Make `model` take images in [0, 1]: `(x - mean) / std` per channel before its forward."""
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
 
-    def pre(_module, args):
+    def pre(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
         x = args[0]
         return ((x - mean_t.to(x)) / std_t.to(x),) + tuple(args[1:])
 
@@ -201,7 +251,7 @@ def store_paths(out: Path, models: list[str], specs: list[str]) -> dict[tuple[st
     return {(m, spec): out / "stores" / spec / m for m in models for spec in specs}
 
 
-def _check_explainable(cfg: StudyConfig, members: list[Member], data) -> None:
+def _check_explainable(cfg: StudyConfig, members: list[Member], data: SalienceDataset) -> None:
     """Fail before any work when a model cannot give this study's maps."""
     for spec in cfg.explain.specs:
         name, layer = A.parse_method(spec)
@@ -230,6 +280,25 @@ def _trained(run_dir: Path, epochs: int) -> bool:
     return log.exists() and len(log.read_text().splitlines()) >= epochs
 
 
+def check_same_config(run_dir: Path, tree: dict) -> None:
+    """Refuse to reuse or resume `run_dir` when its saved `config.yaml` differs from `tree` (a run left by
+    older code or another study file would otherwise give stale numbers); `epochs`, `device`, `out`,
+    `data.workers` and `eval` may differ, as on resume."""
+    import yaml
+
+    from salience.training.loop import _same_run
+
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return
+    diffs = _same_run(yaml.safe_load(saved.read_text()), validate(tree, str(saved)).dump())
+    if diffs:
+        raise ConfigError(
+            f"{run_dir}: trained with another config ({', '.join(diffs)} differ from the study file's); "
+            "remove the folder or choose another --out"
+        )
+
+
 def _train_one(tree: dict, run_dir: Path, threads: int | None = None) -> Path:
     from salience.training import train
 
@@ -254,6 +323,7 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
             tree = base.dump() | {"out": str(out / "runs" / f"{group}_s{seed}"), "seed": seed}
             if cfg.device == "cpu":
                 tree["device"] = "cpu"
+            check_same_config(Path(tree["out"]), tree)
             todo.append(((group, seed), tree, Path(tree["out"]), base.epochs))
     runs = {key: run_dir for key, _, run_dir, epochs in todo if _trained(run_dir, epochs)}  # reused
     todo = [item for item in todo if item[0] not in runs]
@@ -275,9 +345,10 @@ def _train_all(cfg: StudyConfig, out: Path, progress: bool, distributed: bool) -
     return runs
 
 
-def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dict[str, dict]:
-    """Per model: task metrics on the study's data and on every `evaluate` split, and the share of
-    out-of-set images given each class. Kept in `out/models/<model>.json` with the model's hash, so a
+def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: SalienceDataset) -> dict[str, dict]:
+    """Per model: task metrics on the study's data and on every `evaluate` split (with EPG and IoU of the
+    explain method's maps there, when the split has boxes), and the share of out-of-set images given each
+    class. Kept in `out/models/<model>.json` with the model's hash, so a
     rerun recomputes only changed models."""
     from salience.distributed import Context
     from salience.training.evaluate import evaluate
@@ -287,7 +358,8 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dic
     opened: dict = {"data": data}
     key = json.dumps(
         {k: v.model_dump(mode="json") for k, v in splits.items()}
-        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None},
+        | {"out_of_set": cfg.out_of_set.model_dump(mode="json") if cfg.out_of_set else None}
+        | {"explain": cfg.explain.model_dump(mode="json")},
         sort_keys=True,
     )
     (out / "models").mkdir(exist_ok=True)
@@ -309,9 +381,18 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data) -> dic
                 continue  # unlabelled images (a flat folder)
             multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
             loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
-            metrics = evaluate(m.model, loader, multi, localisation=False, ctx=Context(0, 1, device, False))
+            boxed = name != "data" and any(len(r.boxes) for r in getattr(ds, "records", []))  # data: the measures
+            metrics = evaluate(
+                m.model,
+                loader,
+                multi,
+                cfg.explain.method,
+                cfg.explain.layer or "input",
+                localisation=boxed,
+                ctx=Context(0, 1, device, False),
+            )
             prefix = "" if name == "data" else f"{name}_"
-            for k in ("accuracy", "auc", "f1", "worst_group_accuracy"):
+            for k in ("accuracy", "auc", "f1", "map", "worst_group_accuracy", *(("epg", "iou") if boxed else ())):
                 if metrics.get(k) is not None:
                     acc[prefix + k] = metrics[k]
         if cfg.out_of_set is not None:
@@ -334,12 +415,20 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
     with open(out / "per_image.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-        columns = [c for c in reader.fieldnames if c in MEASURES]
+        columns = [c for c in reader.fieldnames or [] if c in MEASURES]
     return rows, columns
 
 
-def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: dict, out: Path, data) -> dict:
-    ref = cfg.reference_group
+def _results(
+    cfg: StudyConfig,
+    names: list[str],
+    members: list[Member],
+    summary: dict,
+    accuracy: dict,
+    out: Path,
+    data: SalienceDataset,
+) -> dict:
+    ref = cfg.reference or names[0]
     specs = cfg.explain.specs
     rows, columns = _pooled_values(out)
     by_store = {(s["model"], s.get("spec", specs[0])): s for s in summary["stores"].values()}
@@ -362,9 +451,9 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
             models[m.name]["by_method"] = per_method
         if m.run is not None:
             models[m.name]["pareto"] = _pareto(m.run)
-    groups = {g: [m.name for m in members if m.group == g] for g in cfg.groups}
+    groups = {g: [m.name for m in members if m.group == g] for g in names}
     by_method = {
-        spec: _measure_tables(cfg, groups, [r for r in rows if r.get("method", spec) == spec], columns)
+        spec: _measure_tables(cfg, ref, groups, [r for r in rows if r.get("method", spec) == spec], columns)
         for spec in specs
     }
     table, comparisons = by_method[specs[0]]
@@ -374,7 +463,7 @@ def _results(cfg: StudyConfig, members: list[Member], summary: dict, accuracy: d
             g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
             for g, names in groups.items()
         }
-        table[k], comparisons[k] = _summarise_groups(cfg, groups, values)
+        table[k], comparisons[k] = _summarise_groups(cfg, ref, groups, values)
     results = {
         "study": cfg.model_dump(mode="json"),
         "data": {
@@ -414,9 +503,8 @@ def _measure_info(name: str) -> dict:
     return {"label": m.label, "family": m.family, "kind": m.kind, "range": list(m.range), "better": m.better}
 
 
-def _summarise_groups(cfg: StudyConfig, groups: dict, values: dict[str, torch.Tensor]) -> tuple[dict, dict]:
-    """Summaries per group of `values` (group -> [n]) and the comparisons with the reference group."""
-    ref = cfg.reference_group
+def _summarise_groups(cfg: StudyConfig, ref: str, groups: dict, values: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Summaries per group of `values` (group -> [n]) and the comparisons with the reference group `ref`."""
     table = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
     comps = {
         f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed, n_perm=cfg.measures.n_perm)
@@ -432,13 +520,15 @@ def _column(rows: list[dict], c: str, keep) -> torch.Tensor:
     return v[~torch.isnan(v)]
 
 
-def _measure_tables(cfg: StudyConfig, groups: dict, rows: list[dict], columns: list[str]) -> tuple[dict, dict]:
+def _measure_tables(
+    cfg: StudyConfig, ref: str, groups: dict, rows: list[dict], columns: list[str]
+) -> tuple[dict, dict]:
     """`(table, comparisons)` of the per-image measures of one method, pooled over the models of each group."""
     table, comparisons = {}, {}
     for c in columns:
         values = {g: _column(rows, c, lambda r, g=g: r["group"] == g) for g in groups}
         if any(len(v) for v in values.values()):
-            table[c], comparisons[c] = _summarise_groups(cfg, groups, values)
+            table[c], comparisons[c] = _summarise_groups(cfg, ref, groups, values)
     return table, comparisons
 
 
@@ -471,13 +561,14 @@ def _pareto(run_dir: Path) -> list[dict]:
                 "accuracy": val.get("accuracy", val.get("f1")),
                 "epg": val.get("epg"),
                 "iou": val.get("iou"),
+                "map": val.get("map"),
                 "pareto": rec["epoch"] in kept,
             }
         )
     return points
 
 
-def _gallery(cfg: StudyConfig, members: list[Member], data, stores: dict, out: Path) -> None:
+def _gallery(cfg: StudyConfig, members: list[Member], data: SalienceDataset, stores: dict, out: Path) -> None:
     """The first images with their boxes, human maps and the first model's map of each group, for the report."""
     from salience.store import MapStore
 
@@ -573,17 +664,17 @@ def findings(results: dict) -> list[str]:
             else {}
         )
         if means:
-            best = pick(means, key=means.get)
+            best = pick(means, key=means.__getitem__)
             out.append(f"{what}: {best} ({means[best]:.3f}).")
     return out
 
 
-def _write_json(path: Path, obj) -> None:
+def _write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, allow_nan=True))
 
 
 def measure_checkpoints(
-    groups: dict[str, list[str | Path]],
+    groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     *,
     method: str | list[str],
@@ -597,7 +688,7 @@ def measure_checkpoints(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = False,
-    ctx=None,
+    ctx: Context | None = None,
     measures: list[str] | None = None,
     samples: int | None = None,
 ) -> dict | None:
@@ -627,6 +718,8 @@ def measure_checkpoints(
                     f"{path}: its data config differs from that of {first}; measure checkpoints of "
                     f"one data set together (or align them with --set data.<key>=...)"
                 )
+    if data is None:
+        raise ValueError("measure_checkpoints: no checkpoints given")
     section = {
         "format": data.format,
         "root": data.root,

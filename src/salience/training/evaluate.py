@@ -1,7 +1,8 @@
 """Validation and test metrics: task metrics, EPG and IoU, worst-group accuracy.
 
 Single-label: accuracy, ROC AUC (binary: on the softmax probability of class 1; more classes:
-macro one-vs-rest). Multi-label: micro F1 at logit >= 0. EPG and IoU: for every true class of
+macro one-vs-rest). Multi-label: micro F1 at logit >= 0 and mAP (macro average precision over the
+classes with at least one positive image, `mean_average_precision`). EPG and IoU: for every true class of
 every image (attribution of that class, model in eval mode), against the union of that class's
 boxes (or the image's mask, e.g. a segmentation, when it has no boxes), averaged over pairs with a non-empty mask.
 Worst-group accuracy: the lowest accuracy over groups >= 0 (single-label data with groups).
@@ -18,6 +19,7 @@ from torchmetrics.functional.classification import (
     binary_auroc,
     multiclass_accuracy,
     multiclass_auroc,
+    multilabel_average_precision,
     multilabel_f1_score,
 )
 
@@ -29,8 +31,25 @@ from salience.measures import epg as epg_measure
 from salience.measures import iou as iou_measure
 
 
-def task_metric_name(multi_label: bool) -> str:
-    return "f1" if multi_label else "accuracy"
+def task_metric_names(multi_label: bool) -> tuple[str, ...]:
+    """The task metrics that enter the Pareto front: F1 and mAP (multi-label), or accuracy."""
+    return ("f1", "map") if multi_label else ("accuracy",)
+
+
+def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """Macro AP: the mean over classes with at least one positive of each class's average precision.
+
+    scores ``[N, C]`` (logits or probabilities: AP only ranks them), labels ``[N, C]`` multi-hot. AP is
+    ``Σ_n (R_n − R_{n−1}) P_n`` over the thresholds (torchmetrics, exact, as scikit-learn's
+    ``average_precision_score``); a class without positives has no AP and is left out; None if no class has one.
+    """
+    positive = labels.sum(0) > 0
+    if not positive.any():
+        return None
+    per_class = multilabel_average_precision(
+        scores.float(), labels.int(), num_labels=labels.shape[1], average="none", thresholds=None
+    )
+    return per_class[positive].mean().item()
 
 
 def evaluate(
@@ -94,6 +113,7 @@ def metrics(
         out["f1"] = multilabel_f1_score(
             (logits >= 0).int(), labels.int(), num_labels=num_classes, average="micro"
         ).item()
+        out["map"] = mean_average_precision(logits, labels)
     else:
         target = labels.argmax(1)
         pred = logits.argmax(1)

@@ -27,10 +27,10 @@ from salience.data.core import collate
 from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.io.checkpoint import load_checkpoint, save_checkpoint
-from salience.io.config import ConfigError, TrainConfig
+from salience.io.config import ConfigError, GuidanceConfig, TrainConfig, validate
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
-from salience.models import build
-from salience.training.evaluate import evaluate, task_metric_name
+from salience.models.adapt import check_scores
+from salience.training.evaluate import evaluate, task_metric_names
 from salience.training.pareto import ParetoFront
 
 log = logging.getLogger("salience")
@@ -65,7 +65,7 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
 
 
 def _to(batch: dict, device: torch.device) -> dict:
-    out = {}
+    out: dict = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
             out[k] = v.to(device, non_blocking=True)
@@ -145,11 +145,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     multi_label = is_multi_label(config.data, train_ds)
     check_guidance_data(g.loss, train_ds)
     num_classes = len(train_ds.classes)
-    model = build(config.model.name, num_classes, config.model.weights).to(ctx.device)
-    output = g.output
-    if output == "auto":
-        output = "log_softmax" if not multi_label and g.method in SHARED_FORWARD else "logit"
-    guide = Guide(g.loss, g.method, g.depth, g.lam, g.ig_steps, g.box_dilation, output)
+    model = config.model.build(num_classes, config.model.weights).to(ctx.device)
+    try:  # a wrong `output` or a head of another size fails now, naming what the forward returns
+        check_scores(model, val_ds[0]["image"][None].to(ctx.device), num_classes)
+    except ValueError as err:
+        raise ConfigError(f"model: {config.model.name}: {err}") from None
+    guide = make_guide(g, multi_label)
     try:
         guide.check(model)
     except ValueError as err:
@@ -162,11 +163,12 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
         raise ConfigError(str(err).replace("guidance.", "eval.")) from None
     optimizer = make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config, e))
-    front = ParetoFront(ckpt_dir)
+    front = ParetoFront(ckpt_dir, (*task_metric_names(multi_label), "epg", "iou"))
     start = 0
     if resume:
         state, used = _load_resume_state(ckpt_dir, ctx.device)
-        diffs = _same_run(state["config"], config.dump())
+        saved = validate(state["config"], f"{used} (saved config)").dump()  # keys added since take defaults
+        diffs = _same_run(saved, config.dump())
         if diffs:
             raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
         model.load_state_dict(state["model"])
@@ -187,7 +189,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
-    sampler = DistributedSampler(train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed)
+    sampler: DistributedSampler[int] = DistributedSampler(
+        train_ds, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed
+    )
     val_loader = DataLoader(
         val_ds,
         batch_size=config.eval.batch_size or config.batch_size,
@@ -266,7 +270,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
             "seconds": round(time.perf_counter() - t0, 3),
         }
         if ctx.is_main:
-            objectives = (val[task_metric_name(multi_label)], val["epg"], val["iou"])
+            objectives = (*(val[k] for k in task_metric_names(multi_label)), val["epg"], val["iou"])
             state = {
                 "model": core.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -308,6 +312,23 @@ def _candidates(ckpt_dir: Path) -> list[Path]:
     """Checkpoints to resume from, newest first: last.pt, prev.pt, then the Pareto files by epoch."""
     epochs = sorted(ckpt_dir.glob("epoch_*.pt"), reverse=True)
     return [p for p in (ckpt_dir / "last.pt", ckpt_dir / "prev.pt", *epochs) if p.is_file()]
+
+
+def make_guide(g: GuidanceConfig, multi_label: bool) -> Guide:
+    """The `Guide` for a `guidance` section, `auto` settings resolved.
+
+    `output: auto`: the `logit` for `cyborg` (CYBORG's CAM) and multi-label tasks, else `log_softmax` with a
+    shared-forward method. `target: auto`: `predicted` for `cyborg` (CYBORG), else the drawn `true` class.
+    `alpha` (CYBORG's α) sets the objective to `α · task + (1 − α) · guidance` in place of `task + λ · guidance`.
+    """
+    output, target = g.output, g.target
+    if output == "auto":
+        shared = not multi_label and g.method in SHARED_FORWARD and g.loss != "cyborg"
+        output = "log_softmax" if shared else "logit"
+    if target == "auto":
+        target = "predicted" if g.loss == "cyborg" else "true"
+    task_weight, lam = (1.0, g.lam) if g.alpha is None else (g.alpha, 1.0 - g.alpha)
+    return Guide(g.loss, g.method, g.depth, lam, g.ig_steps, g.box_dilation, output, target, task_weight)
 
 
 def _load_resume_state(ckpt_dir: Path, device) -> tuple[dict, Path]:

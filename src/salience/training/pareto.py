@@ -1,4 +1,6 @@
-"""The Pareto front of validation (task metric, EPG, IoU), all maximised, kept as checkpoints."""
+"""The Pareto front of validation (task metrics, EPG, IoU), all maximised, kept as checkpoints.
+
+Task metrics: accuracy (single-label), or F1 and mAP (multi-label)."""
 
 from __future__ import annotations
 
@@ -18,14 +20,15 @@ def _value(x) -> float:
 def dominates(a, b) -> bool:
     """a >= b everywhere and a > b somewhere (NaN counts as the worst value)."""
     a, b = [_value(x) for x in a], [_value(x) for x in b]
-    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+    return all(x >= y for x, y in zip(a, b, strict=True)) and any(x > y for x, y in zip(a, b, strict=True))
 
 
 class ParetoFront:
     """Epochs whose objectives no other kept epoch dominates; files `epoch_NNN.pt` in `folder`."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, names: tuple[str, ...] = ("task", "epg", "iou")):
         self.folder = Path(folder)
+        self.names = list(names)
         self.entries: list[dict] = []  # {"epoch", "objectives", "file"}
         self._drop: list[str] = []
 
@@ -58,7 +61,7 @@ class ParetoFront:
         self._drop = []
         atomic_write_text(
             self.folder / "pareto.json",
-            json.dumps({"objectives": ["task", "epg", "iou"], "front": self.entries}, indent=2) + "\n",
+            json.dumps({"objectives": self.names, "front": self.entries}, indent=2) + "\n",
         )
 
     def state_dict(self) -> dict:

@@ -11,7 +11,6 @@ from salience.data.core import collate
 from salience.io.checkpoint import load_checkpoint
 from salience.io.config import _set, parse_overrides, validate
 from salience.io.datasets import open_split
-from salience.models import build
 from salience.training.evaluate import evaluate
 
 
@@ -27,7 +26,7 @@ def evaluate_checkpoint(
     config = validate(tree, f"{path} (saved config)")
     ctx = dist.Context(0, 1, dist.resolve_device(device), False)
     ds = open_split(config.data, split)
-    model = build(config.model.name, len(state["classes"]))
+    model = config.model.build(len(state["classes"]))
     model.load_state_dict(state["model"])
     model.to(ctx.device)
     loader = DataLoader(

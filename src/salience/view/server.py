@@ -94,7 +94,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _host_ok(self) -> bool:
         """Bound to the loopback, answer only requests addressed to it (a guard against DNS rebinding)."""
-        bound = self.server.server_address[0]
+        address = self.server.server_address
+        bound = str(address[0]) if isinstance(address, tuple) else str(address)
         if bound not in ("127.0.0.1", "::1", "localhost"):
             return True
         host = re.sub(r":\d+$", "", self.headers.get("Host", ""))

@@ -11,6 +11,7 @@ import json
 import math
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,10 +92,10 @@ class Table:
         rows = np.flatnonzero(mask)
         if sort in self.numbers:
             v = self.numbers[sort][rows]
-            key = np.where(np.isnan(v), np.inf, -v if desc else v)  # blanks last either way
+            order = np.where(np.isnan(v), np.inf, -v if desc else v)  # blanks last either way
         else:
-            key = -self.codes[sort][rows] if desc else self.codes[sort][rows]
-        page = rows[np.argsort(key, kind="stable")[offset : offset + limit]]
+            order = -self.codes[sort][rows] if desc else self.codes[sort][rows]
+        page = rows[np.argsort(order, kind="stable")[offset : offset + limit]]
         return {
             "columns": self.order,
             "numeric": list(self.numbers),
@@ -167,7 +168,7 @@ class Study:
         models = np.asarray(cols["model"], dtype=str)
         meta = {m: self.stores_meta.get(m, ("", {}))[1] for m in np.unique(models).tolist()}
         method = {m: s.get("method", "") + (f"@{s['layer']}" if s.get("layer") else "") for m, s in meta.items()}
-        labels = {
+        labels: dict[str, Any] = {
             "group": cols["group"],
             "model": models,
             "image": cols["image"],
@@ -187,7 +188,8 @@ class Study:
         self.groups = [g for g in self.groups if g in set(self.table.values["group"].tolist())]
         self.stability = self._stability()
         self.oos = self._oos()
-        self._stores, self._data = {}, {}
+        self._stores: dict[str, Any] = {}
+        self._data: dict[str, Any] = {}
         self._lock, self._data_lock = threading.Lock(), threading.Lock()
         self._disagreement: dict[tuple, Table] = {}
         self.ready = threading.Event()  # set when `warm` has opened the stores and data sets
@@ -293,13 +295,13 @@ class Study:
         if cache_key not in self._disagreement:
             t, v = self.table, self.table.numbers[measure]
             n_class = len(t.values["class"])
-            key = t.codes["image"].astype(np.int64) * n_class + t.codes["class"]
+            pair = t.codes["image"].astype(np.int64) * n_class + t.codes["class"]
             size = len(t.values["image"]) * n_class
             means = []
             for g in (a, b):
                 hit = (t.label("group") == g) & ~np.isnan(v)
-                count = np.bincount(key[hit], minlength=size)
-                means.append(np.bincount(key[hit], weights=v[hit], minlength=size) / np.maximum(count, 1))
+                count = np.bincount(pair[hit], minlength=size)
+                means.append(np.bincount(pair[hit], weights=v[hit], minlength=size) / np.maximum(count, 1))
                 means[-1][count == 0] = np.nan
             both = np.flatnonzero(~np.isnan(means[0]) & ~np.isnan(means[1]))
             diff = means[0][both] - means[1][both]
