@@ -59,7 +59,7 @@ def test_csv_agrees_with_the_summaries(demo_dir):
         rows = list(csv.DictReader(f))
     n_test = results["data"]["images"]
     assert len(rows) == len(GROUPS) * n_test
-    assert list(rows[0])[:4] == ["group", "model", "image", "class"]
+    assert list(rows[0])[:5] == ["group", "model", "method", "image", "class"]
     for group in GROUPS:
         epg = [float(r["epg"]) for r in rows if r["group"] == group]
         assert all(0 <= v <= 1 for v in epg if not math.isnan(v))

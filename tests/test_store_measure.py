@@ -198,6 +198,8 @@ def test_measure_checkpoints_runs_every_measure_and_resumes(tmp_path):
         "final",
         "--n-probe",
         "5",
+        "--samples",
+        "2",
         "--out-of-set",
         "out_of_set",
         "--out",

@@ -79,6 +79,10 @@ def run_readme_study(study_dir: Path):
                 "--set",
                 "measures.n_probe=2",
                 "--set",
+                "measures.samples=2",
+                "--set",
+                "measures.select=[mprt,random_logit,entropy_histogram,sparseness,deletion_auc,stability_ssim]",
+                "--set",
                 "measures.n_boot=200",
                 "--set",
                 "measures.n_perm=200",
@@ -121,8 +125,12 @@ def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
     assert {p.name for p in out.iterdir()} >= {"results.json", "per_image.csv", "stability.csv", "report.html"}
     with open(out / "per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:4] == ["group", "model", "image", "class"]
-    assert len(rows) == 4 * 6
+    assert list(rows[0])[:5] == ["group", "model", "method", "image", "class"]
+    assert len(rows) == 3 * 4 * 6  # the README's three methods
+    assert {r["method"] for r in rows} == {"grad_cam@features", "grad_cam_pp@features", "input_x_gradient"}
+    page = (out / "report.html").read_text()
+    assert "Methods compared within each group" in page and "Sanity check: model parameter randomisation" in page
+    rows = [r for r in rows if r["method"] == "grad_cam@features"]
     assert {(r["group"], r["model"]) for r in rows} == {
         ("CE", "ce_1"),
         ("CE", "ce_2"),
@@ -146,7 +154,7 @@ def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
     assert set(results["summary"]["accuracy"]) == {"CE", "CYBORG"}
     assert "out_of_set_called_real" in results["summary"]
     assert results["models"]["ce_1"]["source"].startswith("densenet121 weights ce_1.pth")
-    assert set(results["stability"]) == {"CE", "CYBORG"}
+    assert set(results["stability"]) == {f"{g} · {m}" for g in ("CE", "CYBORG") for m in results["by_method"]}
     page = (out / "report.html").read_text()
     assert "faces/test" in page and "ce_1.pth" in page and "Left out" in page
 

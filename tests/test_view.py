@@ -257,6 +257,7 @@ def test_probes_keep_each_out_of_set_images_score():
     x, oos = torch.rand(4, 3, 16, 16), torch.rand(5, 3, 16, 16)
     target = torch.tensor([0, 1, 2, 0])
     explain = functools.partial(attribute, "gradient", model)
-    out = probe_suite(model, explain, x, target, explain(x, target), out_of_set=oos, deletion_steps=4)
+    maps = explain(x, target)
+    out = probe_suite(model, explain, x, target, maps, out_of_set=oos, deletion_steps=4, names=["deletion_auc"])
     want, _ = predict(model, oos)
     assert out["curves"]["out_of_set"]["scores_out"] == pytest.approx(want.double().tolist())

@@ -180,8 +180,17 @@ def measure(
     ),
     out: str = typer.Option(..., help="Output directory for per_image.csv, stability.csv, summary.json."),
     data: str = typer.Option("test", help="Checkpoints only: split of their data config to measure on."),
-    method: str = typer.Option(
-        None, help="Checkpoints only: attribution method, NAME or NAME@LAYER (`salience methods` lists them)."
+    method: list[str] = typer.Option(
+        [],
+        "--method",
+        help="Checkpoints only: attribution method, NAME or NAME@LAYER (`salience methods` lists them); "
+        "repeat to compare methods.",
+    ),
+    measure_: list[str] = typer.Option(
+        [],
+        "--measure",
+        help="A measure to run (names of salience.measures.MEASURES; repeatable); default: every measure the "
+        "data support.",
     ),
     layer: str = typer.Option(None, help="Checkpoints only: layer name or named depth (input, mid1.., final)."),
     target: str = typer.Option(
@@ -189,6 +198,12 @@ def measure(
         help="Checkpoints only: class to explain: true (every present class of each image), predicted or class:<k>.",
     ),
     n_probe: int = typer.Option(128, min=0, help="Checkpoints only: images the model probes run on (0: none)."),
+    samples: int = typer.Option(
+        None,
+        min=2,
+        help="Checkpoints only: noisy samples of the robustness measures and runs of faithfulness correlation "
+        "(default: Quantus' 200 and 100).",
+    ),
     out_of_set: str = typer.Option(None, help="Checkpoints only: split whose images are the out-of-set samples."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
@@ -228,8 +243,16 @@ def measure(
         raise typer.BadParameter("--stores takes map store folders and --checkpoints checkpoint files")
     if is_checkpoint == {False} and (method or layer or out_of_set):
         raise typer.BadParameter("--method, --layer and --out-of-set apply to checkpoints; a store carries its method")
-    if is_checkpoint == {True} and method is None:
+    if is_checkpoint == {True} and not method:
         raise typer.BadParameter("checkpoints need --method")
+    if len(method) > 1 and layer:
+        raise typer.BadParameter("--layer applies to one --method; give each method as NAME@LAYER")
+    if measure_:
+        from salience.measures import get_measure
+
+        with _exit_on(ValueError):
+            for name in measure_:
+                get_measure(name)  # an unknown name fails here, listing the registry
     with _exit_on(ValueError, OSError):  # missing, damaged or misaligned stores, bad checkpoints, unusable out
         ctx = dist.setup(device)
         try:
@@ -237,7 +260,9 @@ def measure(
                 results = measure_checkpoints(
                     groups,
                     out,
-                    method=method,
+                    method=method[0] if len(method) == 1 else list(method),
+                    measures=list(measure_) or None,
+                    samples=samples,
                     split=data,
                     layer=layer,
                     target_policy=target,
@@ -256,7 +281,7 @@ def measure(
                     else None
                 )
             elif ctx.is_main:  # maps are read, not computed: one process does it
-                summary = measure_stores(groups, out, seed=seed)
+                summary = measure_stores(groups, out, seed=seed, select=list(measure_) or None)
                 assert summary is not None  # measure_stores returns it when not distributed
                 counts = len(summary["stores"]), len(summary["comparisons"])
         finally:

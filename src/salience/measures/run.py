@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -27,7 +28,8 @@ from salience.attribution import attribute
 from salience.data.core import collate, object_masks
 from salience.distributed import Context, atomic_write_text
 from salience.measures.probes import seed_stability
-from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES, map_values, probe_suite
+from salience.measures.registry import MEASURES, get_measure, select
+from salience.measures.suite import map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
 from salience.store.explain import dataset_ids
@@ -38,7 +40,7 @@ class Source:
     """What made a store, for the measures the maps alone cannot give.
 
     `dataset`: the explained images (items of the batch contract; a store item's image is found by its id);
-    its masks give localisation. `model`: the explained model; the probes (`PROBES`) run it on the store's
+    its masks give localisation. `model`: the explained model; the probe-kind measures run it on the store's
     first `n_probe` items (0: no probes), with `out_of_set [N, C, H, W]` images for measure (b) when given."""
 
     model: nn.Module
@@ -46,6 +48,10 @@ class Source:
     n_probe: int = 128
     out_of_set: torch.Tensor | None = None
     deletion_steps: int = 16
+    samples: int | None = None
+    """Noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus' 200 / 100)."""
+    select: tuple[str, ...] | None = None
+    """The measures to run (names of `MEASURES`); None: every measure the data support."""
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def positions(self, store: MapStore) -> list[int]:
@@ -111,20 +117,22 @@ def measure_stores(
     ctx: Context | None = None,
     names: dict[str, str] | None = None,
     own: tuple[str, ...] = (),
+    select: list[str] | None = None,
 ) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
     - `per_image.csv`: one row per store item (an image, or an (image, class) pair for target "true"): group,
-      model (`names[store path]`, default the store's path), image (its id), class (the class its map
-      explains), entropy_histogram, entropy_spatial, and when `sources` (store path -> `Source`) are given:
-      epg, iou, pointing_game against the boxes of that class (NaN for an empty mask) and the `PROBES` (blank
-      past a store's `n_probe` items)
-    - `stability.csv`: group, image, class (blank where the group's maps explain different classes) and the
-      mean pairwise similarity per similarity function, for groups of two or more aligned stores (same split,
-      items and order; else refused)
-    - `summary.json`: per store, summarise() of each measure; per group, stability summaries; for each
-      pair of groups, compare_groups() of the per-store means (effect size, permutation p-value); per store
-      with a source, the probe curves (noise, transforms, blur, deletion/insertion, out-of-set).
+      model (`names[store path]`, default the store's path), method (`NAME` or `NAME@LAYER`), image (its id),
+      class (the class its map explains) and one column per selected measure of `MEASURES` (`select`: names;
+      None: every measure the data support), in registry order: the maps-kind measures, those needing masks
+      when `sources` (store path -> `Source`) have boxes (NaN for an empty mask), and the probe-kind measures
+      when sources probe (blank past a store's `n_probe` items)
+    - `stability.csv`: group, method, image, class (blank where the group's maps explain different classes) and
+      the mean pairwise similarity of each selected group-kind measure, for the stores of one group and one
+      method when there are two or more (aligned: same split, items and order; else refused)
+    - `summary.json`: per store, summarise() of each measure; per group (and method, `"group · method"`, when
+      the stores hold several), stability summaries; for each pair of groups (and each method), compare_groups()
+      of the per-store means (effect size, permutation p-value); per store with a source, the probe curves.
     Returns the summary dict. Nothing in `out` changes unless every file is written: they are staged under
     temporary names and renamed at the end. An `out` holding results of other stores (or files other than
     `own` names) is refused.
@@ -139,7 +147,11 @@ def measure_stores(
         raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
     names = names or {}
-    sources = sources or {}
+    select_ = None if select is None else [get_measure(n).name for n in select]
+    sources = {
+        k: dataclasses.replace(v, select=None if select_ is None else tuple(select_))
+        for k, v in (sources or {}).items()
+    }
     probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx)
     if ctx is not None and not ctx.is_main:
         return None
@@ -149,7 +161,7 @@ def measure_stores(
         raise OSError(f"{out}: cannot create the output folder ({err.strerror}: {err.filename})") from None
     staged: list[tuple[Path, Path]] = []
     try:
-        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources, probes, names)
+        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources, probes, names, select_)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -163,7 +175,7 @@ _Block = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]  # start, m
 
 
 def _map_values(
-    blocks: Iterable[_Block], workers: int = 2
+    blocks: Iterable[_Block], size: tuple[int, int], names: list[str], workers: int = 2
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """`(start, maps, targets, {name: [n]})` per block of `(start, maps, targets, masks or None)`, in order
     (see `map_values`); up to `workers` blocks are measured at once in threads (torch releases the GIL), each
@@ -173,7 +185,7 @@ def _map_values(
     def work(item: _Block) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         torch.set_num_threads(1)
         start, maps, targets, masks = item
-        return start, maps, targets, map_values(maps, masks)
+        return start, maps, targets, map_values(maps, masks, size, names)
 
     threads = torch.get_num_threads()
     try:
@@ -205,11 +217,13 @@ def _blocks(store: MapStore, block: int, src: Source | None) -> Iterator[_Block]
 
 
 def _probe(store: MapStore, src: Source, seed: int) -> dict:
-    """`probe_suite` of the source's model on the store's first `n_probe` items: their images, maps and classes."""
+    """`probe_suite` of the source's model on the store's first `n_probe` items: their images, maps, classes and
+    (when the data set has boxes or segmentations) masks."""
     n = min(src.n_probe, store.n)
     batch, rows = _images(src, src.positions(store)[:n])
     x = batch["image"][rows]
     maps, targets = store.read(0, n)
+    masks = object_masks(batch, rows, targets) if _has_masks(src.dataset) else None
     device = next(src.model.parameters()).device
     explain = functools.partial(attribute, store.meta.method, src.model, layer=store.meta.layer)
     oos = None if src.out_of_set is None else src.out_of_set.to(device)
@@ -222,6 +236,11 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
         out_of_set=oos,
         seed=seed,
         deletion_steps=src.deletion_steps,
+        names=src.select,
+        masks=None if masks is None else masks.to(device),
+        method=store.meta.method,
+        layer=store.meta.layer,
+        samples=src.samples,
     )
 
 
@@ -234,6 +253,8 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
         "seed": seed,
         "deletion_steps": src.deletion_steps,
         "out_of_set": oos,
+        "measures": select(src.select, "probe", masks=_has_masks(src.dataset)),
+        "samples": src.samples,
     }
     cache = store.path / "probes.json"
     if cache.exists():
@@ -292,6 +313,30 @@ def _has_masks(dataset: Dataset) -> bool:
     return any(len(r.boxes) or r.segmentation is not None for r in records)
 
 
+def _spec(meta) -> str:
+    """The method spec of a store: `NAME@LAYER` for a method that takes a layer, else `NAME`."""
+    from salience.attribution import get_method
+
+    takes = meta.method in _methods() and get_method(meta.method).takes_layer
+    return f"{meta.method}@{meta.layer}" if takes and meta.layer else meta.method
+
+
+def _methods():
+    from salience.attribution import METHODS
+
+    return METHODS
+
+
+def _columns(select_: list[str] | None, located: bool, probed: bool) -> list[str]:
+    """The per-image measure columns, in registry order: maps-kind (those needing masks when `located`), then
+    probe-kind when some store was probed."""
+    return [
+        n
+        for n in select(select_, masks=located)
+        if MEASURES[n].kind == "maps" or (MEASURES[n].kind == "probe" and probed)
+    ]
+
+
 def _measure(
     opened: dict[str, list[MapStore]],
     out: Path,
@@ -303,22 +348,29 @@ def _measure(
     sources: dict[str, Source],
     probes: dict[str, dict],
     names: dict[str, str],
+    select_: list[str] | None = None,
 ) -> dict:
     summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
     located = any(_has_masks(src.dataset) for src in sources.values())
-    columns = ENTROPIES + (LOCALISATION if located else ()) + (PROBES if any(probes.values()) else ())
-    per_store_means: dict[str, dict[str, list[float]]] = {g: {m: [] for m in columns} for g in opened}
+    columns = _columns(select_, located, any(probes.values()))
+    maps_names = [n for n in columns if MEASURES[n].kind == "maps"]
+    specs = {str(s.path): _spec(s.meta) for stores in opened.values() for s in stores}
+    several = len(set(specs.values())) > 1
+    per_store_means: dict[tuple[str, str], dict[str, list[float]]] = collections.defaultdict(
+        lambda: {m: [] for m in columns}
+    )
 
     with _stage(out / "per_image.csv", staged) as f:
         w = csv.writer(f)
-        w.writerow(["group", "model", "image", "class", *columns])
+        w.writerow(["group", "model", "method", "image", "class", *columns])
         for g, stores in opened.items():
             for s in stores:
                 src = sources.get(str(s.path))
                 probe = probes.get(str(s.path))
-                probed = probe["values"] if probe else {}
-                values: dict[str, list[float]] = {m: [] for m in columns}
-                for start, maps, targets, measured in _map_values(_blocks(s, block, src if located else None)):
+                probed = {k: v for k, v in (probe["values"] if probe else {}).items() if k in columns}
+                values = {m: [] for m in columns}
+                blocks = _blocks(s, block, src if located else None)
+                for start, maps, targets, measured in _map_values(blocks, tuple(s.meta.resolution), maps_names):
                     n = len(maps)
                     for m in columns:
                         if m in measured:
@@ -331,6 +383,7 @@ def _measure(
                         [
                             g,
                             names.get(str(s.path), str(s.path)),
+                            specs[str(s.path)],
                             s.meta.image_ids[start + j],
                             t,
                             *(cells[m][j] if m in cells else "" for m in columns),
@@ -346,6 +399,7 @@ def _measure(
                     "model_hash": s.meta.model_hash,
                     "method": s.meta.method,
                     "layer": s.meta.layer,
+                    "spec": specs[str(s.path)],
                     "split": s.meta.split,
                     "n": s.n,
                     **stats,
@@ -353,54 +407,65 @@ def _measure(
                 if probe:
                     summary["stores"][str(s.path)]["curves"] = probe["curves"]
                 for m in stats:
-                    per_store_means[g][m].append(stats[m]["mean"])
+                    per_store_means[(g, specs[str(s.path)])][m].append(stats[m]["mean"])
 
-    stable_groups = {g: s for g, s in opened.items() if len(s) >= 2}
-    if stable_groups:
+    by_method = {
+        (g, spec): [s for s in stores if specs[str(s.path)] == spec]
+        for g, stores in opened.items()
+        for spec in dict.fromkeys(specs[str(s.path)] for s in stores)
+    }
+    sims = tuple(n.removeprefix("stability_") for n in select(select_, "group"))
+    stable = {key: stores for key, stores in by_method.items() if len(stores) >= 2}
+    if stable and sims:
         with _stage(out / "stability.csv", staged) as f:
             w = csv.writer(f)
-            sims = ("ssim", "pearson", "spearman", "topk_iou")
-            w.writerow(["group", "image", "class", *sims])
-            for g, stores in stable_groups.items():
-                check_aligned(stores)
-                values = {k: [] for k in sims}
-                pair_sums = None
-                for start in range(0, stores[0].n, block):
-                    stop = min(start + block, stores[0].n)
-                    store_maps, store_targets = zip(*(s.read(start, stop) for s in stores), strict=True)
-                    st = seed_stability(torch.stack(store_maps), sims)
-                    mean = st["mean"]
-                    sums = st["similarity"]["ssim"].double().sum(0)  # per pair of stores
-                    pair_sums = sums if pair_sums is None else pair_sums + sums
-                    for k in sims:
-                        values[k].extend(mean[k].tolist())
-                    same = (torch.stack(store_targets) == store_targets[0]).all(
-                        0
-                    )  # blank where the models explain other classes
-                    w.writerows(
-                        [g, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
-                        for i, t, agree, *vs in zip(
-                            range(start, stop),
-                            store_targets[0].tolist(),
-                            same.tolist(),
-                            *(mean[k].tolist() for k in sims),
-                            strict=True,
-                        )
-                    )
-                summary["stability"][g] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
-                matrix = torch.eye(len(stores), dtype=torch.float64)
-                assert pair_sums is not None  # a store holds at least one image
-                for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist(), strict=True):
-                    matrix[i, j] = matrix[j, i] = v
-                summary["stability"][g]["ssim_matrix"] = matrix.tolist()  # mean over items, per pair of stores
+            w.writerow(["group", "method", "image", "class", *sims])
+            for (g, spec), stores in stable.items():
+                key = f"{g} · {spec}" if several else g
+                summary["stability"][key] = _stability(stores, w, g, spec, sims, block, seed, n_boot)
 
-    for a, b in itertools.combinations(opened, 2):
-        if len(opened[a]) >= 2 and len(opened[b]) >= 2:
-            summary["comparisons"][f"{a} vs {b}"] = {
-                m: compare_groups(per_store_means[a][m], per_store_means[b][m], seed=seed, n_perm=n_perm)
+    for spec in dict.fromkeys(specs.values()):
+        for a, b in itertools.combinations(opened, 2):
+            ma, mb = per_store_means.get((a, spec)), per_store_means.get((b, spec))
+            if ma is None or mb is None:
+                continue
+            summary["comparisons"][f"{a} vs {b}" + (f" · {spec}" if several else "")] = {
+                m: compare_groups(ma[m], mb[m], seed=seed, n_perm=n_perm)
                 for m in columns
-                if _finite(per_store_means[a][m]) >= 2 and _finite(per_store_means[b][m]) >= 2
+                if _finite(ma[m]) >= 2 and _finite(mb[m]) >= 2
             }
     with _stage(out / "summary.json", staged) as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _stability(stores: list[MapStore], w, g: str, spec: str, sims: tuple, block: int, seed: int, n_boot: int) -> dict:
+    """Write the stability rows of one group's stores of one method; return their summaries (and the mean SSIM per
+    pair of stores, `ssim_matrix`, when SSIM is measured)."""
+    check_aligned(stores)
+    values = {k: [] for k in sims}
+    pair_sums = None
+    for start in range(0, stores[0].n, block):
+        stop = min(start + block, stores[0].n)
+        maps, targets = zip(*(s.read(start, stop) for s in stores), strict=True)
+        st = seed_stability(torch.stack(maps), sims)
+        mean = st["mean"]
+        if "ssim" in sims:
+            sums = st["similarity"]["ssim"].double().sum(0)  # per pair of stores
+            pair_sums = sums if pair_sums is None else pair_sums + sums
+        for k in sims:
+            values[k].extend(mean[k].tolist())
+        same = (torch.stack(targets) == targets[0]).all(0)  # blank where the models explain other classes
+        w.writerows(
+            [g, spec, stores[0].meta.image_ids[i], t if agree else "", *(f"{v:.6g}" for v in vs)]
+            for i, t, agree, *vs in zip(
+                range(start, stop), targets[0].tolist(), same.tolist(), *(mean[k].tolist() for k in sims), strict=True
+            )
+        )
+    out = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
+    if pair_sums is not None:
+        matrix = torch.eye(len(stores), dtype=torch.float64)
+        for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist(), strict=True):
+            matrix[i, j] = matrix[j, i] = v
+        out["ssim_matrix"] = matrix.tolist()  # mean over items, per pair of stores
+    return out

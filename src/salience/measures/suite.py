@@ -1,37 +1,37 @@
-"""Every model probe of the five measures on one batch of images, with one number per image each: what the
-demo and `salience measure --checkpoints` report per model."""
+"""Every single-model measure of the registry (`salience.measures.MEASURES`) on one batch of images, one number
+per image each: what `evaluate`, the measure run and the study report per model."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from salience.measures.degradation import blur_degradation, deletion_insertion
-from salience.measures.entropy import entropy
-from salience.measures.localisation import epg, iou, pointing_game
-from salience.measures.probes import Explain, noise_response, out_of_set_response, transform_consistency
-
-ENTROPIES = ("entropy_histogram", "entropy_spatial")
-LOCALISATION = ("epg", "iou", "pointing_game")
-PROBES = (
-    "noise_ssim_0.1",
-    "transform_ssim",
-    "blur_nonsalient_score_change",
-    "blur_salient_score_change",
-    "deletion_auc",
-    "insertion_auc",
-)
-"""Per-image probe values: SSIM of the map under 10% salt-and-pepper noise (b), mean SSIM of `T(map(x))`
-and `map(T(x))` over the transforms (c), change of the target's probability when the non-salient or the
-salient region is blurred (e), deletion and insertion AUC."""
+import salience.measures.entries  # noqa: F401  (registers every measure)
+from salience.attribution import upsample
+from salience.measures.probes import Explain, out_of_set_response
+from salience.measures.registry import MEASURES, Probe, select
 
 
-def map_values(maps: torch.Tensor, masks: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Per-image values `[B]` computed from the maps alone: the two entropies (a), and with `masks [B, H, W]`
-    the localisation metrics (NaN for an image with an empty mask)."""
-    out = {"entropy_histogram": entropy(maps, "histogram"), "entropy_spatial": entropy(maps, "spatial")}
-    if masks is not None:
-        out |= {"epg": epg(maps, masks), "iou": iou(maps, masks), "pointing_game": pointing_game(maps, masks)}
+def map_values(
+    maps: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    size: tuple[int, int] | None = None,
+    names: Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-image values `{name: [B]}` of the maps-kind measures among `names` (None: all), from `maps [B, h, w]`
+    alone and, with `masks [B, H, W]`, those that need masks (NaN for an image with an empty mask). Measures
+    computed at the input size (`Measure.at_input`) read the maps upsampled bilinearly to `size` (default: the
+    masks' size, else the maps' own)."""
+    size = size or (tuple(masks.shape[-2:]) if masks is not None else tuple(maps.shape[-2:]))
+    up = None
+    out = {}
+    for name in select(names, "maps", masks=masks is not None):
+        m = MEASURES[name]
+        if m.at_input:
+            up = upsample(maps, size) if up is None else up
+        out[name] = m.fn(up if m.at_input else maps, masks)
     return out
 
 
@@ -44,46 +44,28 @@ def probe_suite(
     out_of_set: torch.Tensor | None = None,
     seed: int = 0,
     deletion_steps: int = 16,
+    names: Sequence[str] | None = None,
+    masks: torch.Tensor | None = None,
+    method: str | None = None,
+    layer: str | None = None,
+    samples: int | None = None,
 ) -> dict:
-    """Run the probes on images `x [B, C, H, W]` explained for `target [B]`, whose maps are `maps [B, h, w]`.
+    """Run the probe-kind measures among `names` (None: all that the inputs support) on images `x [B, C, H, W]` explained for
+    `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
 
-    Returns `{"values": {name in PROBES: [B]}, "curves": {...}}`; the curves are means over the images:
-    noise (amounts, SSIM, score change), per-transform SSIM, blur (score change, agreement, SSIM per mode),
-    deletion and insertion curves, and with `out_of_set [N, C, H, W]` the entropies and scores of in-set vs
-    out-of-set images with their shift (see `out_of_set_response`).
+    Returns `{"values": {name: [B]}, "curves": {...}}`; the curves are what the probes store for the report
+    (means over the images: noise, transforms, blur, deletion / insertion, MPRT per layer, ...), and with
+    `out_of_set [N, C, H, W]` the entropies and scores of in-set vs out-of-set images with their shift (see
+    `out_of_set_response`).
     """
-    noise = noise_response(model, explain, x, target, seed=seed, similarities=("ssim",))
-    trans = transform_consistency(model, explain, x, target, similarities=("ssim",))
-    blur = blur_degradation(model, explain, x, target, similarities=("ssim",))
-    del_ins = deletion_insertion(model, x, target, maps, steps=deletion_steps)
-    values = {
-        "noise_ssim_0.1": noise["similarity"]["ssim"][:, noise["amounts"].tolist().index(0.1)],
-        "transform_ssim": trans["similarity"]["ssim"].double().mean(1),
-        "blur_nonsalient_score_change": blur["nonsalient"]["score_change"],
-        "blur_salient_score_change": blur["salient"]["score_change"],
-        "deletion_auc": del_ins["deletion_auc"],
-        "insertion_auc": del_ins["insertion_auc"],
-    }
-    curves = {
-        "noise": {
-            "amounts": noise["amounts"].tolist(),
-            "ssim": noise["similarity"]["ssim"].double().mean(0).tolist(),
-            "score_change": noise["score_change"].double().mean(0).tolist(),
-        },
-        "transforms": dict(
-            zip(trans["transforms"], trans["similarity"]["ssim"].double().mean(0).tolist(), strict=True)
-        ),
-        "blur": {
-            mode: {
-                "score_change": blur[mode]["score_change"].double().mean().item(),
-                "agreement": blur[mode]["agreement"].double().mean().item(),
-                "ssim": blur[mode]["similarity"]["ssim"].double().mean().item(),
-            }
-            for mode in ("nonsalient", "salient")
-        },
-        "deletion_curve": del_ins["deletion"].double().mean(0).tolist(),
-        "insertion_curve": del_ins["insertion"].double().mean(0).tolist(),
-    }
+    probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples)
+    chosen = select(names, "probe", masks=masks is not None)
+    if method is None:  # measures that explain other models (MPRT) need the method's name
+        if names is not None and any(MEASURES[n].needs_method for n in chosen):
+            raise ValueError(f"measures {[n for n in chosen if MEASURES[n].needs_method]} need method=")
+        chosen = [n for n in chosen if not MEASURES[n].needs_method]
+    values = {name: MEASURES[name].fn(probe) for name in chosen}
+    curves = probe.curves
     if out_of_set is not None:
         oos = out_of_set_response(model, explain, x, target, out_of_set, seed=seed)
         curves["out_of_set"] = {
@@ -104,23 +86,38 @@ def evaluate(
     method: str = "grad_cam",
     layer: str | None = "final",
     masks: torch.Tensor | None = None,
+    measures: Sequence[str] | None = None,
     seed: int = 0,
     deletion_steps: int = 16,
+    samples: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every measure that needs one model, per image, in one call: `{name: [B]}`.
+    """Every single-model measure among `measures` (names of `MEASURES`; None: all the inputs support), per
+    image, in one call: `{name: [B]}` in registry order.
 
     `images [B, C, H, W]` are explained for `target` (long `[B]`) with `method` at `layer` (see
-    `salience.attribution.attribute`; model in eval mode); the maps give the entropies (a) and, with
-    `masks [B, H, W]` (bool, or float read as > 0.5), EPG, IoU and the pointing game; the probes add
-    noise response (b), transformation consistency (c), blur degradation (e) and deletion / insertion
-    AUC (names in `ENTROPIES`, `LOCALISATION`, `PROBES`). Stability needs several models: see
-    `salience.measures.probes.seed_stability`.
+    `salience.attribution.attribute`; model in eval mode); the maps give the maps-kind measures (those that need
+    masks only with `masks [B, H, W]`, bool or float read as > 0.5); the probe-kind measures run the model.
+    `samples`: noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus').
+    Group measures (stability) need several models: see `salience.measures.probes.seed_stability`.
     """
     import functools
 
     from salience.attribution import attribute
 
+    names = select(measures)
+    group = [n for n in names if MEASURES[n].kind == "group"]
+    if measures is not None and group:
+        raise ValueError(f"measures {group} compare the models of a group; evaluate measures one model")
+    unmasked = [n for n in names if MEASURES[n].needs_masks]
+    if measures is not None and masks is None and unmasked:
+        raise ValueError(f"measures {unmasked} need masks; pass masks [B, H, W]")
     explain = functools.partial(attribute, method, model, layer=layer)
     maps = explain(images, target)
-    probes = probe_suite(model, explain, images, target, maps, seed=seed, deletion_steps=deletion_steps)
-    return {k: v.detach().cpu() for k, v in map_values(maps, masks).items()} | probes["values"]
+    size = tuple(images.shape[-2:])
+    values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}
+    if any(MEASURES[n].kind == "probe" for n in names):
+        probes = probe_suite(
+            model, explain, images, target, maps, None, seed, deletion_steps, names, masks, method, layer, samples
+        )
+        values |= probes["values"]
+    return {n: values[n] for n in names if n in values}

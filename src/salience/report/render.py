@@ -17,6 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from salience.report.methods import fig_methods, fig_mprt, methods_html, ordered_keys
+from salience.study.methods import MPRT_FIGURE
+
 COLORS = {"CE": "#7f7f7f", "Energy": "#1f77b4", "CYBORG": "#d62728"}
 PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#1f77b4", "#d62728"]
 LABELS = {
@@ -39,8 +42,14 @@ LABELS = {
 }
 
 
+_MEASURE_LABELS: dict[str, str] = {}
+"""Labels of the measures of the results being rendered (from the registry, via `results["measures"]`)."""
+
+
 def _label(key: str) -> str:
     """Table label of a measure or accuracy key (`test_shift_accuracy` -> `Accuracy on test_shift`)."""
+    if key in _MEASURE_LABELS:
+        return _MEASURE_LABELS[key]
     if key in LABELS:
         return LABELS[key]
     if key.startswith("out_of_set_called_"):
@@ -245,10 +254,12 @@ def fig_blur(results: dict) -> str | None:
 
 
 def fig_deletion(results: dict) -> str | None:
-    if not _has(results, "deletion_curve"):
+    names = [c for c in ("deletion_curve", "insertion_curve") if _has(results, c)]  # the measures selected
+    if not names:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
-    for k, name in enumerate(["deletion_curve", "insertion_curve"]):
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 2.8), squeeze=False)
+    axes = axes[0]
+    for k, name in enumerate(names):
         for g, curve in _per_group_curve(results, lambda m, name=name: m[name]).items():
             axes[k].plot([i / (len(curve) - 1) for i in range(len(curve))], curve, color=_color(results, g), label=g)
         axes[k].set_title(name.split("_")[0], fontsize=9)
@@ -342,13 +353,16 @@ def render(results_dir: str | Path) -> Path:
             f"{results_file}: not found; run `salience study` (or `salience demo`) with --out {d} first"
         )
     results = json.loads(results_file.read_text())
+    _MEASURE_LABELS.clear()
+    _MEASURE_LABELS.update({k: v["label"] for k, v in results.get("measures", {}).items()})
     gallery_file = d / "gallery.pt"
     gallery = torch.load(gallery_file, weights_only=False) if gallery_file.is_file() else None
     groups = _groups(results)
     ref = results["reference"]
     head = "".join(f"<th>{html.escape(g)}</th>" for g in groups)
-    rows = "".join(_table(results, k) for k in results["summary"])
+    rows = "".join(_table(results, k) for k in ordered_keys(results, results["summary"]))
     method = f"{results['explain']['method']} at {results['explain']['layer']}"
+    specs = results["explain"].get("methods", [])
     figures = [
         (
             "Gallery",
@@ -361,6 +375,18 @@ def render(results_dir: str | Path) -> Path:
             "Task metrics per group on each labelled split, and how out-of-set images are classified. "
             "Bars: mean ± sd over models.",
             fig_accuracy(results),
+        ),
+        (
+            MPRT_FIGURE,
+            "Maps of the model whose layers are randomised one by one from the top (cascading, as Quantus' MPRT) "
+            "compared with the original maps. A method that passes drops towards 0; one that stays high explains "
+            "the input, not the model.",
+            fig_mprt(results, _color, _png),
+        ),
+        (
+            "Measures by method",
+            "Mean of each measure per method (bars: groups), sanity checks first.",
+            fig_methods(results, _label, _color, _png),
         ),
         (
             "(a) Entropy distributions",
@@ -423,11 +449,12 @@ section {{ margin: 1.5em 0; }} .findings li {{ margin: 0.3em 0; }}
 <p>Study time: {results.get("seconds", 0):.0f} s.</p>
 <h2>Findings</h2><ul class="findings">{finds}</ul>
 {"".join(sections[:2])}
-<h2>Measures per group</h2>
+<h2>Measures per group{" (" + html.escape(specs[0]) + ")" if len(specs) > 1 else ""}</h2>
 <p>Mean with seeded 95 % bootstrap CI. Per-image measures pool the images of all models of a group;
 accuracies are per model (n = models). Comparisons: difference of means (group − {html.escape(ref)}),
 Cohen's d, two-sided permutation p.</p>
 <table><tr><th>measure</th>{head}<th>vs {html.escape(ref)}</th></tr>{rows}</table>
+{methods_html(results, _label)}
 {"".join(sections[2:])}
 <p><small>Left out, for want of data (no boxes, no out-of-set images, no probes or no training runs):
 {html.escape(", ".join(left_out)) or "nothing"}. Files: results.json (every number here), per_image.csv,

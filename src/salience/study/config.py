@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from salience.attribution.registry import get_method
+from salience.attribution.registry import check_layer, get_method, parse_method
 from salience.io.config import DataConfig, config_error, read_tree
 from salience.models.build import check_model, is_import_path
 
@@ -74,6 +74,9 @@ class ExplainConfig(_Strict):
     method: str = "grad_cam"
     """One attribution method for every model, so groups are comparable: a name of the registry
     (`salience.attribution.METHODS`)."""
+    methods: list[str] | None = Field(None, min_length=1)
+    """Several methods instead of `method` (`NAME` or `NAME@LAYER`, e.g. `[grad_cam@final, input_x_gradient]`):
+    every model is explained and measured with each, and the report compares the methods."""
     layer: str | None = "final"
     """A named depth (input, mid1..mid3, final) or a module name; null for input methods. When not given,
     the method's default layer (`final` for the CAMs, the input for gradient, IntGrad, occlusion, ...)."""
@@ -88,8 +91,36 @@ class ExplainConfig(_Strict):
         get_method(v)  # an unknown name fails here, listing the registry
         return v
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        specs = []
+        for spec in v:
+            name, layer = parse_method(spec)  # an unknown name fails here, listing the registry
+            layer = check_layer(name, layer)
+            specs.append(f"{name}@{layer}" if get_method(name).takes_layer and layer else name)
+        dup = [s for s in specs if specs.count(s) > 1]
+        if dup:
+            raise ValueError(f"method {dup[0]!r} is given twice")
+        return specs
+
+    @property
+    def specs(self) -> list[str]:
+        """The method specs the study explains with: `methods`, or `method` at `layer`."""
+        if self.methods is not None:
+            return list(self.methods)
+        takes_layer = get_method(self.method).takes_layer
+        return [f"{self.method}@{self.layer}" if takes_layer and self.layer else self.method]
+
     @model_validator(mode="after")
     def _layer(self) -> ExplainConfig:
+        if self.methods is not None:
+            given = {"method", "layer"} & self.model_fields_set
+            if given:
+                raise ValueError(f"give methods or {' and '.join(sorted(given))}, not both")
+            return self
         method = get_method(self.method)
         if "layer" not in self.model_fields_set:
             self.layer = method.layer
@@ -106,15 +137,31 @@ class ExplainConfig(_Strict):
 
 
 class MeasuresConfig(_Strict):
+    select: list[str] | None = Field(None, min_length=1)
+    """The measures to run (names of `salience.measures.MEASURES`); null: every measure the data support."""
     n_probe: int = Field(64, ge=0)
     """Images the model probes (noise, transforms, blur, deletion / insertion, out of set) run on; 0: none."""
     deletion_steps: int = Field(16, ge=1)
+    samples: int | None = Field(None, ge=2)
+    """Noisy samples of max- / avg-sensitivity and local Lipschitz, and runs of faithfulness correlation; null:
+    Quantus' defaults (200 and 100)."""
     seed: int = 0
     """Seed of the noise, bootstrap CIs and permutation tests."""
     n_boot: int = Field(2000, ge=100)
     n_perm: int = Field(2000, ge=100)
     gallery: int = Field(6, ge=0)
     """Images drawn in the report with each group's map."""
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, v: list[str] | None) -> list[str] | None:
+        from salience.measures import get_measure
+
+        for name in v or ():
+            get_measure(name)  # an unknown name fails here, listing the registry
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"measure {next(n for n in v if v.count(n) > 1)!r} is given twice")
+        return v
 
 
 class WeightsGroup(_Strict):

@@ -39,14 +39,15 @@ from salience.distributed import Context, atomic_write_text
 from salience.io.checkpoint import load_run
 from salience.io.config import ConfigError, load_config, validate
 from salience.io.datasets import open_split
+from salience.measures import MEASURES
 from salience.measures.run import Source, measure_stores
-from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES
 from salience.measures.summary import compare_groups, summarise
 from salience.models import adapt, build, load_model
 from salience.models.adapt import adapted, check_scores
 from salience.store import model_hash
 from salience.store.explain import explain_stores
 from salience.study.config import StudyConfig, TrainGroup, WeightsGroup, load_study
+from salience.study.methods import sanity_findings
 
 console = Console(stderr=True)
 OWN_FILES = ("runs", "stores", "models", "results.json", "report.html", "gallery.pt")
@@ -105,16 +106,16 @@ def run(
     members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {}, first)
     _check_explainable(cfg, members, data)
 
-    takes_layer = A.get_method(cfg.explain.method).takes_layer
-    spec = f"{cfg.explain.method}@{cfg.explain.layer}" if takes_layer and cfg.explain.layer else cfg.explain.method
-    stores = {m.name: out / "stores" / m.name for m in members}
+    specs = cfg.explain.specs
+    paths = store_paths(out, [m.name for m in members], specs)
+    stores = {m.name: paths[(m.name, specs[0])] for m in members}  # the first method's, for the gallery
     if progress and main:
-        console.rule(f"explaining {len(members)} models on {len(data)} images ({spec})")
+        console.rule(f"explaining {len(members)} models on {len(data)} images ({', '.join(specs)})")
     explain_stores(
         [m.model for m in members],
         data,
-        [spec],
-        [{spec: stores[m.name]} for m in members],
+        specs,
+        [{spec: paths[(m.name, spec)] for spec in specs} for m in members],
         target_policy=cfg.explain.target,
         data=cfg.data.describe(),
         split=cfg.data.split,
@@ -124,10 +125,13 @@ def run(
         progress=progress and main,
         ctx=ctx,
     )
-    groups = {g: [stores[m.name] for m in members if m.group == g] for g in names}
+    groups = {g: [paths[(m.name, spec)] for spec in specs for m in members if m.group == g] for g in names}
     sources = {
-        str(stores[m.name]): Source(m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps)
+        str(paths[(m.name, spec)]): Source(
+            m.model, data, cfg.measures.n_probe, oos, cfg.measures.deletion_steps, samples=cfg.measures.samples
+        )
         for m in members
+        for spec in specs
     }
     summary = measure_stores(
         groups,
@@ -137,8 +141,9 @@ def run(
         n_perm=cfg.measures.n_perm,
         sources=sources,
         ctx=ctx,
-        names={str(stores[m.name]): m.name for m in members},
+        names={str(paths[(m.name, spec)]): m.name for m in members for spec in specs},
         own=OWN_FILES,
+        select=cfg.measures.select,
     )
     if not main:
         return None
@@ -238,9 +243,23 @@ def _normalise_input(model: nn.Module, mean: Sequence[float], std: Sequence[floa
     model.register_forward_pre_hook(pre)
 
 
+def store_paths(out: Path, models: list[str], specs: list[str]) -> dict[tuple[str, str], Path]:
+    """(model, method spec) -> its map store: `stores/<model>` for a study of one method, else
+    `stores/<spec>/<model>`."""
+    if len(specs) == 1:
+        return {(m, specs[0]): out / "stores" / m for m in models}
+    return {(m, spec): out / "stores" / spec / m for m in models for spec in specs}
+
+
 def _check_explainable(cfg: StudyConfig, members: list[Member], data: SalienceDataset) -> None:
     """Fail before any work when a model cannot give this study's maps."""
-    needs_layer = cfg.explain.layer not in (None, "input") or A.get_method(cfg.explain.method).layer is not None
+    for spec in cfg.explain.specs:
+        name, layer = A.parse_method(spec)
+        _check_method(name, layer, members)
+
+
+def _check_method(method: str, layer: str | None, members: list[Member]) -> None:
+    needs_layer = layer not in (None, "input") or A.get_method(method).layer is not None
     for m in members:
         if needs_layer and getattr(m.model, "salience_opaque", False):
             raise ConfigError(
@@ -249,9 +268,9 @@ def _check_explainable(cfg: StudyConfig, members: list[Member], data: SalienceDa
                 + ", ".join(name for name, e in A.METHODS.items() if e.layer is None)
                 + " with layer: null) work for it"
             )
-        if cfg.explain.layer not in (None, "input"):
+        if layer not in (None, "input"):
             try:
-                A.resolve_layer(m.model, cfg.explain.layer)
+                A.resolve_layer(m.model, layer)
             except ValueError as err:
                 raise ConfigError(f"explain.layer: {m.name}: {err}") from None
 
@@ -396,7 +415,7 @@ def _pooled_values(out: Path) -> tuple[list[dict], list[str]]:
     with open(out / "per_image.csv", newline="") as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-        columns = [c for c in reader.fieldnames or [] if c in ENTROPIES + LOCALISATION + PROBES]
+        columns = [c for c in reader.fieldnames or [] if c in MEASURES]
     return rows, columns
 
 
@@ -410,51 +429,41 @@ def _results(
     data: SalienceDataset,
 ) -> dict:
     ref = cfg.reference or names[0]
+    specs = cfg.explain.specs
     rows, columns = _pooled_values(out)
-    by_store = {s["model"]: s for s in summary["stores"].values()}
+    by_store = {(s["model"], s.get("spec", specs[0])): s for s in summary["stores"].values()}
     models = {}
     for m in members:
-        s = by_store[m.name]
+        per_method = {}
+        for spec in specs:
+            s = by_store[(m.name, spec)]
+            per_method[spec] = {"measures": {c: s[c] for c in columns if c in s}, **s.get("curves", {})}
+        s = by_store[(m.name, specs[0])]
         models[m.name] = {
             "group": m.group,
             "seed": m.seed,
             "source": m.source,
             "model_hash": s["model_hash"],
             "accuracy": accuracy[m.name],
-            "measures": {c: s[c] for c in columns if c in s},
-            **s.get("curves", {}),
+            **per_method[specs[0]],
         }
+        if len(specs) > 1:
+            models[m.name]["by_method"] = per_method
         if m.run is not None:
             models[m.name]["pareto"] = _pareto(m.run)
     groups = {g: [m.name for m in members if m.group == g] for g in names}
-    table, comparisons = {}, {}
-
-    def add(key: str, values: dict[str, torch.Tensor]) -> None:
-        """Summaries per group and comparisons with the reference group of `values` (group -> [n])."""
-        table[key] = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
-        comparisons[key] = {
-            f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed, n_perm=cfg.measures.n_perm)
-            for g in groups
-            if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2
-        }
-
-    for c in columns:  # per-image values pooled over the models of a group
-        values = {
-            g: torch.tensor([float(r[c]) for r in rows if r["group"] == g and r[c] != ""], dtype=torch.float64)
-            for g in groups
-        }
-        values = {g: v[~torch.isnan(v)] for g, v in values.items()}
-        if any(len(v) for v in values.values()):
-            add(c, values)
+    by_method = {
+        spec: _measure_tables(cfg, ref, groups, [r for r in rows if r.get("method", spec) == spec], columns)
+        for spec in specs
+    }
+    table, comparisons = by_method[specs[0]]
     keys = list(dict.fromkeys(k for a in accuracy.values() for k in a))  # data, then each split, then out of set
     for k in keys:  # per-model values
-        add(
-            k,
-            {
-                g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
-                for g, names in groups.items()
-            },
-        )
+        values = {
+            g: torch.tensor([accuracy[n][k] for n in names if k in accuracy[n]], dtype=torch.float64)
+            for g, names in groups.items()
+        }
+        table[k], comparisons[k] = _summarise_groups(cfg, ref, groups, values)
     results = {
         "study": cfg.model_dump(mode="json"),
         "data": {
@@ -464,7 +473,12 @@ def _results(
             "out_of_set": cfg.out_of_set.describe() if cfg.out_of_set else None,
             "evaluate": {k: v.describe() for k, v in cfg.evaluate.items()},
         },
-        "explain": {"method": cfg.explain.method, "layer": cfg.explain.layer, "target": cfg.explain.target},
+        "explain": {
+            "method": specs[0].partition("@")[0] if cfg.explain.methods else cfg.explain.method,
+            "layer": A.parse_method(specs[0])[1] if cfg.explain.methods else cfg.explain.layer,
+            "target": cfg.explain.target,
+            "methods": specs,
+        },
         "reference": ref,
         "models": models,
         "groups": groups,
@@ -472,9 +486,65 @@ def _results(
         "comparisons": comparisons,
         "accuracy_keys": keys,
         "stability": summary["stability"],
+        "measures": {c: _measure_info(c) for c in columns},
     }
+    if len(specs) > 1:
+        results["by_method"] = {
+            spec: {"summary": t, "comparisons": c, "within": _within_group(cfg, groups, rows, columns, spec, specs[0])}
+            for spec, (t, c) in by_method.items()
+        }
     results["findings"] = findings(results)
     return results
+
+
+def _measure_info(name: str) -> dict:
+    """What the report needs of a registry entry: label, family, range, better direction."""
+    m = MEASURES[name]
+    return {"label": m.label, "family": m.family, "kind": m.kind, "range": list(m.range), "better": m.better}
+
+
+def _summarise_groups(cfg: StudyConfig, ref: str, groups: dict, values: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Summaries per group of `values` (group -> [n]) and the comparisons with the reference group `ref`."""
+    table = {g: summarise(v, seed=cfg.measures.seed, n_boot=cfg.measures.n_boot) for g, v in values.items()}
+    comps = {
+        f"{g} vs {ref}": compare_groups(values[g], values[ref], seed=cfg.measures.seed, n_perm=cfg.measures.n_perm)
+        for g in groups
+        if g != ref and len(values[g]) >= 2 and len(values[ref]) >= 2
+    }
+    return table, comps
+
+
+def _column(rows: list[dict], c: str, keep) -> torch.Tensor:
+    """The finite values of column `c` over the rows that `keep(row)` accepts."""
+    v = torch.tensor([float(r[c]) for r in rows if keep(r) and r[c] != ""], dtype=torch.float64)
+    return v[~torch.isnan(v)]
+
+
+def _measure_tables(
+    cfg: StudyConfig, ref: str, groups: dict, rows: list[dict], columns: list[str]
+) -> tuple[dict, dict]:
+    """`(table, comparisons)` of the per-image measures of one method, pooled over the models of each group."""
+    table, comparisons = {}, {}
+    for c in columns:
+        values = {g: _column(rows, c, lambda r, g=g: r["group"] == g) for g in groups}
+        if any(len(v) for v in values.values()):
+            table[c], comparisons[c] = _summarise_groups(cfg, ref, groups, values)
+    return table, comparisons
+
+
+def _within_group(cfg: StudyConfig, groups: dict, rows: list[dict], columns: list[str], spec: str, first: str) -> dict:
+    """Per group and measure: `spec` vs the first method on the same images (compare_groups, per-image values)."""
+    out: dict = {}
+    if spec == first:
+        return out
+    for g in groups:
+        out[g] = {}
+        for c in columns:
+            a = _column(rows, c, lambda r, g=g: r["group"] == g and r["method"] == spec)
+            b = _column(rows, c, lambda r, g=g: r["group"] == g and r["method"] == first)
+            if len(a) >= 2 and len(b) >= 2:
+                out[g][c] = compare_groups(a, b, seed=cfg.measures.seed, n_perm=cfg.measures.n_perm)
+    return out
 
 
 def _pareto(run_dir: Path) -> list[dict]:
@@ -537,7 +607,7 @@ def findings(results: dict) -> list[str]:
     """Plain sentences generated from the numbers: how each group compares with the reference group."""
     s, c, ref = results["summary"], results["comparisons"], results["reference"]
     groups = [g for g, names in results["groups"].items() if names]
-    out = []
+    out = sanity_findings(results)
     about = {
         "epg": "EPG (share of positive salience inside the objects' boxes)",
         "accuracy": "accuracy",
@@ -607,7 +677,7 @@ def measure_checkpoints(
     groups: Mapping[str, Sequence[str | Path]],
     out: str | Path,
     *,
-    method: str,
+    method: str | list[str],
     split: str = "test",
     layer: str | None = None,
     target_policy: str = "true",
@@ -619,14 +689,24 @@ def measure_checkpoints(
     device: str = "cpu",
     progress: bool = False,
     ctx: Context | None = None,
+    measures: list[str] | None = None,
+    samples: int | None = None,
 ) -> dict | None:
     """`salience measure --checkpoints / --group`: a study of salience checkpoints (group -> paths) on `split`
     of their (shared) data config, explained with `method` (`NAME`, `NAME@LAYER`, or the name and `layer`),
-    with the first `n_probe` images of the split `out_of_set` as out-of-set samples. `overrides` change the
+    with the first `n_probe` images of the split `out_of_set` as out-of-set samples; a list of methods compares
+    them. `measures`: names of `MEASURES` to run (None: every one the data support); `samples`: see
+    `MeasuresConfig.samples`. `overrides` change the
     checkpoints' saved configs (e.g. `data.root=/data`). Returns the study's results (None off rank 0)."""
-    name, _, at = method.partition("@")
-    if at and layer is not None:
-        raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
+    if isinstance(method, list):
+        if layer is not None:
+            raise ValueError("layer applies to one method; give each method as NAME@LAYER")
+        explain = {"methods": method}
+    else:
+        name, _, at = method.partition("@")
+        if at and layer is not None:
+            raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
+        explain = {"method": name, "layer": at or layer}
     data = None
     for paths in groups.values():
         for path in paths:
@@ -651,8 +731,8 @@ def measure_checkpoints(
         "out": str(out),
         "device": device,
         "data": section | {"split": split},
-        "explain": {"method": name, "layer": at or layer, "target": target_policy, "batch_size": batch_size},
-        "measures": {"n_probe": n_probe, "seed": seed},
+        "explain": explain | {"target": target_policy, "batch_size": batch_size},
+        "measures": {"n_probe": n_probe, "seed": seed, "select": measures, "samples": samples},
         "groups": {g: {"weights": [str(p) for p in paths]} for g, paths in groups.items()},
     }
     if out_of_set is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from salience.measures.suite import ENTROPIES, LOCALISATION, PROBES
+from salience.measures.registry import MEASURES
 
 FILTERS = ("group", "model", "class", "method", "split")
 SIMILARITIES = ("ssim", "pearson", "spearman", "topk_iou")
@@ -162,8 +162,8 @@ class Study:
         missing = [k for k in ("group", "model", "image", "class") if k not in cols]
         if missing:
             raise ValueError(f"{self.root / 'per_image.csv'}: no column {missing[0]!r}")
-        self.measures = [h for h in header if h not in ("group", "model", "image", "class")]
-        known = [m for m in ENTROPIES + LOCALISATION + PROBES if m in self.measures]
+        self.measures = [h for h in header if h not in ("group", "model", "method", "image", "class")]
+        known = [m for m in MEASURES if m in self.measures]
         self.measures = known + [m for m in self.measures if m not in known]
         models = np.asarray(cols["model"], dtype=str)
         meta = {m: self.stores_meta.get(m, ("", {}))[1] for m in np.unique(models).tolist()}
