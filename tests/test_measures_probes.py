@@ -262,9 +262,8 @@ def test_probe_input_checks():
 
 def test_evaluate_gives_every_single_model_measure_per_image():
     from salience.attribution import grad_cam
-    from salience.measures import entropy, epg, evaluate
+    from salience.measures import MEASURES, entropy, epg, evaluate
     from salience.measures.degradation import deletion_insertion
-    from salience.measures import MEASURES
     from salience.models import build
 
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ rows. The functions live in their modules; probe entries read a `Probe` (see `sa
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 
@@ -19,7 +20,7 @@ from salience.measures.robustness import local_lipschitz, sensitivity
 from salience.measures.sanity import mprt, random_logit
 
 
-def _maps_only(fn):
+def _maps_only(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
     """A maps-kind function of the maps alone (masks ignored)."""
     return lambda maps, masks=None: fn(maps)
 
@@ -45,7 +46,7 @@ register(Measure("random_logit", "Random logit: SSIM of the map with that of a r
 
 
 # --- faithfulness and robustness (probes, Quantus 0.6) ---------------------------------------------------
-def _road(order: str):
+def _road(order: str) -> Callable[[Probe], torch.Tensor]:
     def fn(p: Probe) -> torch.Tensor:
         r = road(p.model, p.x, p.target, p.maps, order=order, seed=p.seed)
         curve = p.curves.setdefault("road", {"percentages": r["percentages"]})
@@ -59,7 +60,7 @@ def _faithfulness_correlation(p: Probe) -> torch.Tensor:
     return faithfulness_correlation(p.model, p.x, p.target, p.maps, runs=p.samples or 100, seed=p.seed)
 
 
-def _sensitivity(reduce: str):
+def _sensitivity(reduce: str) -> Callable[[Probe], torch.Tensor]:
     def fn(p: Probe) -> torch.Tensor:
         s = p.once("sensitivity", lambda: sensitivity(p.explain, p.x, p.target, p.maps, p.samples or 200, seed=p.seed))
         return s.amax(1) if reduce == "max" else s.mean(1)
@@ -140,7 +141,7 @@ def _transforms(p: Probe) -> torch.Tensor:
     return trans["similarity"]["ssim"].double().mean(1)
 
 
-def _blur(mode: str):
+def _blur(mode: str) -> Callable[[Probe], torch.Tensor]:
     def fn(p: Probe) -> torch.Tensor:
         blur = p.once("blur", lambda: blur_degradation(p.model, p.explain, p.x, p.target, similarities=("ssim",)))
         p.curves["blur"] = {
@@ -156,7 +157,7 @@ def _blur(mode: str):
     return fn
 
 
-def _deletion(kind: str):
+def _deletion(kind: str) -> Callable[[Probe], torch.Tensor]:
     def fn(p: Probe) -> torch.Tensor:
         d = p.once("deletion", lambda: deletion_insertion(p.model, p.x, p.target, p.maps, steps=p.deletion_steps))
         p.curves[f"{kind}_curve"] = d[kind].double().mean(0).tolist()
@@ -181,7 +182,7 @@ register(Measure("insertion_auc", "Insertion AUC (higher = map finds what matter
 
 
 # --- stability across the models of a group ------------------------------------------------------------
-def _stability(name: str):
+def _stability(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda maps: seed_stability(maps, (name,))["mean"][name]
 
 

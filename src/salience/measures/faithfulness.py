@@ -8,6 +8,8 @@ instead of one sparse factorisation per image and percentage.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +71,7 @@ def road(
     target: torch.Tensor,
     maps: torch.Tensor,
     order: str = "morf",
-    percentages=ROAD_PERCENTAGES,
+    percentages: Sequence[int] = ROAD_PERCENTAGES,
     noise: float = 0.01,
     seed: int = 0,
     chunk: int = 256,
@@ -112,7 +114,7 @@ def faithfulness_correlation(
     subset: int = 224,
     seed: int = 0,
     chunk: int = 20,
-    draw=None,
+    draw: Callable[[int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Faithfulness correlation per image -> `[B]`: over `runs` random subsets of `subset` input features
     (channel-pixel values, drawn uniformly without replacement from a seeded `torch.Generator` on x's device),
@@ -124,7 +126,7 @@ def faithfulness_correlation(
     d = x[0].numel()
     if not 1 <= subset < d:
         raise ValueError(f"faithfulness_correlation: subset must be in [1, {d}) features, got {subset}")
-    a = upsample(maps.detach(), tuple(x.shape[-2:])).flatten(1).repeat(1, x.shape[1])  # [B, C*H*W]
+    a = upsample(maps.detach(), (x.shape[-2], x.shape[-1])).flatten(1).repeat(1, x.shape[1])  # [B, C*H*W]
     flat = x.detach().flatten(1)
     low = flat.amin(1, keepdim=True)
     gen = torch.Generator(device=x.device).manual_seed(seed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -104,7 +105,7 @@ class Probe:
     curves: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict, repr=False)
 
-    def once(self, key: str, thunk: Callable[[], object]):
+    def once(self, key: str, thunk: Callable[[], Any]) -> Any:
         if key not in self._memo:
             self._memo[key] = thunk()
         return self._memo[key]

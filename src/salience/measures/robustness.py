@@ -8,14 +8,16 @@ compares the maps at the input size (upsampled bilinearly) with those of the cle
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
 from salience.attribution import upsample
 
 
-def _noisy_maps(explain: Callable, x: torch.Tensor, target: torch.Tensor, samples: int, draw: Callable, batch: int):
+def _noisy_maps(
+    explain: Callable, x: torch.Tensor, target: torch.Tensor, samples: int, draw: Callable, batch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield `(noise [k, B, C, H, W], maps [k, B, H*W])` for chunks of k samples (k * B <= `batch` images)."""
     b = x.shape[0]
     per = max(1, batch // b)
@@ -24,7 +26,7 @@ def _noisy_maps(explain: Callable, x: torch.Tensor, target: torch.Tensor, sample
         noise = draw((k, *x.shape))
         xs = (x.detach()[None] + noise).flatten(0, 1)
         maps = explain(xs, target.repeat(k)).detach()
-        yield noise, upsample(maps, tuple(x.shape[-2:])).view(k, b, -1)
+        yield noise, upsample(maps, (x.shape[-2], x.shape[-1])).view(k, b, -1)
 
 
 def sensitivity(
@@ -46,7 +48,7 @@ def sensitivity(
     if draw is None:
         gen = torch.Generator(device=x.device).manual_seed(seed)
         draw = lambda shape: (torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * bound
-    a = upsample(maps.detach(), tuple(x.shape[-2:])).flatten(1)
+    a = upsample(maps.detach(), (x.shape[-2], x.shape[-1])).flatten(1)
     norm = a.norm(dim=1)
     out = []
     for _, m in _noisy_maps(explain, x, target, samples, draw, batch):
@@ -73,7 +75,7 @@ def local_lipschitz(
         gen = torch.Generator(device=x.device).manual_seed(seed)
         draw = lambda shape: torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype) * std
     by_max = lambda t: t / torch.where(t.abs().amax(-1, keepdim=True) > 0, t.abs().amax(-1, keepdim=True), 1.0)
-    a = by_max(upsample(maps.detach(), tuple(x.shape[-2:])).flatten(1))
+    a = by_max(upsample(maps.detach(), (x.shape[-2], x.shape[-1])).flatten(1))
     out = []
     for noise, m in _noisy_maps(explain, x, target, samples, draw, batch):
         dist = noise.flatten(2).norm(dim=2)  # [k, B]

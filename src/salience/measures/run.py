@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
 from torch import nn
@@ -313,7 +313,7 @@ def _has_masks(dataset: Dataset) -> bool:
     return any(len(r.boxes) or r.segmentation is not None for r in records)
 
 
-def _spec(meta) -> str:
+def _spec(meta: Any) -> str:
     """The method spec of a store: `NAME@LAYER` for a method that takes a layer, else `NAME`."""
     from salience.attribution import get_method
 
@@ -321,7 +321,7 @@ def _spec(meta) -> str:
     return f"{meta.method}@{meta.layer}" if takes and meta.layer else meta.method
 
 
-def _methods():
+def _methods() -> dict:
     from salience.attribution import METHODS
 
     return METHODS
@@ -368,9 +368,11 @@ def _measure(
                 src = sources.get(str(s.path))
                 probe = probes.get(str(s.path))
                 probed = {k: v for k, v in (probe["values"] if probe else {}).items() if k in columns}
-                values = {m: [] for m in columns}
+                values: dict[str, list[float]] = {m: [] for m in columns}
                 blocks = _blocks(s, block, src if located else None)
-                for start, maps, targets, measured in _map_values(blocks, tuple(s.meta.resolution), maps_names):
+                for start, maps, targets, measured in _map_values(
+                    blocks, (s.meta.resolution[0], s.meta.resolution[1]), maps_names
+                ):
                     n = len(maps)
                     for m in columns:
                         if m in measured:
@@ -439,11 +441,13 @@ def _measure(
     return summary
 
 
-def _stability(stores: list[MapStore], w, g: str, spec: str, sims: tuple, block: int, seed: int, n_boot: int) -> dict:
+def _stability(
+    stores: list[MapStore], w: Any, g: str, spec: str, sims: tuple, block: int, seed: int, n_boot: int
+) -> dict:
     """Write the stability rows of one group's stores of one method; return their summaries (and the mean SSIM per
     pair of stores, `ssim_matrix`, when SSIM is measured)."""
     check_aligned(stores)
-    values = {k: [] for k in sims}
+    values: dict[str, list[float]] = {k: [] for k in sims}
     pair_sums = None
     for start in range(0, stores[0].n, block):
         stop = min(start + block, stores[0].n)
@@ -462,7 +466,7 @@ def _stability(stores: list[MapStore], w, g: str, spec: str, sims: tuple, block:
                 range(start, stop), targets[0].tolist(), same.tolist(), *(mean[k].tolist() for k in sims), strict=True
             )
         )
-    out = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
+    out: dict[str, Any] = {k: summarise(v, seed=seed, n_boot=n_boot) for k, v in values.items()}
     if pair_sums is not None:
         matrix = torch.eye(len(stores), dtype=torch.float64)
         for (i, j), v in zip(st["pairs"], (pair_sums / stores[0].n).tolist(), strict=True):

@@ -8,6 +8,7 @@ A method passes when its maps change: lower similarity is better for both.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ def mprt(
     Returns `{"layers": [L] names (the module randomised last at each compared step), "similarity": [B, L],
     "summary": [B]}` (mean over the compared steps). With `max_steps`, maps are compared after at most that
     many steps spread over the cascade (the randomisation itself is the same); None compares after each."""
-    size = tuple(x.shape[-2:])
+    size = (x.shape[-2], x.shape[-1])
     original = maps if maps is not None else attribute(method, model, x, target, layer=layer)
     original = upsample(original.detach(), size).abs()
     randomised = copy.deepcopy(model).eval()
@@ -64,7 +65,7 @@ def mprt(
     with torch.random.fork_rng(devices=devices):
         for i, (name, module) in enumerate(modules):
             torch.manual_seed(seed + 1)
-            module.reset_parameters()
+            module.reset_parameters()  # type: ignore[operator]
             if i in steps:
                 a = upsample(attribute(method, randomised, x, target, layer=layer).detach(), size).abs()
                 sims.append(spearman(original, a))
@@ -101,7 +102,7 @@ def off_classes(target: torch.Tensor, num_classes: int, seed: int = 42) -> torch
 
 def random_logit(
     model: nn.Module,
-    explain,
+    explain: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     target: torch.Tensor,
     maps: torch.Tensor | None = None,
@@ -111,7 +112,7 @@ def random_logit(
     """Random-logit test: SSIM (`ssim_flat`) between each image's map for `target [B]` and its map for a random
     other class (`off_classes`), both at the input size and divided by their max |A| (Quantus' `normalise_by_max`,
     `abs=False`). `num_classes` defaults to the model's number of logits. Returns `{"off": [B], "similarity": [B]}`."""
-    size = tuple(x.shape[-2:])
+    size = (x.shape[-2], x.shape[-1])
     if num_classes is None:
         with torch.no_grad():
             num_classes = model(x[:1]).shape[1]

@@ -24,7 +24,8 @@ def map_values(
     alone and, with `masks [B, H, W]`, those that need masks (NaN for an image with an empty mask). Measures
     computed at the input size (`Measure.at_input`) read the maps upsampled bilinearly to `size` (default: the
     masks' size, else the maps' own)."""
-    size = size or (tuple(masks.shape[-2:]) if masks is not None else tuple(maps.shape[-2:]))
+    if size is None:
+        size = (masks.shape[-2], masks.shape[-1]) if masks is not None else (maps.shape[-2], maps.shape[-1])
     up = None
     out = {}
     for name in select(names, "maps", masks=masks is not None):
@@ -113,7 +114,7 @@ def evaluate(
         raise ValueError(f"measures {unmasked} need masks; pass masks [B, H, W]")
     explain = functools.partial(attribute, method, model, layer=layer)
     maps = explain(images, target)
-    size = tuple(images.shape[-2:])
+    size = (images.shape[-2], images.shape[-1])
     values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}
     if any(MEASURES[n].kind == "probe" for n in names):
         probes = probe_suite(

@@ -76,7 +76,11 @@ def methods_html(results: dict, label) -> str:
             means = {s: by[s]["summary"].get(key, {}).get(g, {}).get("mean") for s in specs}
             finite = {s: v for s, v in means.items() if v is not None and v == v}
             direction = better(results, key)
-            best = (max if direction == "higher" else min)(finite, key=finite.get) if finite and direction else None
+            best = (
+                (max if direction == "higher" else min)(finite, key=lambda s: finite[s])
+                if finite and direction
+                else None
+            )
             cells = ""
             for s in specs:
                 st = by[s]["summary"].get(key, {}).get(g)

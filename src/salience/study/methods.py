@@ -36,7 +36,7 @@ def sanity_findings(results: dict) -> list[str]:
         if v == v and v >= BARELY_CHANGES
     ]
     if len(last) > 1:
-        best = min(last, key=last.get)
+        best = min(last, key=lambda spec: last[spec])
         out.append(
             f"Most sensitive to model randomisation (lowest Spearman after randomising every layer): {best} ({last[best]:.2f})."
         )

@@ -514,9 +514,10 @@ def _summarise_groups(cfg: StudyConfig, ref: str, groups: dict, values: dict[str
     return table, comps
 
 
-def _column(rows: list[dict], c: str, keep) -> torch.Tensor:
-    """The finite values of column `c` over the rows that `keep(row)` accepts."""
-    v = torch.tensor([float(r[c]) for r in rows if keep(r) and r[c] != ""], dtype=torch.float64)
+def _column(rows: list[dict], c: str, group: str, method: str | None = None) -> torch.Tensor:
+    """The finite values of column `c` over the rows of `group` (and of `method`, when given)."""
+    keep = [r for r in rows if r["group"] == group and (method is None or r["method"] == method)]
+    v = torch.tensor([float(r[c]) for r in keep if r[c] != ""], dtype=torch.float64)
     return v[~torch.isnan(v)]
 
 
@@ -526,7 +527,7 @@ def _measure_tables(
     """`(table, comparisons)` of the per-image measures of one method, pooled over the models of each group."""
     table, comparisons = {}, {}
     for c in columns:
-        values = {g: _column(rows, c, lambda r, g=g: r["group"] == g) for g in groups}
+        values = {g: _column(rows, c, g) for g in groups}
         if any(len(v) for v in values.values()):
             table[c], comparisons[c] = _summarise_groups(cfg, ref, groups, values)
     return table, comparisons
@@ -540,8 +541,8 @@ def _within_group(cfg: StudyConfig, groups: dict, rows: list[dict], columns: lis
     for g in groups:
         out[g] = {}
         for c in columns:
-            a = _column(rows, c, lambda r, g=g: r["group"] == g and r["method"] == spec)
-            b = _column(rows, c, lambda r, g=g: r["group"] == g and r["method"] == first)
+            a = _column(rows, c, g, spec)
+            b = _column(rows, c, g, first)
             if len(a) >= 2 and len(b) >= 2:
                 out[g][c] = compare_groups(a, b, seed=cfg.measures.seed, n_perm=cfg.measures.n_perm)
     return out
@@ -701,7 +702,7 @@ def measure_checkpoints(
     if isinstance(method, list):
         if layer is not None:
             raise ValueError("layer applies to one method; give each method as NAME@LAYER")
-        explain = {"methods": method}
+        explain: dict[str, Any] = {"methods": method}
     else:
         name, _, at = method.partition("@")
         if at and layer is not None:
