@@ -58,6 +58,7 @@ from torch import nn
 
 from salience import attribution as A
 from salience.models import build
+from test_architectures import _perturb_norms
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 pgc_base = pytest.importorskip("pytorch_grad_cam.base_cam")
@@ -73,16 +74,6 @@ def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     ref = torch.as_tensor(ref, dtype=torch.float64)
     diff = (ours.detach().double() - ref).abs().max()
     return 0.0 if diff == 0 else (diff / ref.abs().max()).item()
-
-
-def _perturb_norms(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.1, 0.1)
-    return model
 
 
 class _DenseNetOutOfPlace(nn.Module):
