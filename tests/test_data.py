@@ -207,11 +207,78 @@ def test_transforms_move_boxes_masks_maps_exactly(tmp_path):
         assert torch.equal(white.float(), o["mask"])
 
 
-def test_transforms_pickle():
+def _v2_pipeline(size, train, crop_padding):
+    """torchvision's own pipeline for what `JointTransforms` promises to equal."""
+    from torchvision.transforms import v2
+
+    steps: list = [v2.Resize(size, antialias=True)] if size is not None else []
+    if train:
+        steps += [v2.RandomCrop(size, padding=crop_padding, fill=0)] if crop_padding else []
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*steps, v2.SanitizeBoundingBoxes(min_size=1.0, labels_getter=lambda s: s["box_labels"])])
+
+
+@pytest.mark.parametrize(
+    "size,train,crop_padding",
+    [
+        (None, False, 0),
+        (None, True, 0),
+        ((30, 44), False, 0),
+        ((30, 44), True, 0),
+        ((30, 44), True, 6),
+        ((24, 36), True, 0),
+    ],
+)
+def test_joint_transforms_equal_torchvision_v2(size, train, crop_padding):
+    """Same pixels, boxes, labels, masks and random draws as v2.Compose on tv_tensors, over random samples
+    (boxes partly outside after a crop, thin boxes that sanitizing drops, an image already at the size)."""
     import pickle
 
-    t = pickle.loads(pickle.dumps(joint_transforms(32, train=True, crop_padding=2)))
-    assert len(t.transforms) == 4
+    from torchvision import tv_tensors
+
+    ours = pickle.loads(pickle.dumps(joint_transforms(size, train, crop_padding)))  # spawn workers pickle it
+    theirs = _v2_pipeline(size, train, crop_padding)
+    g = torch.Generator().manual_seed(3)
+    for i in range(24):
+        h, w = (24, 36) if i % 3 == 0 else (20 + i, 40 - i)
+        xy = torch.rand(5, 2, generator=g) * torch.tensor([w, h])
+        wh = torch.rand(5, 2, generator=g) * torch.tensor([w, h]) / 2
+        wh[0] = 0.5  # a box thinner than 1 px: dropped
+        boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w, h]))], 1)
+        sample = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g),
+            "human_map": torch.rand(1, h, w, generator=g),
+            "boxes": boxes,
+            "box_labels": torch.arange(5),
+            "mask": (torch.rand(h, w, generator=g) > 0.5).to(torch.uint8),
+            "id": f"s{i}",
+        }
+        wrapped = sample | {
+            "image": tv_tensors.Image(sample["image"]),
+            "human_map": tv_tensors.Image(sample["human_map"]),
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
+            "mask": tv_tensors.Mask(sample["mask"]),
+        }
+        torch.manual_seed(i)
+        a = ours(sample)
+        after_ours = torch.rand(1)  # the same number of draws, too
+        torch.manual_seed(i)
+        b = theirs(wrapped)
+        assert torch.equal(after_ours, torch.rand(1)), i
+        for key in ("image", "human_map", "boxes", "box_labels", "mask"):
+            assert torch.equal(a[key], b[key].as_subclass(torch.Tensor)), (i, key)
+        assert a["id"] == b["id"]
+
+
+def test_other_transforms_get_tv_tensors(tmp_path):
+    """A callable other than `joint_transforms` gets torchvision tv_tensors, so a user's v2 pipeline moves boxes."""
+    from torchvision.transforms import v2
+
+    root = _square_folder(tmp_path)
+    flip = v2.Compose([v2.RandomHorizontalFlip(p=1.0)])
+    s = build_dataset("folder", root, "train", transforms=flip)[0]
+    assert s["boxes"].tolist() == [[30.0, 5.0, 50.0, 25.0]] and type(s["boxes"]) is torch.Tensor
+    assert torch.equal((s["image"].mean(0) > 0.5).float(), s["mask"])
 
 
 def test_random_crop_drops_or_clips_boxes(tmp_path):
