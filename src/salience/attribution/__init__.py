@@ -9,7 +9,7 @@ from functools import partial
 
 from salience.attribution.core import capture, expand_targets, resolve_layer, upsample
 from salience.attribution.guided import guided_backprop, guided_grad_cam
-from salience.attribution.many import attribute, attribute_many
+from salience.attribution.many import Explainer, attribute, attribute_many
 from salience.attribution.methods import bcos, integrated_gradients
 from salience.attribution.perturbation import occlusion, score_cam, smooth_grad, var_grad
 from salience.attribution.registry import METHODS, Method, get_method, parse_method, token_grid
@@ -21,6 +21,7 @@ cam = partial(attribute, "cam")
 
 __all__ = [
     "METHODS",
+    "Explainer",
     "Method",
     "attribute",
     "attribute_many",

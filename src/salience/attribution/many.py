@@ -9,6 +9,7 @@ The shared methods (`Method.from_pass`) all read a feature tensor F (the input o
 from __future__ import annotations
 
 from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,7 +41,7 @@ def attribute(
     if entry.shared:
         if options:
             raise ValueError(f"method {method!r} takes no options; got {', '.join(options)}")
-        return shared_maps(model, x, target, {method: (method, layer)}, create_graph)[method]
+        return shared_pass(model, x, target, {method: (method, layer)}, create_graph)[1][method]
     if layer is not None:
         options["layer"] = layer
     assert entry.run is not None  # a registry entry has exactly one of from_pass and run
@@ -76,8 +77,34 @@ def attribute_many(
         else:
             out[spec] = attribute(name, model, x, target, layer=layer, create_graph=create_graph)
     if shared:
-        out |= shared_maps(model, x, target, shared, create_graph)
+        out |= shared_pass(model, x, target, shared, create_graph)[1]
     return {spec: out[spec] for spec in methods}
+
+
+@dataclass(frozen=True)
+class Explainer:
+    """One method bound to a model: `explainer(x, target)` is `attribute(method, model, x, target, layer,
+    **options)`, maps `[P, h, w]`; `explainer.scored(x, target)` returns `(scores [P, C], maps)`, the model's
+    output for each pair's image with its maps. A shared method reads both from its one forward; the others
+    run one more forward, without a graph. Measures and evaluation that need a map and a score of the same
+    input call `scored` and save a forward."""
+
+    method: str
+    model: nn.Module
+    layer: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return attribute(self.method, self.model, x, target, layer=self.layer, **self.options)
+
+    def scored(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if get_method(self.method).shared and not self.options:
+            layer = check_layer(self.method, self.layer)
+            logits, by_spec = shared_pass(self.model, x, target, {self.method: (self.method, layer)}, False)
+            return logits.detach(), by_spec[self.method]
+        maps = self(x, target)
+        with torch.no_grad():
+            return self.model(pairs(x, target)[0]), maps
 
 
 def shared_layers(model: nn.Module, specs: dict[str, tuple[str, str | None]]) -> dict[str, nn.Module | None]:
@@ -110,14 +137,15 @@ def record(
     return logits, [outputs[0] for outputs in recorded]
 
 
-def shared_maps(
+def shared_pass(
     model: nn.Module,
     x: torch.Tensor,
     target: torch.Tensor,
     specs: dict[str, tuple[str, str | None]],
     create_graph: bool,
-) -> dict[str, torch.Tensor]:
-    """`{spec: maps}` for shared methods `{spec: (name, layer)}` from one forward and one backward."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`(logits [P, C], {spec: maps})` for shared methods `{spec: (name, layer)}` from one forward and one
+    backward, P the (image, class) pairs of `target`."""
     layers = shared_layers(model, specs)
     modules = list({id(m): m for m in layers.values() if m is not None}.values())  # distinct, in order
     wants_input = any(m is None for m in layers.values())
@@ -144,7 +172,7 @@ def shared_maps(
             assert from_pass is not None  # shared specs only
             m = from_pass(recorded)
             maps[spec] = m if create_graph else m.detach()
-    return maps
+    return logits, maps
 
 
-__all__ = ["attribute", "attribute_many", "parse_method", "shared_maps"]
+__all__ = ["Explainer", "attribute", "attribute_many", "parse_method", "shared_pass"]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from salience.attribution import upsample
 from salience.measures._checks import check_maps, minmax
-from salience.measures.probes import Explain, check_inputs, explain_batched, predict
+from salience.measures.probes import Explain, check_inputs, explain_scored
 from salience.measures.similarity import SIMILARITIES, similarity
 
 BLUR_MODES = ("nonsalient", "salient")
@@ -78,8 +78,7 @@ def blur_degradation(
     `map(blurred x)`. Accuracy and AUC changes follow from `pred` / `score` and the labels.
     """
     check_inputs(x, target)
-    maps = explain_batched(explain, x, target, batch_size)
-    score, pred = predict(model, x, target, batch_size)
+    maps, score, pred = explain_scored(explain, model, x, target, batch_size)
     out: dict[str, dict] = {"clean": {"score": score, "pred": pred}}
     for mode in modes:
         levels = blur_levels(maps, (x.shape[-2], x.shape[-1]), mode)
@@ -89,8 +88,7 @@ def blur_degradation(
                 for i in range(0, len(x), batch_size)
             ]
         )
-        s, p = predict(model, blurred, target, batch_size)
-        m = explain_batched(explain, blurred, target, batch_size)
+        m, s, p = explain_scored(explain, model, blurred, target, batch_size)
         out[mode] = {
             "score": s,
             "score_change": s - score,

@@ -2,7 +2,8 @@
 (d) stability across training runs of "Explain To Me" (docs/definitions.md, "The five salience measures").
 
 An `explain` callable maps `(x [B, C, H, W], target long [B]) -> maps [B, h, w]`, e.g.
-`functools.partial(salience.attribution.grad_cam, model, layer="final")`. Scores are the softmax
+`salience.attribution.Explainer("grad_cam", model, "final")` (which also gives the scores of its forward, saving
+the probes a forward per input) or `functools.partial(salience.attribution.grad_cam, model, layer="final")`. Scores are the softmax
 probability of the target class. Work is batched over images and perturbation steps together, in
 chunks of `batch_size` inputs.
 """
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn as nn
 
-from salience.attribution import upsample
+from salience.attribution import Explainer, upsample
 from salience.measures._checks import check_maps
 from salience.measures.entropy import entropy
 from salience.measures.similarity import SIMILARITIES, similarity
@@ -41,6 +42,24 @@ def explain_batched(explain: Explain, x: torch.Tensor, target: torch.Tensor, bat
     """Run `explain` over `x` in chunks of `batch_size`; returns detached maps `[B, h, w]` (NaN/inf refused)."""
     out = [explain(x[i : i + batch_size], target[i : i + batch_size]).detach() for i in range(0, len(x), batch_size)]
     return check_maps(torch.cat(out), "maps returned by explain")
+
+
+def explain_scored(
+    explain: Explain, model: nn.Module, x: torch.Tensor, target: torch.Tensor, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(maps [B, h, w], score [B], predicted class [B])` of `x` for `target`, in chunks of `batch_size`: the maps
+    as `explain_batched`, the softmax probability of `target` and the argmax as `predict`. An `Explainer` of
+    `model` reads the scores off its maps' forward; any other callable costs one forward more."""
+    if not (isinstance(explain, Explainer) and explain.model is model):
+        return explain_batched(explain, x, target, batch_size), *predict(model, x, target, batch_size)
+    maps, scores, preds = [], [], []
+    for i in range(0, len(x), batch_size):
+        logits, m = explain.scored(x[i : i + batch_size], target[i : i + batch_size])
+        p = logits.softmax(1)
+        maps.append(m.detach())
+        scores.append(p.gather(1, target[i : i + batch_size, None])[:, 0])
+        preds.append(p.argmax(1))
+    return check_maps(torch.cat(maps), "maps returned by explain"), torch.cat(scores), torch.cat(preds)
 
 
 @torch.no_grad()
@@ -100,8 +119,7 @@ def noise_response(
     n_a, b = noisy.shape[:2]
     flat_x = torch.cat([x, noisy.flatten(0, 1)])
     flat_t = target.repeat(n_a + 1)
-    maps = explain_batched(explain, flat_x, flat_t, batch_size)
-    score, pred = predict(model, flat_x, flat_t, batch_size)
+    maps, score, pred = explain_scored(explain, model, flat_x, flat_t, batch_size)
     clean_maps = maps[:b].repeat(n_a, 1, 1)
     sims = _similarities(clean_maps, maps[b:], similarities)
     per = lambda t: t.view(n_a, b).T
@@ -130,8 +148,7 @@ def out_of_set_response(
     _, pred_out = predict(model, x_out, batch_size=batch_size)
     sets: dict[str, dict] = {}
     for name, x, t in (("in", x_in, target_in), ("out", x_out, pred_out)):
-        maps = explain_batched(explain, x, t, batch_size)
-        score, _ = predict(model, x, t, batch_size)
+        maps, score, _ = explain_scored(explain, model, x, t, batch_size)
         sets[name] = {
             "entropy_histogram": entropy(maps, "histogram"),
             "entropy_spatial": entropy(maps, "spatial"),
@@ -198,8 +215,8 @@ def transform_consistency(
     b = len(x)
     flat_x = torch.cat([x] + [apply_transform(n, x) for n in transforms])
     flat_t = target.repeat(len(transforms) + 1)
-    maps = upsample(explain_batched(explain, flat_x, flat_t, batch_size), size)
-    _, pred = predict(model, flat_x, flat_t, batch_size)
+    maps, _, pred = explain_scored(explain, model, flat_x, flat_t, batch_size)
+    maps = upsample(maps, size)
     sims: dict[str, list[torch.Tensor]] = {k: [] for k in similarities}
     for i, n in enumerate(transforms):
         rows, cols = valid_region(n, size)

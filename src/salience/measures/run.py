@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import functools
 import hashlib
 import itertools
 import json
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from salience.attribution import attribute
+from salience.attribution import Explainer
 from salience.data.core import collate, object_masks
 from salience.distributed import Context, atomic_write_text
 from salience.measures.probes import seed_stability
@@ -225,7 +224,7 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
     maps, targets = store.read(0, n)
     masks = object_masks(batch, rows, targets) if _has_masks(src.dataset) else None
     device = next(src.model.parameters()).device
-    explain = functools.partial(attribute, store.meta.method, src.model, layer=store.meta.layer)
+    explain = Explainer(store.meta.method, src.model, store.meta.layer)
     oos = None if src.out_of_set is None else src.out_of_set.to(device)
     return probe_suite(
         src.model,

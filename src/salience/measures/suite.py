@@ -101,9 +101,7 @@ def evaluate(
     `samples`: noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus').
     Group measures (stability) need several models: see `salience.measures.probes.seed_stability`.
     """
-    import functools
-
-    from salience.attribution import attribute
+    from salience.attribution import Explainer
 
     names = select(measures)
     group = [n for n in names if MEASURES[n].kind == "group"]
@@ -112,7 +110,7 @@ def evaluate(
     unmasked = [n for n in names if MEASURES[n].needs_masks]
     if measures is not None and masks is None and unmasked:
         raise ValueError(f"measures {unmasked} need masks; pass masks [B, H, W]")
-    explain = functools.partial(attribute, method, model, layer=layer)
+    explain = Explainer(method, model, layer)
     maps = explain(images, target)
     size = (images.shape[-2], images.shape[-1])
     values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}

@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import (
 )
 
 from salience import distributed as dist
-from salience.attribution import attribute, expand_targets
+from salience.attribution import Explainer, expand_targets
 from salience.attribution.registry import get_method
 from salience.data.core import object_masks
 from salience.measures import epg as epg_measure
@@ -64,34 +64,61 @@ def evaluate(
     localisation: bool = True,
 ) -> dict:
     """Metrics of `model` on `loader` (model put in eval mode). Returns a JSON-ready dict."""
-    ctx = ctx or dist.Context(0, 1, next(model.parameters()).device, False)
-    was_training = model.training
-    model.eval()
+    return evaluate_models([model], loader, multi_label, method, depth, iou_threshold, ctx, amp, localisation)[0]
+
+
+def evaluate_models(
+    models: list[nn.Module],
+    loader,
+    multi_label: bool,
+    method: str = "input_x_gradient",
+    depth: str = "input",
+    iou_threshold: float = 0.5,
+    ctx: dist.Context | None = None,
+    amp: bool = False,
+    localisation: bool = True,
+) -> list[dict]:
+    """`evaluate` of each model, reading the data once: every batch goes through every model in turn."""
+    ctx = ctx or dist.Context(0, 1, next(models[0].parameters()).device, False)
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
     device = ctx.device
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp and device.type == "cuda" else nullcontext()
     layer = None if depth == "input" or not get_method(method).takes_layer else depth
-    parts: dict[str, list] = {k: [] for k in ("index", "logits", "labels", "group", "epg", "iou")}
+    parts: list[dict[str, list]] = [{k: [] for k in ("logits", "epg", "iou")} for _ in models]
+    shared: dict[str, list] = {k: [] for k in ("index", "labels", "group")}
+    explainers = [Explainer(method, m, layer) for m in models]
     for batch in loader:
         x = batch["image"].to(device)
-        with torch.no_grad(), autocast:
-            logits = model(x).float()
-        parts["index"].append(batch["index"])
-        parts["logits"].append(logits.cpu())
-        parts["labels"].append(batch["labels"])
-        parts["group"].append(batch["group"])
-        if localisation:
-            image, cls = expand_targets(batch["labels"], x.shape[0])
-            if image.numel():
+        every = torch.arange(x.shape[0])
+        image, cls = expand_targets(batch["labels"], x.shape[0])
+        masks = object_masks(batch, image, cls).to(device) if localisation and image.numel() else None
+        for model, explainer, part in zip(models, explainers, parts, strict=True):
+            logits = None
+            if masks is not None:
                 with autocast:
-                    maps = attribute(method, model, x[image.to(device)], cls.to(device), layer=layer).float()
-                masks = object_masks(batch, image, cls).to(device)
-                parts["epg"].append(epg_measure(maps, masks).cpu())
-                parts["iou"].append(iou_measure(maps, masks, iou_threshold).cpu())
-    model.train(was_training)
-    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in parts.items()}
-    gathered = dist.gather(local, ctx)
-    allp = {k: torch.cat([g[k] for g in gathered]) for k in local}
-    return metrics(allp["logits"], allp["labels"], allp["group"], allp["epg"], allp["iou"], multi_label)
+                    scores, maps = explainer.scored(x[image.to(device)], cls.to(device))
+                part["epg"].append(epg_measure(maps.float(), masks).cpu())
+                part["iou"].append(iou_measure(maps.float(), masks, iou_threshold).cpu())
+                if torch.equal(image.unique(), every):  # every image has a pair: its scores came with its maps
+                    logits = scores.float()[torch.searchsorted(image, every).to(device)]
+            if logits is None:
+                with torch.no_grad(), autocast:
+                    logits = model(x).float()
+            part["logits"].append(logits.cpu())
+        shared["index"].append(batch["index"])
+        shared["labels"].append(batch["labels"])
+        shared["group"].append(batch["group"])
+    for m, was in zip(models, was_training, strict=True):
+        m.train(was)
+    results = []
+    for part in parts:
+        local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in (shared | part).items()}
+        gathered = dist.gather(local, ctx)
+        allp = {k: torch.cat([g[k] for g in gathered]) for k in local}
+        results.append(metrics(allp["logits"], allp["labels"], allp["group"], allp["epg"], allp["iou"], multi_label))
+    return results
 
 
 def metrics(
