@@ -94,6 +94,8 @@ def run(
     except OSError as err:
         raise OSError(f"{out}: cannot create the study folder ({err.strerror})") from None
     t0 = time.perf_counter()
+    stages: dict[str, float] = {}
+    clock = _Clock(stages)
     device = ctx.device if ctx is not None else torch.device(cfg.device)
     data = open_split(cfg.data.data_config(), cfg.data.split)  # bad data fail before any training
     if len(data) == 0:
@@ -103,8 +105,12 @@ def run(
         other = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
         oos = collate([other[i] for i in range(min(cfg.measures.n_probe, len(other)))])["image"]
     first = collate([data[0]])["image"]
-    members = _members(cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {}, first)
+    clock("data")
+    members = _members(
+        cfg, out, device, progress and main, ctx is not None and ctx.world_size > 1, models or {}, first, clock
+    )
     _check_explainable(cfg, members, data)
+    clock("models")
 
     specs = cfg.explain.specs
     paths = store_paths(out, [m.name for m in members], specs)
@@ -125,6 +131,7 @@ def run(
         progress=progress and main,
         ctx=ctx,
     )
+    clock("explain")
     groups = {g: [paths[(m.name, spec)] for spec in specs for m in members if m.group == g] for g in names}
     sources = {
         str(paths[(m.name, spec)]): Source(
@@ -145,22 +152,47 @@ def run(
         own=OWN_FILES,
         select=cfg.measures.select,
     )
+    clock("measures")
     if not main:
         return None
     assert summary is not None  # measure_stores returns it on rank 0
     accuracy = _accuracies(cfg, members, out, data)
+    clock("evaluate")
     results = _results(cfg, names, members, summary, accuracy, out, data)
-    results["seconds"] = round(time.perf_counter() - t0, 1)
     _gallery(cfg, members, data, stores, out)
-    _write_json(out / "results.json", results)
     from salience.report import render
 
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_json(out / "results.json", results)
     render(out)
+    clock("report")
+    results["stage_seconds"] = {k: round(v, 1) for k, v in stages.items()}  # known once the report is written
+    _write_json(out / "results.json", results)
     return results
 
 
+class _Clock:
+    """`clock(stage)` adds the seconds since the previous call to `stages[stage]` (what `results.json` reports
+    as `stage_seconds`: data, models, train, explain, measures, evaluate, report)."""
+
+    def __init__(self, stages: dict[str, float]):
+        self.stages, self.last = stages, time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.stages[stage] = self.stages.get(stage, 0.0) + now - self.last
+        self.last = now
+
+
 def _members(
-    cfg: StudyConfig, out: Path, device: torch.device, progress: bool, distributed: bool, models: dict, first: Any
+    cfg: StudyConfig,
+    out: Path,
+    device: torch.device,
+    progress: bool,
+    distributed: bool,
+    models: dict,
+    first: Any,
+    clock: _Clock | None = None,
 ) -> list[Member]:
     """Every model of the study, in eval mode on `device`, normalising its input as the data say. Weights
     files are loaded (and a bad one refused), and every model not trained here is checked to return scores
@@ -193,7 +225,11 @@ def _members(
             f"groups: two models are named {dup!r} (weights file stems, <group>_<i>, the names of models from "
             f"Python and <group>_s<seed> must differ)"
         )
+    if clock is not None:
+        clock("models")
     trained = _train_all(cfg, out, progress, distributed)
+    if clock is not None:
+        clock("train")
     for group, g in cfg.groups.items():
         if isinstance(g, TrainGroup):
             for seed in g.seeds:
@@ -351,7 +387,7 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: Salien
     class. Kept in `out/models/<model>.json` with the model's hash, so a
     rerun recomputes only changed models."""
     from salience.distributed import Context
-    from salience.training.evaluate import evaluate
+    from salience.training.evaluate import evaluate_models
 
     splits = {"data": cfg.data} | dict(cfg.evaluate)
     result = {}
@@ -363,6 +399,7 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: Salien
         sort_keys=True,
     )
     (out / "models").mkdir(exist_ok=True)
+    todo = []
     for m in members:
         cache = out / "models" / f"{m.name}.json"
         digest = model_hash(m.model)
@@ -371,42 +408,48 @@ def _accuracies(cfg: StudyConfig, members: list[Member], out: Path, data: Salien
             if saved.get("model_hash") == digest and saved.get("key") == key:
                 result[m.name] = saved["accuracy"]
                 continue
-        acc = {}
-        device = next(m.model.parameters()).device
-        for name, d in splits.items():
-            if name not in opened:
-                opened[name] = open_split(d.data_config(), d.split)
-            ds = opened[name]
-            if not getattr(ds, "classes", None):
-                continue  # unlabelled images (a flat folder)
-            multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
-            loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
-            boxed = name != "data" and any(len(r.boxes) for r in getattr(ds, "records", []))  # data: the measures
-            metrics = evaluate(
-                m.model,
-                loader,
-                multi,
-                cfg.explain.method,
-                cfg.explain.layer or "input",
-                localisation=boxed,
-                ctx=Context(0, 1, device, False),
-            )
-            prefix = "" if name == "data" else f"{name}_"
+        todo.append((m, cache, digest))
+    if not todo:
+        return result
+    acc: dict[str, dict] = {m.name: {} for m, _, _ in todo}
+    device = next(todo[0][0].model.parameters()).device
+    for name, d in splits.items():  # each split read once, every batch through every model
+        if name not in opened:
+            opened[name] = open_split(d.data_config(), d.split)
+        ds = opened[name]
+        if not getattr(ds, "classes", None):
+            continue  # unlabelled images (a flat folder)
+        multi = any(len(set(r.labels)) > 1 for r in getattr(ds, "records", []))
+        loader = DataLoader(ds, batch_size=cfg.explain.batch_size, collate_fn=collate, num_workers=d.workers)
+        boxed = name != "data" and any(len(r.boxes) for r in getattr(ds, "records", []))  # data: the measures
+        per_model = evaluate_models(
+            [m.model for m, _, _ in todo],
+            loader,
+            multi,
+            cfg.explain.method,
+            cfg.explain.layer or "input",
+            localisation=boxed,
+            ctx=Context(0, 1, device, False),
+        )
+        prefix = "" if name == "data" else f"{name}_"
+        for (m, _, _), metrics in zip(todo, per_model, strict=True):
             for k in ("accuracy", "auc", "f1", "map", "worst_group_accuracy", *(("epg", "iou") if boxed else ())):
                 if metrics.get(k) is not None:
-                    acc[prefix + k] = metrics[k]
-        if cfg.out_of_set is not None:
-            if "out_of_set" not in opened:
-                opened["out_of_set"] = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
-            preds = []
-            with torch.no_grad():
-                for batch in DataLoader(opened["out_of_set"], batch_size=cfg.explain.batch_size, collate_fn=collate):
-                    preds.append(m.model(batch["image"].to(device)).argmax(1).cpu())
-            pred = torch.cat(preds)
-            first = (getattr(data, "classes", None) or ["0"])[0]
-            acc[f"out_of_set_called_{first}"] = (pred == 0).double().mean().item()
-        result[m.name] = acc
-        _write_json(cache, {"model_hash": digest, "key": key, "accuracy": acc})
+                    acc[m.name][prefix + k] = metrics[k]
+    if cfg.out_of_set is not None:
+        if "out_of_set" not in opened:
+            opened["out_of_set"] = open_split(cfg.out_of_set.data_config(), cfg.out_of_set.split)
+        preds: dict[str, list[torch.Tensor]] = {m.name: [] for m, _, _ in todo}
+        with torch.no_grad():
+            for batch in DataLoader(opened["out_of_set"], batch_size=cfg.explain.batch_size, collate_fn=collate):
+                for m, _, _ in todo:
+                    preds[m.name].append(m.model(batch["image"].to(device)).argmax(1).cpu())
+        first = (getattr(data, "classes", None) or ["0"])[0]
+        for m, _, _ in todo:
+            acc[m.name][f"out_of_set_called_{first}"] = (torch.cat(preds[m.name]) == 0).double().mean().item()
+    for m, cache, digest in todo:
+        result[m.name] = acc[m.name]
+        _write_json(cache, {"model_hash": digest, "key": key, "accuracy": acc[m.name]})
     return result
 
 

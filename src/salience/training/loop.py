@@ -259,6 +259,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
             "guidance": (sums[2] / sums[3]).item() if sums[3] > 0 else None,
             "guided_fraction": (sums[3] / sums[4]).item(),
         }
+        t_val = time.perf_counter()
         val = evaluate(
             core, val_loader, multi_label, eval_method, eval_depth, config.eval.iou_threshold, ctx=ctx, amp=config.amp
         )
@@ -268,6 +269,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
             "train": train_stats,
             "val": val,
             "seconds": round(time.perf_counter() - t0, 3),
+            "validation_seconds": round(time.perf_counter() - t_val, 3),
         }
         if ctx.is_main:
             objectives = (*(val[k] for k in task_metric_names(multi_label)), val["epg"], val["iou"])
