@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 
 from salience.store import MapStore
-from salience.view import make_server
-from view_study import make_study
+from salience.study.pipeline import store_paths
+from salience.view import Study, make_server
+from view_study import blob, make_study
+
+METHODS = ("grad_cam@final", "input_x_gradient")
+
+
+def _serve(root):
+    server = make_server(root, port=0, quiet=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +32,17 @@ def served(tmp_path_factory):
     (base / "secret.txt").write_text("outside the study")
     os.symlink(base / "secret.txt", root / "link.txt")
     os.symlink(base, root / "up")
-    server = make_server(root, port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _serve(root)
+    yield server, root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def served_methods(tmp_path_factory):
+    """A study of two methods (stores in `stores/<spec>/<model>`), two groups of two models."""
+    root = make_study(tmp_path_factory.mktemp("view_methods") / "study", methods=METHODS)
+    server = _serve(root)
     yield server, root
     server.shutdown()
     server.server_close()
@@ -46,6 +64,10 @@ def api(served, path):
     status, kind, body = get(served, path)
     assert kind == "application/json", (path, status, body[:200])
     return status, json.loads(body)
+
+
+def _decoded(entry) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(entry["data"]), dtype="<f4").reshape(entry["shape"])
 
 
 def test_table_sorts_filters_searches_and_pages(served):
@@ -77,7 +99,7 @@ def test_item_has_every_model_map_from_the_stores_and_the_picture(served):
     store = MapStore(root / "stores" / "CYBORG_s1")
     pos = store.meta.image_ids.index("dog/img_00003.png")
     want = store.read(pos, pos + 1)[0][0].numpy()
-    got = np.frombuffer(base64.b64decode(item["maps"][3]["data"]), dtype="<f4").reshape(item["maps"][3]["shape"])
+    got = _decoded(item["maps"][3])
     assert np.array_equal(got, want) and item["maps"][3]["max"] == pytest.approx(float(want.max()))
     assert item["picture"]["width"] == 32 and item["picture"]["boxes"] == []
     status, kind, png = get(served, item["picture"]["url"])
@@ -117,6 +139,8 @@ def test_ranked_views(served):
         ("/api/disagreement?a=nobody", "a: no group 'nobody'"),
         ("/api/item", "image: required"),
         ("/api/item?image=x&zoom=2", "unknown parameter 'zoom'"),
+        ("/api/item?image=dog%2Fimg_00003.png&method=nope", "method: no method 'nope'; methods: grad_cam@final"),
+        ("/api/instability?model=CE_s0", "unknown parameter 'model'"),
         ("/api/out-of-set.png?index=x", "index: expected an integer"),
         ("/api/out-of-set?search=x", "search: this view has no image paths"),
         ("/api/meta?x=1", "meta takes no parameters"),
@@ -261,3 +285,134 @@ def test_probes_keep_each_out_of_set_images_score():
     out = probe_suite(model, explain, x, target, maps, out_of_set=oos, deletion_steps=4, names=["deletion_auc"])
     want, _ = predict(model, oos)
     assert out["curves"]["out_of_set"]["scores_out"] == pytest.approx(want.double().tolist())
+
+
+# --- studies of several methods ----------------------------------------------------------------------------
+
+
+def test_several_methods_every_map_comes_from_its_own_store(served_methods):
+    """Each (model, method) has its own store (`stores/<spec>/<model>`) and its rows' positions in it: every map
+    `item` returns, for every image, equals the map read from that store at that image's item."""
+    _, root = served_methods
+    models = ["CE_s0", "CE_s1", "CYBORG_s0", "CYBORG_s1"]
+    paths = store_paths(root, models, list(METHODS))
+    assert all((p / "zarr.json").is_file() for p in paths.values()) and not (root / "stores" / "CE_s0").exists()
+    stores = {key: MapStore(p) for key, p in paths.items()}
+    ids = stores[("CE_s0", METHODS[0])].meta.image_ids
+    _, meta = api(served_methods, "/api/meta")
+    assert meta["methods"] == list(METHODS) and meta["rows"] == 96
+    for image in ids:
+        status, item = api(served_methods, f"/api/item?image={image.replace('/', '%2F')}")
+        assert status == 200
+        got = [(m["method"], m["model"]) for m in item["maps"]]
+        assert got == [(spec, model) for spec in METHODS for model in models]  # by method, then group, model
+        for m in item["maps"]:
+            store = stores[(m["model"], m["method"])]
+            pos = store.meta.image_ids.index(image)
+            want = store.read(pos, pos + 1)[0][0].numpy()
+            assert np.array_equal(_decoded(m), want), (image, m["model"], m["method"])
+            gi, k = divmod(models.index(m["model"]), 2)
+            assert np.array_equal(want, blob(len(ids), (8, 8), gi, k, METHODS.index(m["method"]))[pos])
+        a, b = (_decoded(m) for m in item["maps"][:: len(models)][:2])
+        assert not np.array_equal(a, b)  # the two methods' maps of one model differ
+
+
+def test_several_methods_filter_and_item_method(served_methods):
+    _, page = api(served_methods, "/api/rows?method=input_x_gradient&limit=1000")
+    col = page["columns"].index("method")
+    assert page["total"] == 48 and {r[col] for r in page["rows"]} == {"input_x_gradient"}
+    _, page = api(served_methods, "/api/rows?method=grad_cam%40final&model=CE_s1&limit=1000")
+    assert page["total"] == 12 and {(r[1], r[col]) for r in page["rows"]} == {("CE_s1", "grad_cam@final")}
+    _, page = api(served_methods, "/api/instability?group=CE&method=input_x_gradient&class=1")
+    assert page["columns"][:4] == ["group", "method", "image", "class"] and page["total"] == 6
+    assert {(r[0], r[1], r[3]) for r in page["rows"]} == {("CE", "input_x_gradient", "1")}
+    _, everything = api(served_methods, "/api/instability?limit=1000")
+    assert everything["total"] == 48
+    _, page = api(served_methods, "/api/disagreement?measure=entropy_histogram&method=input_x_gradient")
+    assert page["columns"][:3] == ["image", "class", "method"] and page["total"] == 12
+    assert {r[2] for r in page["rows"]} == {"input_x_gradient"}
+    _, page = api(served_methods, "/api/out-of-set")
+    assert "CE_s0 · grad_cam@final" in page["columns"] and "CYBORG_s1 · input_x_gradient" in page["columns"]
+    status, item = api(served_methods, "/api/item?image=cat%2Fimg_00004.png&method=input_x_gradient")
+    assert status == 200 and {m["method"] for m in item["maps"]} == {"input_x_gradient"} and len(item["maps"]) == 4
+    status, body = api(served_methods, "/api/item?image=cat%2Fimg_00004.png&method=gradient")
+    assert status == 400 and body["error"] == "method: no method 'gradient'; methods: grad_cam@final, input_x_gradient"
+
+
+def test_a_study_from_before_several_methods(tmp_path):
+    """No method column in per_image.csv or stability.csv and no `spec` in summary.json: each model's rows
+    take its store's method and layer, as before."""
+    import csv
+
+    root = make_study(tmp_path / "study", n_images=4)
+    for name in ("per_image.csv", "stability.csv"):
+        with open(root / name) as f:
+            rows = list(csv.reader(f))
+        drop = rows[0].index("method")
+        with open(root / name, "w", newline="") as f:
+            csv.writer(f).writerows([r[:drop] + r[drop + 1 :] for r in rows])
+    summary = json.loads((root / "summary.json").read_text())
+    for s in summary["stores"].values():
+        del s["spec"]
+    (root / "summary.json").write_text(json.dumps(summary))
+    view = Study(root)
+    assert view.methods == ["grad_cam@final"] and view.rows({"method": "grad_cam@final"})["total"] == 16
+    item = view.item({"image": "dog/img_00003.png"})
+    store = MapStore(root / "stores" / "CYBORG_s0")
+    assert [m["method"] for m in item["maps"]] == ["grad_cam@final"] * 4
+    assert np.array_equal(_decoded(item["maps"][2]), store.read(3, 4)[0][0].numpy())
+    assert view.instability({"group": "CE"})["total"] == 4
+    assert "CE_s0" in view.out_of_set({})["columns"]
+
+
+@pytest.mark.parametrize("specs", [["grad_cam@final"], ["grad_cam@final", "input_x_gradient"]])
+def test_a_study_written_by_measure_stores(tmp_path, specs):
+    """The real writer (`measure_stores`, stores where `store_paths` puts them, models named as the study names
+    them): `Study` opens its files and every map `item` returns is its store's. Guards against format drift."""
+    import torch
+
+    from salience.measures.run import measure_stores
+    from salience.store import StoreMeta, fill
+
+    out, n = tmp_path / "out", 6
+    models = {"A": ["A_0", "A_1"], "B": ["B_0", "B_1"]}
+    paths = store_paths(out, [m for ms in models.values() for m in ms], specs)
+    ids = tuple(f"im{i}" for i in range(n))
+    maps = {}
+    for seed, (model, spec) in enumerate(paths):
+        method, _, layer = spec.partition("@")
+        meta = StoreMeta(
+            model_hash=model,
+            method=method,
+            layer=layer or None,
+            target_policy="true",
+            resolution=(16, 16),
+            data="mem",
+            split="test",
+            image_ids=ids,
+        )
+        store = MapStore.create(paths[(model, spec)], meta, (8, 8), chunk_size=4)
+        maps[(model, spec)] = torch.rand(n, 8, 8, generator=torch.Generator().manual_seed(seed)) ** 2
+        fill(store, lambda a, b, m=maps[(model, spec)]: (m[a:b], torch.arange(a, b) % 2))
+    measure_stores(
+        {g: [paths[(m, spec)] for spec in specs for m in ms] for g, ms in models.items()},
+        out,
+        n_boot=20,
+        n_perm=20,
+        names={str(p): model for (model, _), p in paths.items()},
+        select=["entropy_histogram", "sparseness", "stability_ssim", "stability_pearson"],
+    )
+    view = Study(out)
+    assert view.methods == specs and view.measures == ["entropy_histogram", "sparseness"]
+    assert view.table.n == n * len(paths)
+    for i, image in enumerate(ids):
+        item = view.item({"image": image})
+        assert item["class"] == str(i % 2)
+        assert [(m["method"], m["model"]) for m in item["maps"]] == [
+            (s, m) for s in specs for m in ["A_0", "A_1", "B_0", "B_1"]
+        ]
+        for m in item["maps"]:
+            assert np.array_equal(_decoded(m), maps[(m["model"], m["method"])][i].numpy())
+    stab = view.instability({"method": specs[-1], "group": "B", "limit": "100"})
+    assert stab["columns"] == ["group", "method", "image", "class", "ssim", "pearson"] and stab["total"] == n
+    assert view.disagreement({"a": "A", "b": "B"})["total"] == n * len(specs)

@@ -85,7 +85,7 @@ MAP_PIXELS = """
 return [...document.querySelectorAll('canvas.map')].map(c => {
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let sum = 0; for (let i = 0; i < d.length; i += 4) sum += d[i] + d[i + 1] + d[i + 2];
-  return {model: c.dataset.model, w: c.width, h: c.height, mean: sum / (d.length / 4 * 3),
+  return {model: c.dataset.model, method: c.dataset.method, w: c.width, h: c.height, mean: sum / (d.length / 4 * 3),
           center: Array.from(c.getContext('2d').getImageData(c.width / 2, c.height / 2, 1, 1).data)};
 });"""
 
@@ -126,6 +126,46 @@ def test_table_sort_filter_and_one_image_with_its_maps(browser, tmp_path):
         browser.find_element(By.ID, "per-map").click()
         own = browser.execute_script(MAP_PIXELS)
         assert own[0]["mean"] > shared[0]["mean"] and own[2]["mean"] == pytest.approx(shared[2]["mean"], rel=0.05)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_several_methods_are_drawn_method_by_method(browser, tmp_path):
+    """A study of two methods: one image shows every model's map by each method, under a heading per method
+    (each method on its own colour scale); filtered to one method, only its maps."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    methods = ("grad_cam@final", "input_x_gradient")
+    server, url = serve(make_study(tmp_path / "study", methods=methods))
+    try:
+        browser.get(url)
+        loaded(browser, "table")
+        reload_after(browser, "table", lambda: browser.find_element(By.ID, "search").send_keys("img_00005"))
+        browser.execute_script("document.body.dataset.drawn = ''")
+        browser.find_element(By.CSS_SELECTOR, "#grid tbody tr").click()
+        wait(browser, "return document.body.dataset.drawn === 'dog/img_00005.png'")
+        maps = browser.execute_script(MAP_PIXELS)
+        models = ["CE_s0", "CE_s1", "CYBORG_s0", "CYBORG_s1"]
+        assert [(m["method"], m["model"]) for m in maps] == [(x, m) for x in methods for m in models]
+        assert all(m["w"] == 32 and m["h"] == 32 and m["mean"] > 5 for m in maps)  # drawn, not blank
+        assert [m["center"] for m in maps[:4]] != [m["center"] for m in maps[4:]]  # the methods' maps differ
+        headings = browser.execute_script(
+            "return [...document.querySelectorAll('#detail .method')].map(d => [d.dataset.method, "
+            "d.querySelector('h4').textContent, d.querySelectorAll('canvas.map').length])"
+        )
+        assert [(h[0], h[2]) for h in headings] == [(x, 4) for x in methods]
+        assert all(h[1].startswith(h[0] + " · colour scale") for h in headings)
+        select = Select(browser.find_element(By.ID, "f-method"))
+        reload_after(browser, "table", lambda: select.select_by_value("input_x_gradient"))
+        assert set(column(browser, "method")) == {"input_x_gradient"} and len(column(browser, "method")) == 4
+        browser.execute_script("document.body.dataset.drawn = ''")
+        browser.find_element(By.CSS_SELECTOR, "#grid tbody tr").click()
+        wait(browser, "return document.body.dataset.drawn === 'dog/img_00005.png'")
+        maps = browser.execute_script(MAP_PIXELS)
+        assert [m["method"] for m in maps] == ["input_x_gradient"] * 4
+        assert not browser.find_elements(By.CSS_SELECTOR, "#detail .method")  # one method: no headings
     finally:
         server.shutdown()
         server.server_close()

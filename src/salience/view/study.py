@@ -10,6 +10,7 @@ import io
 import json
 import math
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from salience.measures.registry import MEASURES
 
 FILTERS = ("group", "model", "class", "method", "split")
 SIMILARITIES = ("ssim", "pearson", "spearman", "topk_iou")
+LABELS = ("group", "model", "method", "image", "class")  # the columns of per_image.csv that are not measures
 MAX_LIMIT = 1000
 
 
@@ -48,7 +50,7 @@ class Table:
     unique values) and numbers (float64, NaN where blank)."""
 
     def __init__(
-        self, labels: dict[str, list[str] | np.ndarray], numbers: dict[str, np.ndarray], search: str = "image"
+        self, labels: Mapping[str, list[str] | np.ndarray], numbers: dict[str, np.ndarray], search: str = "image"
     ):
         self.order = list(labels) + list(numbers)
         self.codes, self.values = {}, {}
@@ -133,6 +135,14 @@ def _read_csv(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     return header, {h: list(c) for h, c in zip(header, columns, strict=True)}
 
 
+def _spec(store: dict) -> str:
+    """The method spec of a store's summary in `summary.json`: its `spec`, or for a study written before
+    several methods, `method@layer` (the label the viewer showed then)."""
+    if store.get("spec"):
+        return str(store["spec"])
+    return str(store.get("method", "")) + (f"@{store['layer']}" if store.get("layer") else "")
+
+
 def _encode(a: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(a, dtype="<f4").tobytes()).decode()
 
@@ -157,38 +167,55 @@ class Study:
             raise FileNotFoundError(f"{self.root / 'per_image.csv'}: not found; is {root} a study folder?")
         self.results = self._json("results.json")
         summary = self._json("summary.json")
-        self.stores_meta = {s["model"]: (path, s) for path, s in summary.get("stores", {}).items()}
+        # (model, method spec) -> (store path, its summary): one model has a store per method
+        self.stores_meta: dict[tuple[str, str], tuple[str, dict]] = {}
+        for path, s in summary.get("stores", {}).items():
+            self.stores_meta[(str(s.get("model", path)), _spec(s))] = (path, s)
         header, cols = _read_csv(self.root / "per_image.csv")
         missing = [k for k in ("group", "model", "image", "class") if k not in cols]
         if missing:
             raise ValueError(f"{self.root / 'per_image.csv'}: no column {missing[0]!r}")
-        self.measures = [h for h in header if h not in ("group", "model", "method", "image", "class")]
+        self.measures = [h for h in header if h not in LABELS]
         known = [m for m in MEASURES if m in self.measures]
         self.measures = known + [m for m in self.measures if m not in known]
         models = np.asarray(cols["model"], dtype=str)
-        meta = {m: self.stores_meta.get(m, ("", {}))[1] for m in np.unique(models).tolist()}
-        method = {m: s.get("method", "") + (f"@{s['layer']}" if s.get("layer") else "") for m, s in meta.items()}
+        model_names, model_codes = np.unique(models, return_inverse=True)
+        if "method" in cols:
+            methods = np.asarray(cols["method"], dtype=str)
+        else:  # a study from before several methods: the method (and layer) of the model's store
+            specs: dict[str, str] = {}
+            for model, spec in self.stores_meta:
+                specs.setdefault(model, spec)
+            methods = np.asarray([specs.get(m, "") for m in model_names.tolist()] or [""], dtype=str)[model_codes]
+        method_names, method_codes = np.unique(methods, return_inverse=True)
+        first = np.unique(method_codes, return_index=True)[1]
+        self.methods = [str(method_names[c]) for c in method_codes[np.sort(first)].tolist()]  # in study order
+        # each (model, method)'s rows are its store's items in order: the row's position in the store
+        pair_codes, self.pair = np.unique(model_codes * len(method_names) + method_codes, return_inverse=True)
+        self.pairs = [
+            (str(model_names[c // len(method_names)]), str(method_names[c % len(method_names)]))
+            for c in pair_codes.tolist()
+        ]
+        order = np.argsort(self.pair, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(np.bincount(self.pair, minlength=len(self.pairs)))[:-1]])
+        self.position = np.zeros(len(models), dtype=np.int64)
+        self.position[order] = np.arange(len(models)) - starts[self.pair[order]]
+        split = np.asarray([self._meta(*p).get("split", "") for p in self.pairs] or [""], dtype=str)
         labels: dict[str, Any] = {
             "group": cols["group"],
             "model": models,
             "image": cols["image"],
             "class": cols["class"],
-            "method": [method[m] for m in cols["model"]],
-            "split": [meta[m].get("split", "") for m in cols["model"]],
+            "method": methods,
+            "split": split[self.pair],
         }
         self.table = Table(labels, {m: _floats(cols[m], f"per_image.csv, column {m}") for m in self.measures})
-        # each model's rows are its store's items in order: the row's position in the store
-        codes = self.table.codes["model"]
-        self.position = np.zeros(self.table.n, dtype=np.int64)
-        for c in range(len(self.table.values["model"])):
-            rows = np.flatnonzero(codes == c)
-            self.position[rows] = np.arange(len(rows))
         self.by_image = np.argsort(self.table.codes["image"], kind="stable")
         self.groups = list(dict.fromkeys(self.results.get("groups", {}) or self.table.label("group").tolist()))
         self.groups = [g for g in self.groups if g in set(self.table.values["group"].tolist())]
         self.stability = self._stability()
         self.oos = self._oos()
-        self._stores: dict[str, Any] = {}
+        self._stores: dict[tuple[str, str], Any] = {}
         self._data: dict[str, Any] = {}
         self._lock, self._data_lock = threading.Lock(), threading.Lock()
         self._disagreement: dict[tuple, Table] = {}
@@ -203,24 +230,36 @@ class Study:
         except ValueError as err:
             raise ValueError(f"{path}: not valid JSON ({err})") from None
 
+    def _meta(self, model: str, method: str) -> dict:
+        """The summary of the store of `model`'s maps by `method` (its only store when the spec differs)."""
+        if (model, method) in self.stores_meta:
+            return self.stores_meta[(model, method)][1]
+        own = [s for (m, _), (_, s) in self.stores_meta.items() if m == model]
+        return own[0] if len(own) == 1 else {}
+
     def _stability(self) -> Table | None:
         path = self.root / "stability.csv"
         if not path.is_file():
             return None
         header, cols = _read_csv(path)
-        sims = [h for h in header if h not in ("group", "image", "class")]
+        labels = [h for h in header if h in ("group", "method", "image", "class")]
+        missing = [k for k in ("group", "image", "class") if k not in labels]
+        if missing:
+            raise ValueError(f"{path}: no column {missing[0]!r}")
         return Table(
-            {k: cols[k] for k in ("group", "image", "class")},
-            {k: _floats(cols[k], f"stability.csv, column {k}") for k in sims},
+            {k: cols[k] for k in labels},
+            {k: _floats(cols[k], f"stability.csv, column {k}") for k in header if k not in labels},
         )
 
     def _oos(self) -> Table | None:
-        """Out-of-set images (their index in the out-of-set split) by the score each model gives them."""
+        """Out-of-set images (their index in the out-of-set split) by the score each model gives them: one
+        column per model, or per model and method (`model · spec`) when the stores hold several methods."""
+        several = len({spec for _, spec in self.stores_meta}) > 1
         scores = {}
-        for model, (_, s) in self.stores_meta.items():
+        for (model, spec), (_, s) in self.stores_meta.items():
             per = s.get("curves", {}).get("out_of_set", {}).get("scores_out")
             if per:
-                scores[model] = np.asarray(per, dtype=np.float64)
+                scores[f"{model} · {spec}" if several else model] = np.asarray(per, dtype=np.float64)
         if not scores:
             return None
         n = min(len(v) for v in scores.values())
@@ -233,9 +272,9 @@ class Study:
         """Open the stores and the data sets in the background (the built-in benchmark is generated: seconds)."""
 
         def work():
-            for model in self.table.values["model"].tolist():
+            for model, method in self.pairs:
                 with contextlib.suppress(Exception):  # a missing store is reported when its map is asked for
-                    self._store(model).done()  # read the chunk flags now, not on the first map
+                    self._store(model, method).done()  # read the chunk flags now, not on the first map
             for which in ("data", "out_of_set"):
                 self._dataset(which)
             self.ready.set()
@@ -256,6 +295,7 @@ class Study:
             "filters": {k: self.table.values[k].tolist() for k in FILTERS},
             "classes": classes,
             "measures": self.measures,
+            "methods": self.methods,
             "stability": self.stability is not None and list(self.stability.numbers),
             "out_of_set": self.oos is not None,
             "report": (self.root / "report.html").is_file(),
@@ -268,7 +308,9 @@ class Study:
     def instability(self, params: dict) -> dict:
         if self.stability is None:
             raise NotFound("this study has no stability.csv (stability needs two or more models per group)")
-        return self.stability.query(params, ("group", "class"), sort="ssim", desc=False)
+        filters = tuple(k for k in ("group", "class", "method") if k in self.stability.values)
+        sort = "ssim" if "ssim" in self.stability.numbers else next(iter(self.stability.numbers), "image")
+        return self.stability.query(params, filters, sort=sort, desc=False)
 
     def out_of_set(self, params: dict) -> dict:
         if self.oos is None:
@@ -280,7 +322,7 @@ class Study:
 
     def disagreement(self, params: dict) -> dict:
         """Images (and classes) ranked by the difference of a measure's mean over the models of group `a`
-        and of group `b`."""
+        and of group `b`; per method (a `method` column, filterable) when the study has several."""
         if not self.groups or not self.measures:
             raise NotFound("per_image.csv has no groups or no measures to compare")
         measure = params.get("measure", self.measures[0])
@@ -294,9 +336,9 @@ class Study:
         cache_key = (measure, a, b)
         if cache_key not in self._disagreement:
             t, v = self.table, self.table.numbers[measure]
-            n_class = len(t.values["class"])
-            pair = t.codes["image"].astype(np.int64) * n_class + t.codes["class"]
-            size = len(t.values["image"]) * n_class
+            n_class, n_method = len(t.values["class"]), len(t.values["method"])
+            pair = (t.codes["image"].astype(np.int64) * n_class + t.codes["class"]) * n_method + t.codes["method"]
+            size = len(t.values["image"]) * n_class * n_method
             means = []
             for g in (a, b):
                 hit = (t.label("group") == g) & ~np.isnan(v)
@@ -305,8 +347,14 @@ class Study:
                 means[-1][count == 0] = np.nan
             both = np.flatnonzero(~np.isnan(means[0]) & ~np.isnan(means[1]))
             diff = means[0][both] - means[1][both]
+            labels = {
+                "image": t.values["image"][both // (n_class * n_method)],
+                "class": t.values["class"][both // n_method % n_class],
+            }
+            if len(self.methods) > 1:
+                labels["method"] = t.values["method"][both % n_method]
             self._disagreement[cache_key] = Table(
-                {"image": t.values["image"][both // n_class], "class": t.values["class"][both % n_class]},
+                labels,
                 {
                     f"mean_{a}": means[0][both],
                     f"mean_{b}": means[1][both],
@@ -315,18 +363,28 @@ class Study:
                 },
             )
         params = {k: v for k, v in params.items() if k not in ("measure", "a", "b")}
-        result = self._disagreement[cache_key].query(params, ("class",), sort="abs_difference", desc=True)
+        table = self._disagreement[cache_key]
+        filters = tuple(k for k in ("class", "method") if k in table.values)
+        result = table.query(params, filters, sort="abs_difference", desc=True)
         return result | {"measure": measure, "a": a, "b": b}
 
     # --- one image ---------------------------------------------------------------------------------------
 
     def item(self, params: dict) -> dict:
-        """Every model's map of one image (and class: the lowest present unless `class` is given), with the
-        image's size, boxes and human map where the data have them."""
-        unknown = sorted(set(params) - {"image", "class"})
+        """Every model's map of one image (and class: the lowest present unless `class` is given) by every
+        method (or only by `method`), with the image's size, boxes and human map where the data have them.
+        Maps come in the study's method order, then group order, then by model."""
+        unknown = sorted(set(params) - {"image", "class", "method"})
         if unknown:
-            raise BadRequest(f"unknown parameter {unknown[0]!r}; expected image and class")
+            raise BadRequest(f"unknown parameter {unknown[0]!r}; expected image, class and method")
+        method = params.get("method")
+        if method and method not in self.methods:
+            raise BadRequest(f"method: no method {method!r}; methods: {', '.join(self.methods)}")
         rows = self._rows_of(params.get("image"))
+        if method:
+            rows = [r for r in rows if self.table._cell("method", r) == method]
+            if not rows:
+                raise NotFound(f"image {params['image']!r} has no maps by method {method!r}")
         classes = self.table.codes["class"][rows]
         if "class" in params:
             want = params["class"]
@@ -339,17 +397,31 @@ class Study:
             )
             rows = [r for r, c in zip(rows, classes, strict=True) if c == first]
         order = {g: i for i, g in enumerate(self.groups)}
-        rows.sort(key=lambda r: (order.get(self.table._cell("group", r), 0), self.table._cell("model", r)))
+        methods = {m: i for i, m in enumerate(self.methods)}
+        rows.sort(
+            key=lambda r: (
+                methods.get(self.table._cell("method", r), 0),
+                order.get(self.table._cell("group", r), 0),
+                self.table._cell("model", r),
+            )
+        )
         maps = []
         for r in rows:
-            model = self.table._cell("model", r)
-            store = self._store(model)
-            m, _ = store.read(int(self.position[r]), int(self.position[r]) + 1)
+            model, spec = self.pairs[self.pair[r]]
+            store = self._store(model, spec)
+            pos = int(self.position[r])
+            if pos >= store.n or store.meta.image_ids[pos] != self.table._cell("image", r):
+                raise ValueError(
+                    f"per_image.csv does not follow the order of the store {store.path} (model {model!r}, method "
+                    f"{spec!r}): its row of image {self.table._cell('image', r)!r} is item {pos} of {store.n}"
+                )
+            m, _ = store.read(pos, pos + 1)
             m = m[0].numpy()
             maps.append(
                 {
                     "group": self.table._cell("group", r),
                     "model": model,
+                    "method": spec,
                     "shape": list(m.shape),
                     "resolution": list(store.meta.resolution),
                     "min": float(m.min()),
@@ -386,18 +458,37 @@ class Study:
         lo, hi = np.searchsorted(codes, code), np.searchsorted(codes, code, side="right")
         return self.by_image[lo:hi].tolist()
 
-    def _store(self, model: str):
+    def _store(self, model: str, method: str):
+        """The store of `model`'s maps by `method`: in the study folder where the study writer puts it
+        (`stores/<model>` for a study of one method, `stores/<spec>/<model>` for several), else at the path
+        `summary.json` gives, else at `model` itself (`salience measure --stores` names models by their store
+        paths). A store made by another method is passed over."""
         from salience.store import MapStore
 
+        key = (model, method)
         with self._lock:
-            if model not in self._stores:
-                path, _ = self.stores_meta.get(model, (model, {}))
-                candidates = [self.root / "stores" / model, Path(path), self.root / path]
-                found = next((p for p in candidates if (p / "zarr.json").is_file()), None)
+            if key not in self._stores:
+                stores = self.root / "stores"
+                local = [stores / method / model, stores / model]
+                if len(self.methods) == 1:
+                    local.reverse()
+                path = self.stores_meta.get(key, (None, {}))[0]
+                candidates = local + ([Path(path), self.root / path] if path else []) + [Path(model), self.root / model]
+                candidates = list(dict.fromkeys(candidates))
+                found = None
+                for p in candidates:
+                    if (p / "zarr.json").is_file():
+                        store = MapStore(p)
+                        if not method or method.split("@")[0] == store.meta.method:
+                            found = store
+                            break
                 if found is None:
-                    raise NotFound(f"model {model!r}: no map store at {', '.join(map(str, candidates))}")
-                self._stores[model] = MapStore(found)
-            return self._stores[model]
+                    raise NotFound(
+                        f"model {model!r}, method {method!r}: no map store of that method at "
+                        + ", ".join(map(str, candidates))
+                    )
+                self._stores[key] = found
+            return self._stores[key]
 
     def _dataset(self, which: str):
         """The study's data (`data`) or out-of-set images (`out_of_set`) and an id -> index map, or the reason

@@ -68,9 +68,12 @@ function controls() {
     box.append(select("measure", meta.measures.map((m) => [m, m]), s.measure, "measure"));
     box.append(select("a", groups, s.a, "group"));
     box.append(select("b", groups, s.b, "minus group"));
+    if (meta.methods.length > 1) box.append(select("method", any(meta.methods), s.method || "", "method"));
     box.append(searchBox());
   } else if (view === "instability") {
     box.append(select("group", any(meta.groups), s.group || "", "group"));
+    box.append(select("class", any(meta.filters.class, className), s.class || "", "class"));
+    if (meta.methods.length > 1) box.append(select("method", any(meta.methods), s.method || "", "method"));
     box.append(searchBox());
   }
 }
@@ -144,6 +147,7 @@ function open(rec) {
   if (view === "out-of-set") return openOutOfSet(rec);
   const q = new URLSearchParams({ image: rec.image });
   if (rec.class !== undefined && rec.class !== "") q.set("class", rec.class);
+  if (state[view].method) q.set("method", state[view].method);  // filtered to one method: its maps only
   openItem(q);
 }
 
@@ -181,11 +185,15 @@ function drawItem() {
   const toggle = el("input", { type: "checkbox", id: "per-map" });
   toggle.checked = perMap;
   toggle.addEventListener("change", drawItem);
-  const lo = Math.min(0, ...item.maps.map((m) => m.min));
-  const hi = Math.max(...item.maps.map((m) => m.max));
+  // one colour scale per method (methods' maps have unrelated units): from min(0, lowest) to the highest
+  const methods = [...new Set(item.maps.map((m) => m.method))];
+  const several = methods.length > 1;
+  const range = (maps) => [Math.min(0, ...maps.map((m) => m.min)), Math.max(...maps.map((m) => m.max))];
+  const span = ([lo, hi]) => `${lo.toPrecision(3)} to ${hi.toPrecision(3)}`;
   const bar = el("canvas", { id: "colorbar", width: 256, height: 1 });
   paint(bar, Float32Array.from({ length: 256 }, (_, i) => i / 255), 256, 1, 0, 1, 1);
-  const scale = perMap ? "each map from its own minimum to maximum" : `shared: ${lo.toPrecision(3)} to ${hi.toPrecision(3)}`;
+  const scale = perMap ? "each map from its own minimum to maximum"
+    : several ? "shared by the maps of each method" : `shared: ${span(range(item.maps))}`;
   const top = el("div", {},
     el("h3", {}, `${item.image} · class ${className(item.class)}`),
     el("label", {}, toggle, " normalise each map on its own "), " colour scale ", bar, " ", scale);
@@ -204,19 +212,26 @@ function drawItem() {
     overlay(c, decode(pic.human_map), W, H, W, H, 0, 1);
     first.append(el("figure", {}, c, el("figcaption", {}, "human salience")));
   }
-  const groups = el("div");
-  for (const g of [...new Set(item.maps.map((m) => m.group))]) {
-    const row = el("div", { class: "panels" });
-    for (const m of item.maps.filter((x) => x.group === g)) {
-      const c = el("canvas", { width: W, height: H, class: "map", "data-model": m.model });
-      const [h, w] = m.shape;
-      overlay(c, decode(m.data), w, h, W, H, perMap ? m.min : lo, perMap ? m.max : hi);
-      const vals = Object.entries(m.values).filter(([, v]) => v !== null).map(([k, v]) => `${k}: ${fmt(v, true)}`).join("\n");
-      row.append(el("figure", { title: vals }, c, el("figcaption", {}, m.model)));
+  const sections = el("div");
+  for (const method of methods) {
+    const maps = item.maps.filter((m) => m.method === method);
+    const [lo, hi] = range(maps);
+    const box = several ? el("div", { class: "method", "data-method": method }) : sections;
+    if (several) box.append(el("h4", { class: "method-name" }, method + (perMap ? "" : ` · colour scale ${span([lo, hi])}`)));
+    for (const g of [...new Set(maps.map((m) => m.group))]) {
+      const row = el("div", { class: "panels" });
+      for (const m of maps.filter((x) => x.group === g)) {
+        const c = el("canvas", { width: W, height: H, class: "map", "data-model": m.model, "data-method": m.method });
+        const [h, w] = m.shape;
+        overlay(c, decode(m.data), w, h, W, H, perMap ? m.min : lo, perMap ? m.max : hi);
+        const vals = Object.entries(m.values).filter(([, v]) => v !== null).map(([k, v]) => `${k}: ${fmt(v, true)}`).join("\n");
+        row.append(el("figure", { title: vals }, c, el("figcaption", {}, m.model)));
+      }
+      box.append(el("div", { class: "group" }, el(several ? "h5" : "h4", {}, g), row));
     }
-    groups.append(el("div", { class: "group" }, el("h4", {}, g), row));
+    if (several) sections.append(box);
   }
-  detail.replaceChildren(top, first, groups);
+  detail.replaceChildren(top, first, sections);
 }
 
 // colour map a [h, w] map into `canvas` (its own size), values lo..hi -> 0..255
