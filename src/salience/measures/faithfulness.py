@@ -36,23 +36,31 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, tol: float = 1e-7, ma
     """ROAD's linear imputation of `x [N, C, H, W]` where `mask [N, H, W]` (bool) is set: each masked value
     equals the weighted mean of its in-frame neighbours (weights `_W`, renormalised at the border), the unmasked
     ones fixed; the same sparse system Quantus' `noisy_linear_imputation` solves with `spsolve`, here solved by
-    conjugate gradients for all images and channels at once (until every residual norm is below `tol` times
-    that of the right-hand side, at most `max_iter` steps), in float64 (float32 stalls above such residuals).
-    Returns the imputed images (no noise), in x's dtype."""
+    conjugate gradients for all images and channels at once (each system until its residual norm is below `tol`
+    times that of its right-hand side, at most `max_iter` steps; converged systems leave the batch), in float64
+    (float32 stalls above such residuals). Returns the imputed images (no noise), in x's dtype."""
     n, c, h, w = x.shape
     m = mask[:, None].expand(n, c, h, w).reshape(n * c, 1, h, w).double()
     v = x.reshape(n * c, 1, h, w).double()
     s = _neighbours(torch.ones_like(v[:1]))  # in-frame weight sum per pixel
-    apply = lambda u: m * (s * u - _neighbours(m * u))
     b = m * _neighbours((1 - m) * v)
-    u = b / s  # Jacobi start
+    out = b / s  # Jacobi start; rows are written back as their systems converge
+    stop = (tol * b.flatten(1).norm(dim=1).clamp(min=1e-30)) ** 2
+    active = torch.arange(n * c, device=x.device)
+    mm, u = m, out
+    apply = lambda z: mm * (s * z - _neighbours(mm * z))
     r = b - apply(u)
     p = r.clone()
     rr = (r * r).flatten(1).sum(1)
-    stop = (tol * b.flatten(1).norm(dim=1).clamp(min=1e-30)) ** 2
     for i in range(max_iter):
-        if i % 10 == 0 and bool((rr <= stop).all()):
-            break
+        if i % 10 == 0:
+            done = rr <= stop[active]
+            if bool(done.any()):
+                out[active[done]] = u[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    break
+                active, mm, u, r, p, rr = active[keep], mm[keep], u[keep], r[keep], p[keep], rr[keep]
         ap = apply(p)
         pap = (p * ap).flatten(1).sum(1)
         alpha = torch.where(pap > 0, rr / torch.where(pap > 0, pap, torch.ones_like(pap)), torch.zeros_like(pap))
@@ -62,7 +70,9 @@ def linear_imputation(x: torch.Tensor, mask: torch.Tensor, tol: float = 1e-7, ma
         beta = torch.where(rr > 0, rr_new / torch.where(rr > 0, rr, torch.ones_like(rr)), torch.zeros_like(rr))
         p = r + beta.view(-1, 1, 1, 1) * p
         rr = rr_new
-    return (m * u + (1 - m) * v).view(n, c, h, w).to(x.dtype)
+    else:
+        out[active] = u  # max_iter reached: the last iterate
+    return (m * out + (1 - m) * v).view(n, c, h, w).to(x.dtype)
 
 
 def road(
@@ -91,7 +101,7 @@ def road(
     rank.scatter_(1, idx, torch.arange(h * w, device=a.device).expand(b, -1))
     ks = torch.tensor([int(h * w * p / 100) for p in percentages], device=a.device)
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    pairs = [(i, j) for i in range(b) for j in range(len(ks))]
+    pairs = [(i, j) for j in range(len(ks)) for i in range(b)]  # a chunk holds like percentages: like iterations
     correct = torch.zeros(b, len(ks), dtype=torch.bool, device=x.device)
     for start in range(0, len(pairs), chunk):
         ii = torch.tensor([p[0] for p in pairs[start : start + chunk]], device=x.device)
@@ -113,16 +123,18 @@ def faithfulness_correlation(
     runs: int = 100,
     subset: int = 224,
     seed: int = 0,
-    chunk: int = 20,
+    chunk: int | None = None,
     draw: Callable[[int, int], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Faithfulness correlation per image -> `[B]`: over `runs` random subsets of `subset` input features
     (channel-pixel values, drawn uniformly without replacement from a seeded `torch.Generator` on x's device),
     the Pearson correlation between the sum of the map over the subset (the map read at every channel of its
     pixels, as Quantus broadcasts it) and the drop of the target's logit when the subset is set to the image's
-    minimum (Quantus' `black` baseline). A constant series gives 0 (1 when both are constant). `draw(b, r) ->
-    [B, r, subset]` long: another source of the subsets (called for `chunk` runs at a time, in order)."""
+    minimum (Quantus' `black` baseline). A constant series gives 0 (1 when both are constant). `chunk`: runs
+    per model call (None: as many as keep a call within 64 images). `draw(b, r) -> [B, r, subset]` long:
+    another source of the subsets (called for `chunk` runs at a time, in order)."""
     b = x.shape[0]
+    chunk = chunk or max(1, 64 // b)
     d = x[0].numel()
     if not 1 <= subset < d:
         raise ValueError(f"faithfulness_correlation: subset must be in [1, {d}) features, got {subset}")

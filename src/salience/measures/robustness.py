@@ -37,7 +37,7 @@ def sensitivity(
     samples: int = 200,
     bound: float = 0.2,
     seed: int = 0,
-    batch: int = 256,
+    batch: int = 64,
     draw: Callable | None = None,
 ) -> torch.Tensor:
     """`||A(x) - A(x + u)||_F / ||A(x)||_F` per image and sample -> `[B, samples]`, u uniform in
@@ -64,7 +64,7 @@ def local_lipschitz(
     samples: int = 200,
     std: float = 0.1,
     seed: int = 0,
-    batch: int = 256,
+    batch: int = 64,
     draw: Callable | None = None,
 ) -> torch.Tensor:
     """Local Lipschitz estimate per image -> `[B]`: the max over `samples` Gaussian perturbations
