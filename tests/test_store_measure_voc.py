@@ -87,6 +87,7 @@ def test_measure_true_on_voc_measures_every_image_class_pair(voc):
             "test",
             "--n-probe",
             "3",
+            *("--measure", "epg", "--measure", "deletion_auc", "--measure", "noise_ssim_0.1"),  # what is checked
             "--out",
             str(out),
         ],
@@ -140,6 +141,7 @@ def test_measure_predicted_on_voc_compares_2x2_maps(voc):
             "predicted",
             "--n-probe",
             "2",
+            *("--measure", "noise_ssim_0.1", "--measure", "transform_ssim", "--measure", "stability_ssim"),
             "--out",
             str(out),
         ],
