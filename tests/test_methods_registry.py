@@ -69,6 +69,21 @@ def test_batched_maps_are_per_image_and_per_pair(name):
 
 
 @pytest.mark.parametrize("name", list(METHODS))
+def test_explainer_scored_gives_the_maps_and_the_models_scores(name):
+    """`Explainer.scored`: the maps of `attribute` and the model's scores of each (image, class) pair's image,
+    whether they come from the maps' own forward (shared methods) or from one more forward."""
+    model = _model_for(name)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    multi = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1]])
+    explainer = A.Explainer(name, model, options=FAST.get(name, {}))
+    scores, maps = explainer.scored(x, multi)
+    torch.testing.assert_close(maps, _maps(name, model, x, multi))
+    with torch.no_grad():
+        torch.testing.assert_close(scores, model(x[[0, 0, 1]]), rtol=1e-5, atol=1e-6)
+    assert not scores.requires_grad and torch.equal(explainer(x, multi), maps)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
 def test_attribute_many_and_the_registry_agree(name):
     """`attribute_many` gives the same maps; a layer is accepted exactly when the entry says so; the
     method is documented, and a study file and guidance accept or refuse it by its capabilities."""
