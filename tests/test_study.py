@@ -81,7 +81,7 @@ def run_readme_study(study_dir: Path):
                 "--set",
                 "measures.samples=2",
                 "--set",
-                "measures.select=[mprt,random_logit,entropy_histogram,sparseness,deletion_auc,stability_ssim]",
+                "measures.select=[mprt,random_logit,entropy_histogram,sparseness,stability_ssim]",  # deletion: test_store_measure_voc
                 "--set",
                 "measures.n_boot=200",
                 "--set",
