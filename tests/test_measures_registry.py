@@ -112,6 +112,21 @@ def test_rank_measures_share_ties_at_the_cut():
     assert top_k_intersection(maps, masks, k=2).item() == pytest.approx(0.5)
 
 
+def test_auc_with_ties_equals_scikit_learn():
+    """Maps with many ties (ReLU zeros, 5 levels): each tie counts one half, as scikit-learn's trapezoidal ROC."""
+    from sklearn.metrics import roc_auc_score
+
+    from salience.measures import auc
+
+    g = torch.Generator().manual_seed(4)
+    maps = (torch.randn(6, 12, 12, generator=g).clamp(min=0) * 2).round()
+    masks = torch.rand(6, 12, 12, generator=g) < 0.3
+    got = auc(maps, masks)
+    for i in range(6):
+        expected = roc_auc_score(masks[i].flatten().numpy(), maps[i].flatten().numpy())
+        assert got[i].item() == pytest.approx(expected, abs=1e-6)
+
+
 def test_complexity_and_sparseness_of_degenerate_maps():
     from salience.measures import complexity, sparseness
 

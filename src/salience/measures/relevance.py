@@ -65,12 +65,17 @@ def auc(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     counting one half (the trapezoidal ROC of scikit-learn); NaN for an empty or a full mask."""
     a, m = _prepare(maps, masks)
     a, m = a.flatten(1), m.flatten(1)
-    s = torch.sort(a, dim=1).values
-    less = torch.searchsorted(s, a.contiguous(), right=False)
-    less_eq = torch.searchsorted(s, a.contiguous(), right=True)
-    rank = (less + less_eq + 1).to(torch.float64) / 2  # average 1-based rank over ties
-    pos = m.sum(1).to(torch.float64)
+    s, order = torch.sort(a, dim=1)
+    sorted_m = m.gather(1, order).to(torch.float64)
+    starts = torch.ones_like(s, dtype=torch.bool)
+    starts[:, 1:] = s[:, 1:] != s[:, :-1]
+    tie = starts.cumsum(1) - 1  # the tie group of each sorted value
+    at = torch.arange(a.shape[1], device=a.device, dtype=torch.float64).expand_as(sorted_m)
+    first = torch.zeros_like(at).scatter_reduce(1, tie, at, "amin", include_self=False)
+    last = torch.zeros_like(at).scatter_reduce(1, tie, at, "amax", include_self=False)
+    rank = (first.gather(1, tie) + last.gather(1, tie)) / 2 + 1  # average 1-based rank over ties
+    pos = sorted_m.sum(1)
     neg = m.shape[1] - pos
-    u = (rank * m).sum(1) - pos * (pos + 1) / 2
+    u = (rank * sorted_m).sum(1) - pos * (pos + 1) / 2
     out = (u / (pos * neg).clamp(min=1)).to(a.dtype)
     return torch.where(neg > 0, _nan_if_empty(out, m), torch.full_like(out, float("nan")))
