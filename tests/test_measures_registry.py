@@ -255,6 +255,47 @@ def test_mprt_equals_quantus_with_the_same_draws(ten_classes, method, layer):
     assert torch.allclose(ours["summary"], ours["similarity"].mean(1))
 
 
+def test_one_mprt_cascade_for_several_methods_equals_each_alone(ten_classes, tmp_path, monkeypatch):
+    """`mprt_many` (one randomisation cascade, `attribute_many` at each step) gives each method's `mprt`; a
+    measure run over one model's stores of three methods runs one cascade and writes each method's value."""
+    import salience.measures.entries as entries
+    import salience.measures.sanity as sanity
+    from salience.attribution import parse_method
+    from salience.data import builtin_dataset
+    from salience.data.builtin import BuiltinBenchmark
+    from salience.measures.run import Source, measure_stores
+    from salience.store.explain import explain_stores
+
+    model, x, y = ten_classes
+    methods = [("grad_cam", "final"), ("input_x_gradient", None), ("gradient", None)]
+    together = sanity.mprt_many(model, x, y, methods, seed=5, max_steps=6)
+    for (method, layer), got in zip(methods, together, strict=True):
+        alone = sanity.mprt(model, x, y, method, layer, seed=5, max_steps=6)
+        assert got["layers"] == alone["layers"]
+        torch.testing.assert_close(got["similarity"], alone["similarity"], rtol=1e-5, atol=1e-6)
+
+    data = builtin_dataset("test", BuiltinBenchmark(n_train=0, n_val=0, n_test=6, n_out_of_set=0, size=32))
+    model2 = model.__class__(2).eval()
+    specs = ["grad_cam@final", "input_x_gradient", "gradient"]
+    paths = [{spec: tmp_path / "stores" / spec / "m" for spec in specs}]
+    explain_stores([model2], data, specs, paths, target_policy="true", progress=False)
+    stores = [str(paths[0][spec]) for spec in specs]
+    cascades = []
+    real = sanity.mprt_many
+    monkeypatch.setattr(sanity, "mprt_many", lambda *a, **k: cascades.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(entries, "mprt", lambda *a, **k: pytest.fail("a store's MPRT ran its own cascade"))
+    sources = {p: Source(model2, data, n_probe=3) for p in stores}
+    summary = measure_stores({"A": stores}, tmp_path / "out", sources=sources, select=["mprt"], n_boot=10, n_perm=10)
+    assert summary is not None and cascades == [[parse_method(spec) for spec in specs]]
+    batch = torch.stack([data[i]["image"] for i in range(3)])
+    target = torch.tensor([int(data[i]["labels"].argmax()) for i in range(3)])
+    for spec, path in zip(specs, stores, strict=True):
+        alone = sanity.mprt(model2, batch, target, *parse_method(spec), seed=0)
+        assert summary["stores"][path]["mprt"]["mean"] == pytest.approx(
+            alone["summary"].double().mean().item(), abs=1e-5
+        )
+
+
 def test_mprt_compares_at_most_max_steps_of_the_same_cascade(ten_classes):
     from salience.measures.sanity import mprt
 

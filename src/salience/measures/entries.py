@@ -29,7 +29,8 @@ def _maps_only(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torc
 def _mprt(p: Probe) -> torch.Tensor:
     if p.method is None:
         raise ValueError("mprt needs the probe's method (Probe.method) to explain the randomised models")
-    r = mprt(p.model, p.x, p.target, p.method, p.layer, seed=p.seed, maps=p.maps)
+    method = p.method
+    r = p.once("mprt", lambda: mprt(p.model, p.x, p.target, method, p.layer, seed=p.seed, maps=p.maps))
     p.curves["mprt"] = {"layers": r["layers"], "similarity": r["similarity"].double().mean(0).tolist()}
     return r["summary"]
 

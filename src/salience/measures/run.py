@@ -215,7 +215,7 @@ def _blocks(store: MapStore, block: int, src: Source | None) -> Iterator[_Block]
         yield start, maps, targets, masks
 
 
-def _probe(store: MapStore, src: Source, seed: int) -> dict:
+def _probe(store: MapStore, src: Source, seed: int, shared: dict | None = None) -> dict:
     """`probe_suite` of the source's model on the store's first `n_probe` items: their images, maps, classes and
     (when the data set has boxes or segmentations) masks."""
     n = min(src.n_probe, store.n)
@@ -240,13 +240,14 @@ def _probe(store: MapStore, src: Source, seed: int) -> dict:
         method=store.meta.method,
         layer=store.meta.layer,
         samples=src.samples,
+        shared=shared,
     )
 
 
-def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
-    """`_probe`, kept in `<store>/probes.json` with what it depends on, so a rerun does not probe again."""
+def _probe_key(store: MapStore, src: Source, seed: int) -> dict:
+    """What a store's probes depend on (kept with them in `<store>/probes.json`)."""
     oos = None if src.out_of_set is None else hashlib.sha256(src.out_of_set.cpu().numpy().tobytes()).hexdigest()[:16]
-    key = {
+    return {
         "model_hash": store.meta.model_hash,
         "n_probe": src.n_probe,
         "seed": seed,
@@ -255,22 +256,52 @@ def _cached_probe(store: MapStore, src: Source, seed: int) -> dict:
         "measures": select(src.select, "probe", masks=_has_masks(src.dataset)),
         "samples": src.samples,
     }
+
+
+def _load_probe(store: MapStore, key: dict) -> dict | None:
+    """The probes kept in `<store>/probes.json` when they were made with `key`, else None."""
     cache = store.path / "probes.json"
     if cache.exists():
         try:
             saved = json.loads(cache.read_text())
         except ValueError:
             saved = {}  # a damaged cache is recomputed
-        per_image_oos = oos is None or "scores_out" in saved.get("curves", {}).get("out_of_set", {})
+        per_image_oos = key["out_of_set"] is None or "scores_out" in saved.get("curves", {}).get("out_of_set", {})
         if saved.get("key") == key and per_image_oos:  # caches older than per-image out-of-set scores: redone
             return {
                 "values": {k: torch.tensor(v, dtype=torch.float64) for k, v in saved["values"].items()},
                 "curves": saved["curves"],
             }
-    result = _probe(store, src, seed)
-    values = {k: v.double().tolist() for k, v in result["values"].items()}
-    atomic_write_text(cache, json.dumps({"key": key, "values": values, "curves": result["curves"]}, allow_nan=True))
-    return result
+    return None
+
+
+def _shared_mprt(stores: list[MapStore], sources: dict[str, Source], seed: int) -> dict[str, dict]:
+    """`{store path: {"mprt": result}}` for the stores that share a model and probe images (one store per
+    method of a study's model): one randomisation cascade explains with all their methods (`mprt_many`)
+    instead of one cascade per store. Stores alone, or whose probed classes differ, are left out."""
+    from salience.measures.sanity import mprt_many
+
+    groups: dict[tuple, list[MapStore]] = collections.defaultdict(list)
+    for s in stores:
+        src = sources[str(s.path)]
+        if "mprt" in select(src.select, "probe", masks=_has_masks(src.dataset)):
+            groups[(id(src.model), tuple(s.meta.image_ids[: min(src.n_probe, s.n)]))].append(s)
+    out: dict[str, dict] = {}
+    for members in groups.values():
+        specs = [(s.meta.method, s.meta.layer) for s in members]
+        if len(members) < 2 or len(set(specs)) < len(specs):
+            continue
+        src = sources[str(members[0].path)]
+        n = min(src.n_probe, members[0].n)
+        read = [s.read(0, n) for s in members]
+        if not all(torch.equal(targets, read[0][1]) for _, targets in read):
+            continue
+        device = next(src.model.parameters()).device
+        batch, rows = _images(src, src.positions(members[0])[:n])
+        x, target = batch["image"][rows].to(device), read[0][1].to(device)
+        results = mprt_many(src.model, x, target, specs, seed=seed, maps=[maps.to(device) for maps, _ in read])
+        out |= {str(s.path): {"mprt": r} for s, r in zip(members, results, strict=True)}
+    return out
 
 
 def _probes(
@@ -290,7 +321,23 @@ def _probes(
         if src.n_probe > 0:
             todo.append(s)
     rank, world = (ctx.rank, ctx.world_size) if ctx is not None else (0, 1)
-    mine = {str(s.path): _cached_probe(s, sources[str(s.path)], seed) for s in todo[rank::world]}
+    mine: dict[str, dict] = {}
+    pending = []
+    for s in todo[rank::world]:  # probes kept from a run with the same inputs are not made again
+        src = sources[str(s.path)]
+        key = _probe_key(s, src, seed)
+        kept = _load_probe(s, key)
+        if kept is None:
+            pending.append((s, key))
+        else:
+            mine[str(s.path)] = kept
+    shared = _shared_mprt([s for s, _ in pending], sources, seed)
+    for s, key in pending:
+        result = _probe(s, sources[str(s.path)], seed, shared.get(str(s.path)))
+        values = {k: v.double().tolist() for k, v in result["values"].items()}
+        record = {"key": key, "values": values, "curves": result["curves"]}
+        atomic_write_text(s.path / "probes.json", json.dumps(record, allow_nan=True))
+        mine[str(s.path)] = result
     if world == 1:
         return mine
     merged: dict[str, dict] = {}

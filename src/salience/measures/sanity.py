@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salience.attribution import attribute, upsample
+from salience.attribution import attribute_many, get_method, upsample
 from salience.measures.similarity import spearman
 
 
@@ -52,26 +52,51 @@ def mprt(
     Returns `{"layers": [L] names (the module randomised last at each compared step), "similarity": [B, L],
     "summary": [B]}` (mean over the compared steps). With `max_steps`, maps are compared after at most that
     many steps spread over the cascade (the randomisation itself is the same); None compares after each."""
+    return mprt_many(model, x, target, [(method, layer)], seed, max_steps, None if maps is None else [maps])[0]
+
+
+def mprt_many(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    methods: list[tuple[str, str | None]],
+    seed: int = 42,
+    max_steps: int | None = 16,
+    maps: list[torch.Tensor] | None = None,
+) -> list[dict]:
+    """`mprt` of several `(method, layer)` from one randomisation cascade: at each compared step the methods'
+    maps come from one `attribute_many` (one forward and one backward for the shared methods). Each result
+    equals `mprt` of its method alone; `maps`: the original maps of each method (computed when None)."""
     size = (x.shape[-2], x.shape[-1])
-    original = maps if maps is not None else attribute(method, model, x, target, layer=layer)
-    original = upsample(original.detach(), size).abs()
+    specs = [
+        f"{name}@{layer}" if layer is not None and get_method(name).takes_layer else name for name, layer in methods
+    ]
+    if maps is None:
+        found = attribute_many(model, x, target, specs)
+        maps = [found[spec] for spec in specs]
+    originals = [upsample(m.detach(), size).abs() for m in maps]
     randomised = copy.deepcopy(model).eval()
     modules = randomisable(randomised)
     if not modules:
         raise ValueError(f"mprt: {type(model).__name__} has no module with reset_parameters to randomise")
     steps = set(_steps(len(modules), max_steps))
-    names, sims = [], []
+    names: list[str] = []
+    sims: list[list[torch.Tensor]] = [[] for _ in specs]
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         for i, (name, module) in enumerate(modules):
             torch.manual_seed(seed + 1)
             module.reset_parameters()  # type: ignore[operator]
             if i in steps:
-                a = upsample(attribute(method, randomised, x, target, layer=layer).detach(), size).abs()
-                sims.append(spearman(original, a))
+                found = attribute_many(randomised, x, target, specs)
+                for k, spec in enumerate(specs):
+                    sims[k].append(spearman(originals[k], upsample(found[spec].detach(), size).abs()))
                 names.append(name)
-    similarity = torch.stack(sims, 1)
-    return {"layers": names, "similarity": similarity, "summary": similarity.mean(1)}
+    results = []
+    for per_step in sims:
+        similarity = torch.stack(per_step, 1)
+        results.append({"layers": list(names), "similarity": similarity, "summary": similarity.mean(1)})
+    return results
 
 
 def ssim_flat(a: torch.Tensor, b: torch.Tensor, win: int = 7) -> torch.Tensor:

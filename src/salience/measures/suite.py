@@ -50,6 +50,7 @@ def probe_suite(
     method: str | None = None,
     layer: str | None = None,
     samples: int | None = None,
+    shared: dict | None = None,
 ) -> dict:
     """Run the probe-kind measures among `names` (None: all that the inputs support) on images `x [B, C, H, W]` explained for
     `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
@@ -57,9 +58,11 @@ def probe_suite(
     Returns `{"values": {name: [B]}, "curves": {...}}`; the curves are what the probes store for the report
     (means over the images: noise, transforms, blur, deletion / insertion, MPRT per layer, ...), and with
     `out_of_set [N, C, H, W]` the entropies and scores of in-set vs out-of-set images with their shift (see
-    `out_of_set_response`).
+    `out_of_set_response`). `shared`: results computed once for several probes (`{"mprt": mprt(...)}` of these
+    inputs, from `mprt_many`), used instead of computing them again.
     """
     probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples)
+    probe._memo.update(shared or {})
     chosen = select(names, "probe", masks=masks is not None)
     if method is None:  # measures that explain other models (MPRT) need the method's name
         if names is not None and any(MEASURES[n].needs_method for n in chosen):
