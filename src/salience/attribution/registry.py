@@ -118,6 +118,13 @@ def layer_methods() -> list[str]:
     return [m.name for m in METHODS.values() if m.takes_layer]
 
 
+def method_spec(name: str, layer: str | None) -> str:
+    """The spec `parse_method` reads back: `NAME@LAYER` for a method that takes a layer and is given one, else
+    `NAME` (also for a name the registry does not know, e.g. a store written by other code)."""
+    entry = METHODS.get(name)
+    return f"{name}@{layer}" if layer and entry is not None and entry.takes_layer else name
+
+
 def parse_method(spec: str) -> tuple[str, str | None]:
     """`"NAME"` or `"NAME@LAYER"` -> `(name, layer or None)`; an unknown name or a layer on a method that
     takes none raises `ValueError` naming it."""

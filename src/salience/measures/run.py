@@ -361,16 +361,9 @@ def _has_masks(dataset: Dataset) -> bool:
 
 def _spec(meta: Any) -> str:
     """The method spec of a store: `NAME@LAYER` for a method that takes a layer, else `NAME`."""
-    from salience.attribution import get_method
+    from salience.attribution.registry import method_spec
 
-    takes = meta.method in _methods() and get_method(meta.method).takes_layer
-    return f"{meta.method}@{meta.layer}" if takes and meta.layer else meta.method
-
-
-def _methods() -> dict:
-    from salience.attribution import METHODS
-
-    return METHODS
+    return method_spec(meta.method, meta.layer)
 
 
 def _columns(select_: list[str] | None, located: bool, probed: bool) -> list[str]:

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salience.attribution import attribute_many, get_method, upsample
+from salience.attribution import attribute_many, upsample
+from salience.attribution.registry import method_spec
 from salience.measures.similarity import spearman
 
 
@@ -68,9 +69,7 @@ def mprt_many(
     maps come from one `attribute_many` (one forward and one backward for the shared methods). Each result
     equals `mprt` of its method alone; `maps`: the original maps of each method (computed when None)."""
     size = (x.shape[-2], x.shape[-1])
-    specs = [
-        f"{name}@{layer}" if layer is not None and get_method(name).takes_layer else name for name, layer in methods
-    ]
+    specs = [method_spec(name, layer) for name, layer in methods]
     if maps is None:
         found = attribute_many(model, x, target, specs)
         maps = [found[spec] for spec in specs]

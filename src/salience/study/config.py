@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
-from salience.attribution.registry import check_layer, get_method, parse_method
+from salience.attribution.registry import check_layer, get_method, method_spec, parse_method
 from salience.io.config import DataConfig, config_error, read_tree
 from salience.models.build import check_model, is_import_path
 
@@ -100,7 +100,7 @@ class ExplainConfig(_Strict):
         for spec in v:
             name, layer = parse_method(spec)  # an unknown name fails here, listing the registry
             layer = check_layer(name, layer)
-            specs.append(f"{name}@{layer}" if get_method(name).takes_layer and layer else name)
+            specs.append(method_spec(name, layer))
         dup = [s for s in specs if specs.count(s) > 1]
         if dup:
             raise ValueError(f"method {dup[0]!r} is given twice")
@@ -111,8 +111,7 @@ class ExplainConfig(_Strict):
         """The method specs the study explains with: `methods`, or `method` at `layer`."""
         if self.methods is not None:
             return list(self.methods)
-        takes_layer = get_method(self.method).takes_layer
-        return [f"{self.method}@{self.layer}" if takes_layer and self.layer else self.method]
+        return [method_spec(self.method, self.layer)]
 
     @model_validator(mode="after")
     def _layer(self) -> ExplainConfig:
