@@ -55,10 +55,10 @@ def explain_scored(
     maps, scores, preds = [], [], []
     for i in range(0, len(x), batch_size):
         logits, m = explain.scored(x[i : i + batch_size], target[i : i + batch_size])
-        p = logits.softmax(1)
+        score, pred = _score(logits, target[i : i + batch_size])
         maps.append(m.detach())
-        scores.append(p.gather(1, target[i : i + batch_size, None])[:, 0])
-        preds.append(p.argmax(1))
+        scores.append(score)
+        preds.append(pred)
     return check_maps(torch.cat(maps), "maps returned by explain"), torch.cat(scores), torch.cat(preds)
 
 
@@ -69,12 +69,17 @@ def predict(
     """`(score [B], predicted class [B])`: softmax probability of `target` (default: the predicted class)."""
     scores, preds = [], []
     for i in range(0, len(x), batch_size):
-        p = model(x[i : i + batch_size]).softmax(1)
-        pred = p.argmax(1)
-        t = pred if target is None else target[i : i + batch_size]
-        scores.append(p.gather(1, t[:, None])[:, 0])
+        score, pred = _score(model(x[i : i + batch_size]), None if target is None else target[i : i + batch_size])
+        scores.append(score)
         preds.append(pred)
     return torch.cat(scores), torch.cat(preds)
+
+
+def _score(logits: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(softmax probability of target [B], predicted class [B])` from `logits [B, C]` (target None: the prediction)."""
+    p = logits.softmax(1)
+    pred = p.argmax(1)
+    return p.gather(1, (pred if target is None else target)[:, None])[:, 0], pred
 
 
 def _similarities(a: torch.Tensor, b: torch.Tensor, names: Sequence[str]) -> dict[str, torch.Tensor]:
