@@ -180,7 +180,7 @@ class JointTransforms:
             image = TF.crop_image(TF.pad_image(image, pad, fill=0), top, left, h, w)
             hmap = TF.crop_image(TF.pad_image(hmap, pad, fill=0), top, left, h, w)
             mask = None if mask is None else TF.crop_mask(TF.pad_mask(mask, pad, fill=0), top, left, h, w)
-            boxes, padded = TF.pad_bounding_boxes(boxes, xyxy, canvas, pad)
+            boxes, _ = TF.pad_bounding_boxes(boxes, xyxy, canvas, pad)
             boxes, canvas = TF.crop_bounding_boxes(boxes, xyxy, top, left, h, w)
         if self.train and torch.rand(1) < 0.5:  # v2.RandomHorizontalFlip's draw
             image, hmap = TF.horizontal_flip_image(image), TF.horizontal_flip_image(hmap)

@@ -94,8 +94,7 @@ def run(
     except OSError as err:
         raise OSError(f"{out}: cannot create the study folder ({err.strerror})") from None
     t0 = time.perf_counter()
-    stages: dict[str, float] = {}
-    clock = _Clock(stages)
+    clock = _Clock()
     device = ctx.device if ctx is not None else torch.device(cfg.device)
     data = open_split(cfg.data.data_config(), cfg.data.split)  # bad data fail before any training
     if len(data) == 0:
@@ -166,7 +165,7 @@ def run(
     _write_json(out / "results.json", results)
     render(out)
     clock("report")
-    results["stage_seconds"] = {k: round(v, 1) for k, v in stages.items()}  # known once the report is written
+    results["stage_seconds"] = {k: round(v, 1) for k, v in clock.stages.items()}  # known once the report is written
     _write_json(out / "results.json", results)
     return results
 
@@ -175,8 +174,9 @@ class _Clock:
     """`clock(stage)` adds the seconds since the previous call to `stages[stage]` (what `results.json` reports
     as `stage_seconds`: data, models, train, explain, measures, evaluate, report)."""
 
-    def __init__(self, stages: dict[str, float]):
-        self.stages, self.last = stages, time.perf_counter()
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self.last = time.perf_counter()
 
     def __call__(self, stage: str) -> None:
         now = time.perf_counter()

@@ -94,6 +94,8 @@ def evaluate_models(
         every = torch.arange(x.shape[0])
         image, cls = expand_targets(batch["labels"], x.shape[0])
         masks = object_masks(batch, image, cls).to(device) if localisation and image.numel() else None
+        # when every image has a pair, its scores come with its maps: the row of its first pair
+        first = torch.searchsorted(image, every).to(device) if torch.equal(image.unique(), every) else None
         for model, explainer, part in zip(models, explainers, parts, strict=True):
             logits = None
             if masks is not None:
@@ -101,8 +103,8 @@ def evaluate_models(
                     scores, maps = explainer.scored(x[image.to(device)], cls.to(device))
                 part["epg"].append(epg_measure(maps.float(), masks).cpu())
                 part["iou"].append(iou_measure(maps.float(), masks, iou_threshold).cpu())
-                if torch.equal(image.unique(), every):  # every image has a pair: its scores came with its maps
-                    logits = scores.float()[torch.searchsorted(image, every).to(device)]
+                if first is not None:
+                    logits = scores.float()[first]
             if logits is None:
                 with torch.no_grad(), autocast:
                     logits = model(x).float()
