@@ -51,6 +51,15 @@ def test_results_cover_every_group_and_measure(demo_dir):
         assert len(model["transforms"]) == 12
         assert model["pareto"] and any(p["pareto"] for p in model["pareto"])
     assert any("EPG" in f for f in results["findings"]) and any("test_shift" in f for f in results["findings"])
+    stages = results["stage_seconds"]  # where the time went, every stage once, adding up to the study's time
+    assert list(stages) == ["data", "models", "train", "explain", "measures", "evaluate", "report"]
+    assert min(stages.values()) >= 0 and stages["train"] > 0
+    assert results["seconds"] <= sum(stages.values()) + 0.5
+    logs = sorted((demo_dir / "runs").glob("*/log.jsonl"))
+    assert len(logs) == len(GROUPS)
+    for log in logs:
+        for record in map(json.loads, log.read_text().splitlines()):
+            assert 0 < record["validation_seconds"] < record["seconds"]
 
 
 def test_csv_agrees_with_the_summaries(demo_dir):
