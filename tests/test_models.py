@@ -19,14 +19,19 @@ def test_unknown_name_lists_accepted():
         build("resnet7", 3)
 
 
-def test_xresnet_is_bias_free_and_homogeneous():
-    model = build("xresnet18", 5).double()
-    assert not [n for n, _ in model.named_parameters() if "bias" in n]
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_xresnet_has_no_norm_and_is_homogeneous_in_both_modes(mode):
+    torch.manual_seed(0)
+    model = build("xresnet18", 5).double().train(mode == "train")
+    assert [n for n, _ in model.named_parameters() if "bias" in n] == ["fc.bias"]  # MG's head: nn.Linear
+    assert not [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)]
     with torch.no_grad():
-        model(torch.rand(4, 3, 32, 32, dtype=torch.float64))  # train-mode pass: running variances move
-    model.eval()
-    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
-    assert torch.allclose(model(3.0 * x), 3.0 * model(x), rtol=1e-10)
+        for p in model.parameters():  # Fixup zeroes each branch's last conv: give every layer a say
+            p.add_(torch.randn_like(p) * 0.05)
+        x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+        bias = model(torch.zeros_like(x))  # f(0) = the head's bias
+        assert torch.allclose(bias, model.fc.bias.expand_as(bias))
+        assert torch.allclose(model(3.0 * x) - bias, 3.0 * (model(x) - bias), rtol=1e-10)
 
 
 def test_bcos_unit_is_cosine_scaled():

@@ -2,8 +2,9 @@
 
 Every loss takes raw attribution maps ``maps`` ``[B, h, w]`` (one class per image, signed where
 the method is signed) and a target ``[B, H, W]`` and returns one value per image, ``[B]``.
-Masks are bool or floating point (other dtypes are refused). Box-based losses (energy, l1, ppce, rrr) upsample the maps bilinearly to the mask size
-``(H, W)``; ``cyborg`` instead resizes the human map to the map size as CYBORG's loader does
+Masks are bool or floating point (other dtypes are refused). Box-based losses (energy, l1, ppce, rrr) upsample
+the maps bilinearly to the mask size ``(H, W)``; as in Rao et al.'s code, l1, ppce and rrr normalise by the
+maximum at the map's own resolution first, then upsample; ``cyborg`` instead resizes the human map to the map size as CYBORG's loader does
 (``cyborg_human_map``: PIL's antialiased bilinear on the 8-bit map, then min-max).
 The normalisation each loss applies is stated in its docstring (docs/definitions.md, "Guidance").
 """
@@ -18,8 +19,6 @@ from torch import Tensor
 
 EPS = 1e-7
 """Guards divisions by a sum or a maximum that is 0 (an all-zero map)."""
-PPCE_EPS = 1e-6
-"""PPCE uses ``log(Â + PPCE_EPS)`` so that a zero pixel inside the mask costs a finite amount."""
 
 
 def _check(maps: Tensor, masks: Tensor, name: str) -> Tensor:
@@ -47,16 +46,19 @@ def _flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
-def _max_normalised_positive(maps: Tensor) -> Tensor:
-    """``A⁺ / max A⁺`` per image, ``[B, P]``; an all-zero A⁺ stays zero."""
-    pos = _flat(maps).clamp(min=0)
-    return pos / pos.amax(dim=1, keepdim=True).clamp(min=EPS)
+def _over_max(maps: Tensor, signed: bool) -> Tensor:
+    """Per image at the map's own resolution, ``[B, h, w]``: ``A⁺ / max A⁺`` (``signed=False``) or
+    ``A / max |A|`` (``signed=True``); an all-zero map stays zero."""
+    a = maps if signed else maps.clamp(min=0)
+    peak = _flat(a).abs().amax(dim=1).clamp(min=EPS)
+    return a / peak[:, None, None]
 
 
 def energy(maps: Tensor, masks: Tensor) -> Tensor:
     """Energy loss ``1 − Σ M·A⁺ / Σ A⁺`` per image; ``1 − Σ M·A⁺`` where ``Σ A⁺ < EPS``.
 
-    maps ``[B, h, w]`` raw, masks ``[B, H, W]`` bool or float in {0, 1}; returns ``[B]`` in [0, 1].
+    maps ``[B, h, w]`` raw, upsampled to the masks' size before ``A⁺``; masks ``[B, H, W]`` bool or float in
+    {0, 1}; returns ``[B]`` in [0, 1].
     """
     masks = _check(maps, masks, "energy")
     pos = _flat(_to_mask_size(maps, masks)).clamp(min=0)
@@ -67,29 +69,28 @@ def energy(maps: Tensor, masks: Tensor) -> Tensor:
 
 
 def l1(maps: Tensor, masks: Tensor) -> Tensor:
-    """L1 loss ``mean_pixels |Â − M|`` with ``Â = A⁺ / max A⁺`` per image; returns ``[B]``."""
+    """L1 loss ``mean_pixels |Â − M|``, ``Â`` = ``A⁺ / max A⁺`` at the map's resolution, then upsampled; ``[B]``."""
     masks = _check(maps, masks, "l1")
-    a = _max_normalised_positive(_to_mask_size(maps, masks))
+    a = _flat(_to_mask_size(_over_max(maps, signed=False), masks))
     return (a - _flat(masks)).abs().mean(dim=1)
 
 
 def ppce(maps: Tensor, masks: Tensor) -> Tensor:
-    """Per-pixel cross-entropy ``−mean_{p∈M} log(Â_p + PPCE_EPS)``, ``Â = A⁺ / max A⁺``.
-
-    Returns ``[B]``; an image whose mask is empty gets 0 (no pixel to pull up).
+    """Per-pixel cross-entropy ``−mean_{p∈M} max(log Â_p, −100)``, ``Â`` = ``A⁺ / max A⁺`` at the map's
+    resolution, then upsampled: PyTorch's ``BCELoss`` against 1 (its clamp at −100 and its gradient), as
+    Rao et al.'s code. Returns ``[B]``; an image whose mask is empty gets 0 (no pixel to pull up).
     """
     masks = _check(maps, masks, "ppce")
-    a = _max_normalised_positive(_to_mask_size(maps, masks))
+    a = _flat(_to_mask_size(_over_max(maps, signed=False), masks)).clamp(max=1)  # rounding may pass 1 by an ulp
     m = _flat(masks)
-    count = m.sum(dim=1)
-    return -(m * torch.log(a + PPCE_EPS)).sum(dim=1) / count.clamp(min=1)
+    per_pixel = F.binary_cross_entropy(a, torch.ones_like(a), reduction="none")
+    return (m * per_pixel).sum(dim=1) / m.sum(dim=1).clamp(min=1)
 
 
 def rrr(maps: Tensor, masks: Tensor) -> Tensor:
-    """RRR* ``Σ_{p∉M} Â_p²`` with the signed ``Â = A / max |A|`` per image; returns ``[B]``."""
+    """RRR* ``Σ_{p∉M} Â_p²``, signed ``Â = A / max |A|`` at the map's resolution, then upsampled; ``[B]``."""
     masks = _check(maps, masks, "rrr")
-    a = _flat(_to_mask_size(maps, masks))
-    a = a / a.abs().amax(dim=1, keepdim=True).clamp(min=EPS)
+    a = _flat(_to_mask_size(_over_max(maps, signed=True), masks))
     return ((1 - _flat(masks)) * a.square()).sum(dim=1)
 
 

@@ -4,13 +4,15 @@ Any differentiable method of the attribution registry can guide. For the shared 
 gradient CAMs, CAM; `Method.shared`) the task loss and the attribution share one forward pass (the
 layer's output is captured, then one `autograd.grad` of the sum of the selected logits with
 `create_graph=True`), which keeps guidance at the final layer close to the cost of a plain step.
-The others (`integrated_gradients`, `bcos`, `smooth_grad`, ...) run their own passes through
-`salience.attribution.attribute`. In train mode, batch norm couples the images
+So does `bcos`: the map comes from the forward that gave the logits (one batch-norm update per step), its
+gradient taken in the network's explanation mode. The others (`integrated_gradients`, `smooth_grad`, ...) run
+their own passes through `salience.attribution.attribute`. In train mode, batch norm couples the images
 of a batch, so as in the reference code each map includes the batch-norm cross terms.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +22,13 @@ from torch import Tensor, nn
 from salience.attribution import METHODS as ATTRIBUTION_METHODS
 from salience.attribution import attribute
 from salience.attribution.core import channels_last, forward_at, patch_grid, resolve_layer
-from salience.attribution.methods import cam_weights
+from salience.attribution.methods import cam_weights, ixg_map
 from salience.attribution.registry import Pass, get_method
 from salience.data.core import object_masks
 from salience.guidance.losses import LOSSES
 from salience.guidance.objective import objective, sample_classes, task_loss
 from salience.models import DEPTHS, BcosResNet, layer_name
+from salience.models.bcos import encode
 
 METHODS = tuple(name for name, m in ATTRIBUTION_METHODS.items() if m.differentiable)
 """Attribution methods accepted for guidance: the differentiable ones of the registry."""
@@ -60,6 +63,9 @@ class Guide:
     as CYBORG; `cyborg` loss only, since the human map does not depend on the class)."""
     task_weight: float = 1.0
     """The objective is `task_weight · task + lam · guidance` (CYBORG: α and 1 − α)."""
+    reduction: str = "mean"
+    """How the per-image guidance losses make `guidance`: their `mean` over the guided images, or their
+    `sum` (Rao et al.'s `train.py`; the same step as `mean` with `lam` divided by the number of guided images)."""
 
     def check(self, model: nn.Module) -> None:
         """Fail early, naming the config key, when the settings do not fit `model`."""
@@ -96,6 +102,8 @@ class Guide:
             raise ValueError(
                 f"guidance.depth: {self.method!r} works at {method.layer or 'the input'} only; got {self.depth!r}"
             )
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"guidance.reduction: {self.reduction!r} is unknown; accepted: mean, sum")
         if self.target not in ("true", "predicted"):
             raise ValueError(f"guidance.target: {self.target!r} is unknown; accepted: true, predicted")
         if self.target == "predicted" and self.loss != "cyborg":
@@ -115,8 +123,8 @@ class Guide:
     ) -> dict[str, Any]:
         """Losses for one batch (model in train mode).
 
-        Returns `total`, `task`, `guidance` (scalars; guidance = mean over the annotated images whose
-        mask of the sampled class is not empty, 0 when none), `logits` `[B, C]` and `guided` (number of
+        Returns `total`, `task`, `guidance` (scalars; guidance = mean, or sum with `reduction="sum"`, over the
+        annotated images whose mask of the sampled class is not empty, 0 when none), `logits` `[B, C]` and `guided` (number of
         images that received guidance).
         """
         x, labels = batch["image"], batch["labels"]
@@ -143,7 +151,8 @@ class Guide:
         else:
             assert maps is not None  # forward_and_maps returns maps when index is not empty
             maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # losses in >= fp32 under AMP
-            guidance = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype)).mean()
+            per_image = LOSSES[self.loss](maps, target.to(maps.device, maps.dtype))
+            guidance = per_image.sum() if self.reduction == "sum" else per_image.mean()
         total = objective(task, guidance, self.lam, self.task_weight)
         return {"total": total, "task": task, "guidance": guidance, "logits": logits, "guided": int(index.numel())}
 
@@ -160,7 +169,7 @@ class Guide:
     def _forward_and_maps(self, model, x, index, classes):
         inner = _inner(model)
         method = get_method(self.method)
-        if not method.shared:
+        if not method.shared and not method.bcos_only:
             logits = model(x)
             classes = _predicted(logits, index) if classes is None else classes
             layer = None if self.depth == "input" else self.depth
@@ -171,17 +180,23 @@ class Guide:
         layer = layer_name(inner, depth) if depth in DEPTHS else depth
         if layer is not None and inner is not model:  # a DDP wrapper: hook the wrapped module's layer
             layer = "module." + layer
+        if method.bcos_only and layer is None:  # B-cos explains its encoded 6-channel input
+            x = encode(x) if x.shape[1] == 3 else x
         logits, feats = forward_at(model, x, layer)
         classes = _predicted(logits, index) if classes is None else classes
         probs = logits.softmax(1)[index] if self.output == "log_softmax" else None
         grad = None
         if method.needs_grad:
             explained = logits.log_softmax(1) if probs is not None else logits
-            (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
+            # B-cos: W(x) constant in this first-order gradient, still differentiable in θ (models/bcos.py)
+            with _gradient_mode(inner, method.bcos_only):
+                (grad,) = torch.autograd.grad(explained[index, classes].sum(), feats, create_graph=True)
             grad = grad[index]
         at_layer = layer is not None
         grid = patch_grid(inner, x.shape[-2:]) if at_layer else None
         recorded = Pass(feats[index], grad, classes, inner, probs, grid, at_layer and channels_last(inner))
+        if method.bcos_only:  # a B-cos map: Σ F ⊙ ∂y/∂F
+            return logits, ixg_map(recorded)
         assert method.from_pass is not None  # a shared method
         return logits, method.from_pass(recorded)
 
@@ -195,6 +210,14 @@ class Guide:
 def _predicted(logits: Tensor, index: Tensor) -> Tensor:
     """The argmax class `[len(index)]` of the images `index` (no gradient), as CYBORG's `pred`."""
     return logits.detach()[index].argmax(1)
+
+
+def _gradient_mode(model: nn.Module, bcos: bool) -> AbstractContextManager:
+    """A B-cos network's explanation mode (for `bcos`), else nothing."""
+    if not bcos:
+        return nullcontext()
+    assert isinstance(model, BcosResNet)  # Guide.check refused other models
+    return model.explanation_mode()
 
 
 def _inner(model: nn.Module) -> nn.Module:

@@ -88,7 +88,10 @@ class GuidanceConfig(_Strict):
     depth: str = "input"
     """input, mid1, mid2, mid3, final, or a module name."""
     lam: float = Field(1.0, alias="lambda", ge=0)
-    """Weight of the mean guidance over the annotated images of a batch (see docs/training.md)."""
+    """Weight of the guidance: of its mean over the guided images of a batch, or of its sum with
+    `reduction: sum` (see docs/training.md)."""
+    reduction: Literal["mean", "sum"] = "mean"
+    """`sum` reproduces Rao et al.'s `λ · Σ_images`; `mean` (default) keeps λ's meaning across batch sizes."""
     annotated_fraction: float = Field(1.0, ge=0, le=1)
     box_dilation: float = Field(0.0, ge=0)
     ig_steps: int = Field(16, ge=1)

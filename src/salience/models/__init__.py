@@ -12,18 +12,18 @@ to a module name (`None` for `input`); `depth_table` gives the whole table of a 
 """
 
 from salience.models.adapt import adapt
-from salience.models.bcos import BcosResNet, bcos_resnet
+from salience.models.bcos import BcosResNet, UncentredBatchNorm2d, bcos_resnet
 from salience.models.build import build, import_factory, load_model, load_weights, read_state_dict
 from salience.models.depths import DEPTHS, depth_table, layer_name
-from salience.models.layers import UncentredBatchNorm2d
 from salience.models.small import SmallCNN
-from salience.models.xresnet import xresnet
+from salience.models.xresnet import XResNet, xresnet
 
 __all__ = [
     "DEPTHS",
     "BcosResNet",
     "SmallCNN",
     "UncentredBatchNorm2d",
+    "XResNet",
     "adapt",
     "bcos_resnet",
     "build",

@@ -1,66 +1,123 @@
-"""B-cos ResNets (Böhle et al., CVPR 2022 / TPAMI 2024) with B = 2 and an explanation mode.
+"""B-cos ResNets (Böhle et al., CVPR 2022 / TPAMI 2024) with B = 2, as Rao et al. (ICCV 2023) ran them.
 
-A B-cos unit computes `out = (ŵᵀx) · |cos(x, ŵ)|^(B−1)` with a unit-norm weight ŵ and no bias.
-The network has no ReLU, uses scale-only batch norm, takes the encoded input `[r, g, b, 1−r, 1−g,
-1−b]` (images in [0, 1]; a 3-channel input is encoded by `forward`) and adds a constant logit bias.
-In explanation mode the dynamic factors (`|cos|^(B−1)`, batch-norm scales) are constants, so the
-model is `f(x) = W(x) x + logit_bias` and `Σ x ⊙ ∂f/∂x` reproduces the logit minus the bias.
+The reference is the B-cos v2 ResNet vendored in Model-Guidance (`bcos/models/resnet.py`, used through its
+`hubconf.resnet50`). A B-cos unit computes `out = (ŵᵀx) · |ŵᵀx| / sqrt(‖x‖² + 1e-6)` with a unit-norm weight
+ŵ and no bias (B = 2; `|cos|^(B−1)` for other B). The network has no ReLU; its batch norm only scales
+(`γ · x / sqrt(var + eps)`, no centring, no bias); it takes the encoded input `[r, g, b, 1−r, 1−g, 1−b]`
+(images in [0, 1]; a 3-channel input is encoded by `forward`). The stem is conv → norm → 3×3 average pool
+(stride 2); the classifier is a 1×1 B-cos convolution applied at every location before the global average
+pool, and a constant logit bias (log(1e-3 / 0.999) = −6.907, the ImageNet model's, which Rao et al. keep
+when they replace the classifier) is added.
+
+Explanation mode (`with model.explanation_mode():` around the *backward*): every dynamic factor W(x) (the
+units' `|ŵᵀx| / ‖x‖`, the norms' `1 / sqrt(var + eps)`) is a constant in the first-order gradient, so
+`Σ F ⊙ ∂y/∂F` is the contribution map and sums to the logit minus its bias. The gradient that flows on,
+`g · W(x)`, keeps W(x; θ) in its graph: with `create_graph=True` a guidance loss on the map is differentiated
+through W(x; θ) and through the norms' γ, exactly as the authors' `DynamicMultiplication` does. The mode is
+read when the backward runs, so the forward that gave the logits (and the one batch-norm update) serves both
+the task loss and the map.
 """
 
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 
-from salience.models.layers import UncentredBatchNorm2d
+IMAGENET_LOGIT_BIAS = math.log(1e-3 / 0.999)
+"""The logit bias of the B-cos v2 ImageNet models, kept by Rao et al. when the classifier is replaced."""
+_NORM_EPS = 1e-6
+"""The patch norm is `sqrt(‖x‖² + 1e-6)`."""
 
-_EPS = 1e-6
+
+class _DynamicProduct(torch.autograd.Function):
+    """`w · x` for a dynamic weight w = W(x; θ). When `owner.explain` is set at backward time, the backward
+    passes `g · w` to x and nothing to w (W held constant); `g · w` is itself differentiable in w, so a
+    second-order backward (`create_graph=True`) still reaches θ through w."""
+
+    @staticmethod
+    def forward(ctx: Any, w: torch.Tensor, x: torch.Tensor, owner: nn.Module) -> torch.Tensor:
+        ctx.owner = owner
+        ctx.save_for_backward(w, x)
+        return w * x
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, None]:
+        w, x = ctx.saved_tensors
+        if ctx.owner.explain:
+            return None, g * w, None
+        return g * x, g * w, None
 
 
 class BcosConv2d(nn.Conv2d):
-    """A bias-free convolution whose output is scaled by `|cos(patch, ŵ)|^(b−1)`."""
+    """A bias-free convolution with unit-norm filters whose output is scaled by `|cos(patch, ŵ)|^(b−1)`.
+
+    `[B, C_in, H, W] -> [B, C_out, H', W']`; the patch norm is `sqrt(Σ_patch x² + 1e-6)`.
+    """
 
     def __init__(
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size: int | tuple[int, int],
+        kernel_size: int | tuple[int, int] = 1,
         stride: int | tuple[int, int] = 1,
-        padding: int | tuple[int, int] | str = 0,
-        dilation: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
         b: int = 2,
     ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=False)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self.b = b
         self.explain = False
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="linear")
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight / self.weight.flatten(1).norm(dim=1).clamp_min(_EPS)[:, None, None, None]
-        lin = F.conv2d(x, w, None, self.stride, self.padding, self.dilation)
-        ones = torch.ones((1, *w.shape[1:]), dtype=x.dtype, device=x.device)
-        patch_norm = F.conv2d(x * x, ones, None, self.stride, self.padding, self.dilation).add(_EPS).sqrt()
-        scale = (lin / patch_norm).abs().pow(self.b - 1)
-        return lin * (scale.detach() if self.explain else scale)
+        w = self.weight / self.weight.flatten(1).norm(dim=1)[:, None, None, None]
+        lin = F.conv2d(x, w, None, self.stride, self.padding)
+        squares = x.square().sum(1, keepdim=True)
+        patch = F.avg_pool2d(squares, self.kernel_size, self.stride, self.padding, divisor_override=1)  # type: ignore[arg-type]
+        norm = (patch + _NORM_EPS).sqrt()
+        if self.b == 2:
+            scale = lin.abs() / norm
+        else:
+            scale = ((lin / norm).abs() + 1e-6).pow(self.b - 1)
+        return _DynamicProduct.apply(scale, lin, self)
 
 
-class BcosLinear(nn.Linear):
-    """The fully connected B-cos unit: `(ŵᵀx) · |cos(x, ŵ)|^(b−1)`, no bias."""
+class UncentredBatchNorm2d(nn.Module):
+    """Batch norm that only scales: `y = γ · x / sqrt(var + eps)`, no mean shift, no bias.
 
-    def __init__(self, in_features: int, out_features: int, b: int = 2) -> None:
-        super().__init__(in_features, out_features, bias=False)
-        self.b = b
-        self.explain = False
+    Training uses the batch variance per channel (biased, not detached) and updates `running_var`; eval uses
+    `running_var`. `running_mean` is kept (never updated) so that the state dict is the reference's. The
+    divisor is a dynamic weight (see `_DynamicProduct`); γ multiplies outside it.
+    """
+
+    running_var: torch.Tensor  # buffers (register_buffer below)
+    num_batches_tracked: torch.Tensor
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum, self.explain = eps, momentum, False
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight / self.weight.norm(dim=1, keepdim=True).clamp_min(_EPS)
-        lin = x @ w.T
-        scale = (lin / x.norm(dim=1, keepdim=True).add(_EPS)).abs().pow(self.b - 1)
-        return lin * (scale.detach() if self.explain else scale)
+        if self.training:
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            with torch.no_grad():
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.detach())
+                self.num_batches_tracked.add_(1)
+        else:
+            var = self.running_var
+        inv_std = 1 / (var + self.eps).sqrt()[None, :, None, None]
+        return self.weight[None, :, None, None] * _DynamicProduct.apply(inv_std, x, self)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
 def encode(x: torch.Tensor) -> torch.Tensor:
@@ -69,53 +126,64 @@ def encode(x: torch.Tensor) -> torch.Tensor:
 
 
 class BcosResNet(resnet.ResNet):
-    """A torchvision ResNet whose convolutions and classifier are B-cos units (no ReLU, no biases)."""
+    """A torchvision ResNet made a B-cos network (see the module docstring): B-cos convolutions, uncentred
+    batch norm, no ReLU, an average-pool stem, a 1×1 B-cos classifier before the global pool, a logit bias."""
 
-    def __init__(self, block: type[nn.Module], layers: list[int], num_classes: int, b: int = 2) -> None:
+    fc: nn.Linear | nn.Conv2d  # torchvision's Linear until __init__ replaces it with a 1×1 BcosConv2d
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: list[int],
+        num_classes: int,
+        b: int = 2,
+        logit_bias: float = IMAGENET_LOGIT_BIAS,
+    ) -> None:
         super().__init__(block, layers, num_classes=num_classes, norm_layer=UncentredBatchNorm2d)
         for parent in list(self.modules()):
             for child_name, child in parent.named_children():
-                if isinstance(child, nn.Conv2d) and not isinstance(child, BcosConv2d):
-                    in_ch = 6 if child is self.conv1 else child.in_channels
-                    # torch annotates a Conv2d's stored sizes as tuple[int, ...] (they are the (h, w) pairs its
-                    # __init__ took as int | tuple[int, int]), hence the ignore
-                    conv = BcosConv2d(
-                        in_ch,
-                        child.out_channels,
-                        child.kernel_size,  # type: ignore[arg-type]
-                        child.stride,  # type: ignore[arg-type]
-                        child.padding,  # type: ignore[arg-type]
-                        child.dilation,  # type: ignore[arg-type]
-                        b,
-                    )
-                    setattr(parent, child_name, conv)
-                elif isinstance(child, nn.ReLU):
+                if isinstance(child, nn.ReLU):
                     setattr(parent, child_name, nn.Identity())
-        self.fc: nn.Linear = BcosLinear(self.fc.in_features, num_classes, b)
-        self.logit_bias = -math.log(num_classes - 1) if num_classes > 1 else 0.0
+                elif isinstance(child, nn.Conv2d) and not isinstance(child, BcosConv2d):
+                    in_ch = 6 if child is self.conv1 else child.in_channels
+                    # torch annotates a Conv2d's stored sizes as tuple[int, ...]; they are (h, w) pairs
+                    unit = BcosConv2d(in_ch, child.out_channels, child.kernel_size, child.stride, child.padding, b)  # type: ignore[arg-type]
+                    setattr(parent, child_name, unit)
+        del self.relu, self.maxpool
+        self.pool = nn.AvgPool2d(kernel_size=3, stride=2, padding=1)
+        self.fc = BcosConv2d(
+            self.fc.in_channels if isinstance(self.fc, nn.Conv2d) else self.fc.in_features, num_classes, b=b
+        )
+        self.logit_bias = logit_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """`[B, 3 or 6, H, W]` -> logits `[B, num_classes]` (3 channels are encoded first)."""
         if x.shape[1] == 3:
             x = encode(x)
-        return super().forward(x) + self.logit_bias
+        x = self.pool(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.avgpool(self.fc(x)).flatten(1) + self.logit_bias
 
     @contextmanager
     def explanation_mode(self) -> Iterator["BcosResNet"]:
-        """Treat the dynamic weights W(x) as constants while inside the block."""
-        units = [m for m in self.modules() if isinstance(m, (BcosConv2d, BcosLinear))]
-        norms = [m for m in self.modules() if isinstance(m, UncentredBatchNorm2d)]
+        """Hold W(x) constant in the first-order gradients of the backward passes run inside the block."""
+        units = [m for m in self.modules() if isinstance(m, (BcosConv2d, UncentredBatchNorm2d))]
         for m in units:
             m.explain = True
-        for n in norms:
-            n.detach_scale = True
         try:
             yield self
         finally:
             for m in units:
                 m.explain = False
-            for n in norms:
-                n.detach_scale = False
+
+    @staticmethod
+    def convert_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keys of the authors' B-cos checkpoints -> ours: Model-Guidance's `BcosSequential` prefix `0.` goes
+        (its logit bias holds no tensor), and a unit's `<name>.linear.weight` becomes `<name>.weight`."""
+        if state and all(k.startswith("0.") for k in state):
+            state = {k[2:]: v for k, v in state.items()}
+        return {k.removesuffix(".linear.weight") + ".weight" if k.endswith(".linear.weight") else k: v
+                for k, v in state.items()}  # fmt: skip
 
 
 _BLOCKS = {
@@ -125,8 +193,8 @@ _BLOCKS = {
 }
 
 
-def bcos_resnet(depth: int, num_classes: int) -> BcosResNet:
+def bcos_resnet(depth: int, num_classes: int, logit_bias: float = IMAGENET_LOGIT_BIAS) -> BcosResNet:
     """A B-cos ResNet-`depth` (18, 34 or 50), B = 2."""
     if depth not in _BLOCKS:
         raise ValueError(f"bcos_resnet depth must be one of {sorted(_BLOCKS)}, got {depth}")
-    return BcosResNet(*_BLOCKS[depth], num_classes=num_classes)
+    return BcosResNet(*_BLOCKS[depth], num_classes=num_classes, logit_bias=logit_bias)

@@ -318,10 +318,11 @@ def load_weights(model: nn.Module, weights: str | Path, name: str = "", allow_pi
     `read_state_dict`); keys saved from a DataParallel / DistributedDataParallel model
     (all prefixed `module.`) lose the prefix, and DenseNet keys of torchvision < 0.3
     (`denselayer1.norm.1.weight`, as in ImageNet's densenet121-a639ec97.pth) are renamed the way
-    torchvision does (`denselayer1.norm1.weight`). `allow_pickle=True` also accepts a whole pickled
+    torchvision does (`denselayer1.norm1.weight`). A model with a `convert_state_dict` method (our B-cos and
+    X-ResNets) renames the authors' keys to its own (docs/definitions.md, "Models"). `allow_pickle=True` also accepts a whole pickled
     model (`torch.save(model)`): it runs code from the file, so only for files you trust.
     Keys whose shapes differ (a classifier head for another number of classes) keep their fresh
-    initialisation and are logged; any other missing or unexpected key is an error naming the
+    initialisation, with the rest of their module (a head bias the file lacks), and are logged; any other missing or unexpected key is an error naming the
     file, the model and the first keys.
     """
     path = Path(weights)
@@ -334,9 +335,16 @@ def load_weights(model: nn.Module, weights: str | Path, name: str = "", allow_pi
     if state and all(k.startswith(prefix) for k in state) and not all(k.startswith(prefix) for k in own):
         state = {k[len(prefix) :]: v for k, v in state.items()}
     state = {_OLD_DENSENET.sub(r"\1\2", k): v for k, v in state.items()}
+    convert = getattr(model, "convert_state_dict", None)  # the authors' key names of our B-cos and X-ResNets
+    state = convert(state) if convert is not None else state
     skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     kept = {k: v for k, v in state.items() if k not in skipped}
-    missing = [k for k in own if k not in state and not k.endswith(".num_batches_tracked")]  # older files lack it
+    fresh = {k.rpartition(".")[0] for k in skipped}  # a head of another size: all of its module stays fresh
+    missing = [
+        k
+        for k in own
+        if k not in state and not k.endswith(".num_batches_tracked") and k.rpartition(".")[0] not in fresh
+    ]  # older files lack num_batches_tracked
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise ValueError(

@@ -330,7 +330,7 @@ def make_guide(g: GuidanceConfig, multi_label: bool) -> Guide:
     if target == "auto":
         target = "predicted" if g.loss == "cyborg" else "true"
     task_weight, lam = (1.0, g.lam) if g.alpha is None else (g.alpha, 1.0 - g.alpha)
-    return Guide(g.loss, g.method, g.depth, lam, g.ig_steps, g.box_dilation, output, target, task_weight)
+    return Guide(g.loss, g.method, g.depth, lam, g.ig_steps, g.box_dilation, output, target, task_weight, g.reduction)
 
 
 def _load_resume_state(ckpt_dir: Path, device) -> tuple[dict, Path]:
