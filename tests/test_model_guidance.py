@@ -191,3 +191,33 @@ def test_one_guided_step_equals_model_guidance_train_py(family, method, depth, l
     worst = max(rel(mine[k], reference[k]) for k in reference if reference[k].norm() > 0)
     assert worst < 1e-8
     assert all(mine[k].norm() == 0 for k in reference if reference[k].norm() == 0)
+
+
+def test_departure_the_authors_activator_pools_before_the_first_norm(tmp_path):
+    """Model-Guidance's activator runs a B-cos net's children in registration order (conv1, pool, bn1) when it
+    guides at a layer; the network's forward runs conv1, bn1, pool. salience follows the forward. The two agree
+    in eval mode (a fixed per-channel scale commutes with the average pool) and not in train mode (batch
+    statistics of pooled vs unpooled activations)."""
+    ref, _ = _bcos_pair(18, tmp_path)
+    x = _images()
+    e = torch.cat([x, 1 - x], 1)
+    for train, close in ((False, True), (True, False)):
+        ref.train(train)
+        registered, _ = mg.activate(ref, e, "layer2", bcos=True, registration_order=True)
+        forward, _ = mg.activate(ref, e, "layer2", bcos=True, registration_order=False)
+        assert rel(forward, ref(e)) < 1e-12
+        assert (rel(registered, forward) < 1e-10) is close
+
+
+def test_xdnn_imagenet_checkpoint_loads_with_a_fresh_head(tmp_path):
+    """`fixup_resnet.py`'s ImageNet checkpoint (`{"state_dict": module.*}`, bias-free 1000-class fc) is what
+    `train.py` starts from; it loads into a 5-class X-ResNet with the backbone kept and the head fresh."""
+    ref = mg.xfixup_resnet(18, 1000)
+    ref.fc = nn.Linear(512, 1000, bias=False)
+    path = tmp_path / "xfixup_resnet18_model_best.pth.tar"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}}, path)
+    ours = build("xresnet18", CLASSES)
+    load_weights(ours, path, "xresnet18")
+    assert torch.equal(ours.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
+    assert torch.equal(ours.layer2[0].downsample[0].weight, ref.layer2[0].downsample.weight)
+    assert ours.fc.weight.shape == (CLASSES, 512) and ours.fc.bias is not None

@@ -50,8 +50,8 @@ def _over_max(maps: Tensor, signed: bool) -> Tensor:
     """Per image at the map's own resolution, ``[B, h, w]``: ``A⁺ / max A⁺`` (``signed=False``) or
     ``A / max |A|`` (``signed=True``); an all-zero map stays zero."""
     a = maps if signed else maps.clamp(min=0)
-    peak = _flat(a).abs().amax(dim=1).clamp(min=EPS)
-    return a / peak[:, None, None]
+    peak = _flat(a).abs().amax(dim=1)
+    return a / torch.where(peak == 0, torch.ones_like(peak), peak)[:, None, None]
 
 
 def energy(maps: Tensor, masks: Tensor) -> Tensor:
