@@ -221,3 +221,31 @@ def test_xdnn_imagenet_checkpoint_loads_with_a_fresh_head(tmp_path):
     assert torch.equal(ours.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
     assert torch.equal(ours.layer2[0].downsample[0].weight, ref.layer2[0].downsample.weight)
     assert ours.fc.weight.shape == (CLASSES, 512) and ours.fc.bias is not None
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_xdnn_ixg_equals_captums_integrated_gradients_in_both_modes(train, tmp_path):
+    """No norm layer, so the X-DNN is homogeneous in train mode too (where guidance happens)."""
+    from captum.attr import IntegratedGradients
+
+    ref, ours = _pair("xdnn", tmp_path)
+    ours.train(train)
+    x, t = _images(), torch.tensor([2, 4])
+    ig = IntegratedGradients(ours).attribute(x, target=t, method="gausslegendre", n_steps=4).sum(1)
+    assert rel(attribute("input_x_gradient", ours, x, t), ig) < 1e-8
+
+
+def test_a_bcos_guided_step_updates_batch_norm_once(tmp_path):
+    """The map comes from the forward that gives the logits: one batch-norm update per step."""
+    _, ours = _bcos_pair(18, tmp_path)
+    norms = [m for m in ours.modules() if isinstance(m, UncentredBatchNorm2d)]
+    before = [(m.num_batches_tracked.item(), m.running_var.clone()) for m in norms]
+    batch, _ = _step_batch()
+    Guide("energy", "bcos", "mid2", lam=1.0)(ours.train(), batch, torch.Generator().manual_seed(5), True)
+    images = batch["image"].double()
+    for m, (n, _) in zip(norms, before, strict=True):
+        assert m.num_batches_tracked.item() == n + 1
+    first = norms[0]  # bn1 sees conv1's output: its new running variance is one momentum step from the old
+    with torch.no_grad():
+        v = ours.conv1(torch.cat([images, 1 - images], 1)).var(dim=(0, 2, 3), unbiased=False)
+    assert torch.allclose(first.running_var, 0.9 * before[0][1] + 0.1 * v, rtol=1e-10)
