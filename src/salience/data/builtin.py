@@ -186,81 +186,15 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
     identity `[N, max_faces]`."""
     n, s = cfg.split_size(split), cfg.size
     rng = _split_seed(cfg.seed, split)
-    faces, nonfaces, tex = _sources()
-    ids = _identities(cfg)
-    mean, comps = _pca(faces[ids["train"]], cfg.pca_rank)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=gen)
-
-    # backgrounds: tinted crops of textures at two scales
-    t_idx = torch.randint(len(tex), (n,), generator=gen)
-    off = torch.randint(tex.shape[-1] - s + 1, (n, 2), generator=gen)
-    ar = torch.arange(s)
-    bg = tex[t_idx[:, None, None], off[:, 0, None, None] + ar[None, :, None], off[:, 1, None, None] + ar[None, None, :]]
-    tint = 0.35 + 0.65 * rand(n, 3)
-    canvas = bg[:, None] * tint[:, :, None, None]
-    maps = torch.zeros(n, s, s)
-
     oos = split == "out_of_set"
-    k_max = cfg.max_faces
-    n_faces = torch.ones(n, dtype=torch.long) if k_max == 1 else torch.randint(1, k_max + 1, (n,), generator=gen)
-    if k_max == 1:
-        labels1 = torch.randperm(n, generator=gen) % 2  # balanced
-    face_cls = torch.zeros(n, k_max, dtype=torch.long)
-    identity = torch.full((n, k_max), -1, dtype=torch.long)  # lfw index of each real face
-    boxes = torch.zeros(n, k_max, 4, dtype=torch.long)
-    lo, hi = (round(f * s) for f in cfg.face_scale)
-    cells = torch.argsort(rand(n, 4), dim=1)  # 2x2 cells for the multi-face variant
-    for k in range(k_max):
-        active = n_faces > k
-        side = torch.randint(lo, hi + 1, (n,), generator=gen)
-        if k_max == 1:
-            x0 = (rand(n) * (s - side + 1)).long()
-            y0 = (rand(n) * (s - side + 1)).long()
-            cls = labels1
-        else:
-            half = s // 2
-            cx, cy = (cells[:, k] % 2) * half, (cells[:, k] // 2) * half
-            side = side.clamp(max=half)
-            x0 = cx + (rand(n) * (half - side + 1)).long()
-            y0 = cy + (rand(n) * (half - side + 1)).long()
-            cls = (rand(n) < 0.5).long()
-        boxes[:, k] = torch.stack([x0, y0, x0 + side, y0 + side], 1)
-        face_cls[:, k] = cls
-        if oos:
-            crops = nonfaces[torch.randint(100, (n,), generator=gen)]
-        else:
-            pool = torch.from_numpy(ids[split])
-            who = pool[torch.randint(len(pool), (n,), generator=gen)]
-            real = faces[who]
-            identity[:, k] = torch.where(cls == 1, -1, who)
-            if split == "test_unseen":
-                synth = _composites(faces[pool], n, gen)
-            else:
-                synth = (mean + torch.randn(n, cfg.pca_rank, generator=gen) @ comps).reshape(n, 25, 25).clamp(0, 1)
-            crops = torch.where(cls[:, None, None] == 1, synth, real)
-        c_mean = crops.mean((1, 2), keepdim=True)
-        contrast = 0.8 + 0.4 * rand(n, 1, 1)
-        crops = ((crops - c_mean) * contrast + c_mean + 0.2 * rand(n, 1, 1) - 0.1).clamp(0, 1)
-        inside = _paste(canvas, maps, crops, boxes[:, k], active, rand(n) < 0.5, landmarks=not oos)
-        if cfg.fingerprint > 0 and not oos:
-            checker = ((ar[:, None] + ar[None, :]) % 2 * 2 - 1).float()
-            mark = inside & (cls == 1)[:, None, None]
-            canvas.add_(cfg.fingerprint * checker * mark[:, None])
-
+    canvas = _backgrounds(n, s, gen)
+    maps = torch.zeros(n, s, s)
+    n_faces, labels, face_cls, boxes, identity = _draw_faces(cfg, split, canvas, maps, gen)
     cue = torch.full((n,), -1, dtype=torch.long)
-    if k_max == 1:
-        agree = {"test_shift": 1.0 - cfg.cue_agreement, "test_unseen": 0.5}.get(split, cfg.cue_agreement)
-        if oos:
-            cue = (rand(n) < 0.5).long()
-        else:
-            cue = torch.where(rand(n) < agree, labels1, 1 - labels1)
+    if labels is not None:  # one face per image: the cue
+        cue = _pick_cue(cfg, split, labels, gen)
         _draw_cue(canvas, cue, boxes[:, 0], cfg.cue_size, gen)
-
-    img = (canvas.clamp(0, 1) * 255).round().to(torch.uint8)
-    hm = (maps * 255).round().to(torch.uint8)
     out_boxes: list[torch.Tensor] = []
     out_labels: list[torch.Tensor] = []
     img_labels: list[list[int]] = []
@@ -274,10 +208,10 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
             out_boxes.append(boxes[i, :k].float())
             out_labels.append(face_cls[i, :k].clone())
             img_labels.append(sorted(set(face_cls[i, :k].tolist())))
-    group = 2 * labels1 + cue if (k_max == 1 and not oos) else torch.full((n,), -1, dtype=torch.long)
+    group = 2 * labels + cue if (labels is not None and not oos) else torch.full((n,), -1, dtype=torch.long)
     return {
-        "images": img,
-        "maps": hm,
+        "images": (canvas.clamp(0, 1) * 255).round().to(torch.uint8),
+        "maps": (maps * 255).round().to(torch.uint8),
         "boxes": out_boxes,
         "box_labels": out_labels,
         "labels": img_labels,
@@ -286,6 +220,117 @@ def _render(cfg: BuiltinBenchmark, split: str) -> dict:
         "has_map": not oos,
         "identity": identity,
     }
+
+
+def _backgrounds(n: int, s: int, gen: torch.Generator) -> torch.Tensor:
+    """`n` backgrounds `[n, 3, s, s]`: random `s`-pixel crops of the textures (at two scales), tinted."""
+    tex = _sources()[2]
+    t_idx = torch.randint(len(tex), (n,), generator=gen)
+    off = torch.randint(tex.shape[-1] - s + 1, (n, 2), generator=gen)
+    ar = torch.arange(s)
+    bg = tex[t_idx[:, None, None], off[:, 0, None, None] + ar[None, :, None], off[:, 1, None, None] + ar[None, None, :]]
+    tint = 0.35 + 0.65 * torch.rand(n, 3, generator=gen)
+    return bg[:, None] * tint[:, :, None, None]
+
+
+def _draw_faces(
+    cfg: BuiltinBenchmark, split: str, canvas: torch.Tensor, maps: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Paste the faces (non-faces for `out_of_set`) into `canvas` `[N, 3, S, S]`, their human maps into `maps`
+    `[N, S, S]`, adding the fingerprint to synthetic faces.
+
+    Returns faces per image `[N]`; image labels `[N]` (balanced; None when `max_faces > 1`); face classes,
+    xyxy boxes and lfw identities (-1 unless real) `[N, max_faces]`, `[N, max_faces, 4]`, `[N, max_faces]`.
+    """
+    n, k_max = len(canvas), cfg.max_faces
+    oos = split == "out_of_set"
+    faces = _sources()[0]
+    ids = _identities(cfg)
+    pca = _pca(faces[ids["train"]], cfg.pca_rank)
+    n_faces = torch.ones(n, dtype=torch.long) if k_max == 1 else torch.randint(1, k_max + 1, (n,), generator=gen)
+    labels = torch.randperm(n, generator=gen) % 2 if k_max == 1 else None  # balanced
+    face_cls = torch.zeros(n, k_max, dtype=torch.long)
+    identity = torch.full((n, k_max), -1, dtype=torch.long)  # lfw index of each real face
+    boxes = torch.zeros(n, k_max, 4, dtype=torch.long)
+    cells = torch.argsort(torch.rand(n, 4, generator=gen), dim=1)  # 2x2 cells for the multi-face variant
+    ar = torch.arange(cfg.size)
+    for k in range(k_max):
+        box, cls = _place_face(cfg, k, cells, labels, gen)
+        boxes[:, k] = box
+        face_cls[:, k] = cls
+        if oos:
+            crops = _sources()[1][torch.randint(100, (n,), generator=gen)]
+        else:
+            who, crops = _face_crops(cfg, split, torch.from_numpy(ids[split]), cls, pca, gen)
+            identity[:, k] = torch.where(cls == 1, -1, who)
+        crops = _jitter(crops, gen)
+        inside = _paste(canvas, maps, crops, box, n_faces > k, torch.rand(n, generator=gen) < 0.5, landmarks=not oos)
+        if cfg.fingerprint > 0 and not oos:
+            checker = ((ar[:, None] + ar[None, :]) % 2 * 2 - 1).float()
+            mark = inside & (cls == 1)[:, None, None]
+            canvas.add_(cfg.fingerprint * checker * mark[:, None])
+    return n_faces, labels, face_cls, boxes, identity
+
+
+def _place_face(
+    cfg: BuiltinBenchmark, k: int, cells: torch.Tensor, labels: torch.Tensor | None, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box `[N, 4]` (integer xyxy) and class `[N]` of face `k` of each image: anywhere with class `labels`
+    (one face per image), else in 2x2 cell `cells[:, k]` (`cells` `[N, 4]`) with a random class."""
+    n, s = len(cells), cfg.size
+    lo, hi = (round(f * s) for f in cfg.face_scale)
+    side = torch.randint(lo, hi + 1, (n,), generator=gen)
+    if labels is not None:
+        x0 = (torch.rand(n, generator=gen) * (s - side + 1)).long()
+        y0 = (torch.rand(n, generator=gen) * (s - side + 1)).long()
+        cls = labels
+    else:
+        half = s // 2
+        cx, cy = (cells[:, k] % 2) * half, (cells[:, k] // 2) * half
+        side = side.clamp(max=half)
+        x0 = cx + (torch.rand(n, generator=gen) * (half - side + 1)).long()
+        y0 = cy + (torch.rand(n, generator=gen) * (half - side + 1)).long()
+        cls = (torch.rand(n, generator=gen) < 0.5).long()
+    return torch.stack([x0, y0, x0 + side, y0 + side], 1), cls
+
+
+def _face_crops(
+    cfg: BuiltinBenchmark,
+    split: str,
+    pool: torch.Tensor,
+    cls: torch.Tensor,
+    pca: tuple[torch.Tensor, torch.Tensor],
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Face crops `[N, 25, 25]`: where `cls` is 1 synthetic (PCA samples; `_composites` in `test_unseen`),
+    else the real face of an identity drawn from `pool`. Returns that identity `[N]` and the crops."""
+    n = len(cls)
+    faces = _sources()[0]
+    who = pool[torch.randint(len(pool), (n,), generator=gen)]
+    if split == "test_unseen":
+        synth = _composites(faces[pool], n, gen)
+    else:
+        mean, comps = pca
+        synth = (mean + torch.randn(n, cfg.pca_rank, generator=gen) @ comps).reshape(n, 25, 25).clamp(0, 1)
+    return who, torch.where(cls[:, None, None] == 1, synth, faces[who])
+
+
+def _jitter(crops: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Crops `[N, h, w]` with random contrast (x0.8..1.2 about their mean) and brightness (+-0.1), in [0, 1]."""
+    n = len(crops)
+    c_mean = crops.mean((1, 2), keepdim=True)
+    contrast = 0.8 + 0.4 * torch.rand(n, 1, 1, generator=gen)
+    return ((crops - c_mean) * contrast + c_mean + 0.2 * torch.rand(n, 1, 1, generator=gen) - 0.1).clamp(0, 1)
+
+
+def _pick_cue(cfg: BuiltinBenchmark, split: str, labels: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The cue `[N]` (1 red, 0 blue) of single-face images: equal to `labels` `[N]` with the split's agreement
+    (`cue_agreement`; its complement in `test_shift`, 0.5 in `test_unseen`), at random in `out_of_set`."""
+    n = len(labels)
+    agree = {"test_shift": 1.0 - cfg.cue_agreement, "test_unseen": 0.5}.get(split, cfg.cue_agreement)
+    if split == "out_of_set":
+        return (torch.rand(n, generator=gen) < 0.5).long()
+    return torch.where(torch.rand(n, generator=gen) < agree, labels, 1 - labels)
 
 
 def _draw_cue(canvas, cue, face_box, rel_size, gen):

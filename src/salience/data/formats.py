@@ -90,59 +90,72 @@ def read_voc(path: Path, split: str, problems: Problems) -> tuple[list[Record], 
     ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
     records = []
     for img_id in ids:
-        xml_path = root / "Annotations" / f"{img_id}.xml"
-        try:
-            tree = ET.parse(xml_path).getroot()
-        except FileNotFoundError:
-            problems.error(f"{xml_path}: annotation file not found (listed in {split_file})")
-            continue
-        except ET.ParseError as e:
-            problems.error(f"{xml_path}: not valid XML ({e})")
-            continue
-        rows, labels, difficult, bad = [], [], [], False
-        for k, obj in enumerate(tree.findall("object")):
-            name = (obj.findtext("name") or "").strip()
-            if name not in VOC_CLASSES:
-                problems.error(f"{xml_path}: object {k}: unknown class {name!r}")
-                bad = True
-                break
-            try:
-                bb = obj.find("bndbox")
-                if bb is None:
-                    raise ValueError("no bndbox")
-                xmin, ymin, xmax, ymax = (float(bb.findtext(t, "")) for t in ("xmin", "ymin", "xmax", "ymax"))
-            except (AttributeError, TypeError, ValueError):
-                problems.error(f"{xml_path}: object {k} ({name}): bndbox needs numeric xmin, ymin, xmax, ymax")
-                bad = True
-                break
-            if not (xmin <= xmax and ymin <= ymax and math.isfinite(xmax) and math.isfinite(ymax)):
-                # VOC boxes are 1-based and inclusive: xmin == xmax is a one-pixel-wide box
-                problems.error(
-                    f"{xml_path}: object {k} ({name}): degenerate bndbox {(xmin, ymin, xmax, ymax)}: "
-                    "needs xmin <= xmax and ymin <= ymax"
-                )
-                bad = True
-                break
-            rows.append([xmin - 1, ymin - 1, xmax, ymax])
-            labels.append(VOC_CLASSES.index(name))
-            difficult.append((obj.findtext("difficult") or "0").strip() == "1")
-        if bad:
-            continue
-        if not rows:
-            problems.skip(f"{xml_path}: no objects; image skipped")
-            continue
-        fname = (tree.findtext("filename") or f"{img_id}.jpg").strip()
-        records.append(
-            Record(
-                id=img_id,
-                image=root / "JPEGImages" / fname,
-                labels=sorted(set(labels)),
-                boxes=_boxes(rows),
-                box_labels=torch.tensor(labels),
-                difficult=torch.tensor(difficult, dtype=torch.bool),
-            )
-        )
+        record = _voc_record(root, img_id, split_file, problems)
+        if record is not None:
+            records.append(record)
     return records, VOC_CLASSES
+
+
+def _voc_record(root: Path, img_id: str, split_file: Path, problems: Problems) -> Record | None:
+    """The record of image `img_id` from its annotation file; None (reported) if the file is missing or bad,
+    or it has no objects."""
+    xml_path = root / "Annotations" / f"{img_id}.xml"
+    try:
+        tree = ET.parse(xml_path).getroot()
+    except FileNotFoundError:
+        problems.error(f"{xml_path}: annotation file not found (listed in {split_file})")
+        return None
+    except ET.ParseError as e:
+        problems.error(f"{xml_path}: not valid XML ({e})")
+        return None
+    objects = _voc_objects(tree, xml_path, problems)
+    if objects is None:
+        return None
+    rows, labels, difficult = objects
+    if not rows:
+        problems.skip(f"{xml_path}: no objects; image skipped")
+        return None
+    fname = (tree.findtext("filename") or f"{img_id}.jpg").strip()
+    return Record(
+        id=img_id,
+        image=root / "JPEGImages" / fname,
+        labels=sorted(set(labels)),
+        boxes=_boxes(rows),
+        box_labels=torch.tensor(labels),
+        difficult=torch.tensor(difficult, dtype=torch.bool),
+    )
+
+
+def _voc_objects(
+    tree: ET.Element, xml_path: Path, problems: Problems
+) -> tuple[list[list[float]], list[int], list[bool]] | None:
+    """The objects of a VOC annotation: xyxy boxes (0-based), class indices and difficult flags, one each per
+    object; None (reported) at the first object with an unknown class or a missing or degenerate bndbox."""
+    rows, labels, difficult = [], [], []
+    for k, obj in enumerate(tree.findall("object")):
+        name = (obj.findtext("name") or "").strip()
+        if name not in VOC_CLASSES:
+            problems.error(f"{xml_path}: object {k}: unknown class {name!r}")
+            return None
+        try:
+            bb = obj.find("bndbox")
+            if bb is None:
+                raise ValueError("no bndbox")
+            xmin, ymin, xmax, ymax = (float(bb.findtext(t, "")) for t in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            problems.error(f"{xml_path}: object {k} ({name}): bndbox needs numeric xmin, ymin, xmax, ymax")
+            return None
+        if not (xmin <= xmax and ymin <= ymax and math.isfinite(xmax) and math.isfinite(ymax)):
+            # VOC boxes are 1-based and inclusive: xmin == xmax is a one-pixel-wide box
+            problems.error(
+                f"{xml_path}: object {k} ({name}): degenerate bndbox {(xmin, ymin, xmax, ymax)}: "
+                "needs xmin <= xmax and ymin <= ymax"
+            )
+            return None
+        rows.append([xmin - 1, ymin - 1, xmax, ymax])
+        labels.append(VOC_CLASSES.index(name))
+        difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+    return rows, labels, difficult
 
 
 # ---------------------------------------------------------------- MS COCO 2014
@@ -164,57 +177,15 @@ def read_coco(path: Path, split: str, problems: Problems, empty: str = "skip") -
     split = split.removesuffix("2014")
     root = Path(path)
     ann_file = root / "annotations" / f"instances_{split}2014.json"
-    try:
-        data = json.loads(ann_file.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{ann_file}: annotation file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{ann_file}: not valid JSON ({e})") from None
-    _need(data, ("images", "annotations", "categories"), "the top level", ann_file)
-    for i, im in enumerate(data["images"]):
-        _need(im, ("id", "file_name"), f"images[{i}]", ann_file)
-    for i, a in enumerate(data["annotations"]):
-        _need(a, ("image_id", "category_id", "bbox"), f"annotations[{i}]", ann_file)
-    for i, c in enumerate(data["categories"]):
-        _need(c, ("id", "name"), f"categories[{i}]", ann_file)
-
-    from pycocotools.coco import COCO
-
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
+    coco = _coco_index(_coco_json(ann_file))
     cat_ids = sorted(coco.getCatIds())
     contiguous = {c: i for i, c in enumerate(cat_ids)}
     classes = [coco.cats[c]["name"] for c in cat_ids]
     records = []
     for img_id in sorted(coco.getImgIds()):
         info = coco.imgs[img_id]
-        rows, labels = [], []
-        for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None)):
-            if a["category_id"] not in contiguous:
-                problems.error(
-                    f"{ann_file}: annotation {a.get('id')} of image {img_id}: unknown category_id {a['category_id']}"
-                )
-                continue
-            try:
-                x, y, w, h = (float(v) for v in a["bbox"])
-            except (TypeError, ValueError):
-                problems.error(
-                    f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']!r} is not "
-                    "[x, y, width, height]"
-                )
-                continue
-            if not all(math.isfinite(v) for v in (x, y, w, h)):
-                problems.error(
-                    f"{ann_file}: annotation {a.get('id')} of image {img_id}: bbox {a['bbox']} is not finite"
-                )
-                continue
-            if w <= 0 or h <= 0:
-                problems.skip(f"{ann_file}: annotation {a.get('id')} of image {img_id}: empty box {a['bbox']} skipped")
-                continue
-            rows.append([x, y, x + w, y + h])
-            labels.append(contiguous[a["category_id"]])
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id, iscrowd=None))
+        rows, labels = _coco_boxes(anns, img_id, contiguous, problems, ann_file)
         if not rows and empty == "skip":
             problems.skip(f"{ann_file}: image {img_id} ({info['file_name']}) has no annotations; skipped")
             continue
@@ -228,6 +199,66 @@ def read_coco(path: Path, split: str, problems: Problems, empty: str = "skip") -
             )
         )
     return records, classes
+
+
+def _coco_json(ann_file: Path) -> dict:
+    """The annotation file's JSON, checked for the keys the reader uses (a `DataError` names the first missing)."""
+    try:
+        data = json.loads(ann_file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{ann_file}: annotation file not found") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{ann_file}: not valid JSON ({e})") from None
+    _need(data, ("images", "annotations", "categories"), "the top level", ann_file)
+    for i, im in enumerate(data["images"]):
+        _need(im, ("id", "file_name"), f"images[{i}]", ann_file)
+    for i, a in enumerate(data["annotations"]):
+        _need(a, ("image_id", "category_id", "bbox"), f"annotations[{i}]", ann_file)
+    for i, c in enumerate(data["categories"]):
+        _need(c, ("id", "name"), f"categories[{i}]", ann_file)
+    return data
+
+
+def _coco_index(data: dict):
+    """A pycocotools `COCO` index of the annotation JSON `data` (its progress output silenced)."""
+    from pycocotools.coco import COCO
+
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    return coco
+
+
+def _coco_boxes(
+    anns: list[dict], img_id: int, contiguous: dict[int, int], problems: Problems, ann_file: Path
+) -> tuple[list[list[float]], list[int]]:
+    """xyxy boxes and class indices (`contiguous`: category id -> class) of the annotations `anns` of image
+    `img_id`.
+
+    An unknown category or a bbox that is not four finite numbers is an error, a box of zero width or
+    height a skip; neither gives a box.
+    """
+    rows, labels = [], []
+    for a in anns:
+        where = f"{ann_file}: annotation {a.get('id')} of image {img_id}"
+        if a["category_id"] not in contiguous:
+            problems.error(f"{where}: unknown category_id {a['category_id']}")
+            continue
+        try:
+            x, y, w, h = (float(v) for v in a["bbox"])
+        except (TypeError, ValueError):
+            problems.error(f"{where}: bbox {a['bbox']!r} is not [x, y, width, height]")
+            continue
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            problems.error(f"{where}: bbox {a['bbox']} is not finite")
+            continue
+        if w <= 0 or h <= 0:
+            problems.skip(f"{where}: empty box {a['bbox']} skipped")
+            continue
+        rows.append([x, y, x + w, y + h])
+        labels.append(contiguous[a["category_id"]])
+    return rows, labels
 
 
 # ---------------------------------------------------------------- CSV helpers

@@ -52,19 +52,13 @@ def mean_average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float 
     return per_class[positive].mean().item()
 
 
-def evaluate(
-    model: nn.Module,
-    loader,
-    multi_label: bool,
-    method: str = "input_x_gradient",
-    depth: str = "input",
-    iou_threshold: float = 0.5,
-    ctx: dist.Context | None = None,
-    amp: bool = False,
-    localisation: bool = True,
-) -> dict:
-    """Metrics of `model` on `loader` (model put in eval mode). Returns a JSON-ready dict."""
-    return evaluate_models([model], loader, multi_label, method, depth, iou_threshold, ctx, amp, localisation)[0]
+def evaluate(model: nn.Module, loader, multi_label: bool, *args, **kwargs) -> dict:
+    """Metrics of `model` on `loader` (model put in eval mode). Returns a JSON-ready dict.
+
+    The other arguments (`method`, `depth`, `iou_threshold`, `ctx`, `amp`, `localisation`) are
+    those of `evaluate_models`, which this runs on the one model.
+    """
+    return evaluate_models([model], loader, multi_label, *args, **kwargs)[0]
 
 
 def evaluate_models(
@@ -78,7 +72,12 @@ def evaluate_models(
     amp: bool = False,
     localisation: bool = True,
 ) -> list[dict]:
-    """`evaluate` of each model, reading the data once: every batch goes through every model in turn."""
+    """Metrics of each of `models` on `loader`, reading the data once: every batch goes through every model
+    in turn (each in eval mode, its mode restored after). Returns one JSON-ready dict per model.
+
+    `method` at `depth` gives the maps of EPG and IoU (`iou_threshold`), skipped without `localisation`;
+    `ctx`: the processes sharing the data (default: one, on the first model's device); `amp`: bfloat16 on CUDA.
+    """
     ctx = ctx or dist.Context(0, 1, next(models[0].parameters()).device, False)
     was_training = [m.training for m in models]
     for m in models:
@@ -114,13 +113,16 @@ def evaluate_models(
         shared["group"].append(batch["group"])
     for m, was in zip(models, was_training, strict=True):
         m.train(was)
-    results = []
-    for part in parts:
-        local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in (shared | part).items()}
-        gathered = dist.gather(local, ctx)
-        allp = {k: torch.cat([g[k] for g in gathered]) for k in local}
-        results.append(metrics(allp["logits"], allp["labels"], allp["group"], allp["epg"], allp["iou"], multi_label))
-    return results
+    return [_gathered_metrics(shared | part, ctx, multi_label) for part in parts]
+
+
+def _gathered_metrics(batches: dict[str, list], ctx: dist.Context, multi_label: bool) -> dict:
+    """`metrics` of one model from this process's per-batch results (`logits`, `labels`, `group`, `epg`,
+    `iou`, `index`: lists of tensors) gathered with those of the other processes."""
+    local = {k: torch.cat(v) if v else torch.zeros(0) for k, v in batches.items()}
+    gathered = dist.gather(local, ctx)
+    allp = {k: torch.cat([g[k] for g in gathered]) for k in local}
+    return metrics(allp["logits"], allp["labels"], allp["group"], allp["epg"], allp["iou"], multi_label)
 
 
 def metrics(

@@ -13,7 +13,8 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from salience import distributed as dist
-from salience.data.core import collate
+from salience.data.core import SalienceDataset, collate
 from salience.data.formats import check_files
 from salience.guidance.step import SHARED_FORWARD, Guide
 from salience.io.checkpoint import load_checkpoint, save_checkpoint
@@ -121,72 +122,66 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         dist.teardown(ctx)
 
 
+@dataclass
+class _Run:
+    """What the epochs of one run share: set up once by `_setup`, used by each epoch's parts."""
+
+    config: TrainConfig
+    ctx: dist.Context
+    out: Path  # the run directory
+    train_ds: SalienceDataset
+    sampler: DistributedSampler[int]
+    val_loader: DataLoader
+    multi_label: bool
+    core: nn.Module  # the model: evaluated and saved
+    model: nn.Module  # `core`, or its DDP wrapper when there are several processes: trained
+    guide: Guide
+    eval_method: str
+    eval_depth: str
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    front: ParetoFront
+    autocast: AbstractContextManager
+
+    @property
+    def last(self) -> Path:
+        return self.out / "checkpoints" / "last.pt"
+
+
 def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context) -> Path:
+    """Set the run up, then each epoch: train, validate, and (rank 0) log and checkpoint."""
+    r, start = _setup(config, resume, ctx)
+    for epoch in range(start, config.epochs):
+        t0 = time.perf_counter()
+        train_stats = _train_epoch(r, epoch, progress)
+        record = _validate(r, epoch, train_stats, t0)
+        if ctx.is_main:
+            _checkpoint(r, epoch, record)
+        dist.barrier(ctx)
+    return r.out
+
+
+def _setup(config: TrainConfig, resume: bool, ctx: dist.Context) -> tuple[_Run, int]:
+    """Check `out`, read the data, build and check the model, guide and optimiser, load the checkpoint when
+    resuming and write `config.yaml`. Returns the run and the number of epochs already done."""
     run = Path(config.out)
     ckpt_dir = run / "checkpoints"
-    last = ckpt_dir / "last.pt"
-    if last.exists() and not resume:
-        raise ConfigError(f"out: {run} already holds a run; pass --resume to continue it or choose another out")
-    if resume and not _candidates(ckpt_dir):
-        raise ConfigError(f"out: --resume given but {last} does not exist")
-    if ctx.is_main:  # an unusable out fails now, not after the data are read
-        try:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"out: cannot create {run} ({err.strerror or err})") from None
-    g = config.guidance
+    _check_out(run, resume, ctx)
     torch.manual_seed(config.seed)
-    train_ds = open_split(
-        config.data, config.data.train_split, train=True, fraction=g.annotated_fraction, seed=config.seed
-    )
-    val_ds = open_split(config.data, config.data.val_split)
-    for ds in (train_ds, val_ds):  # a missing or corrupt file fails now, not hours into training
-        check_files(ds)
-    multi_label = is_multi_label(config.data, train_ds)
-    check_guidance_data(g.loss, train_ds)
-    num_classes = len(train_ds.classes)
-    model = config.model.build(num_classes, config.model.weights).to(ctx.device)
-    try:  # a wrong `output` or a head of another size fails now, naming what the forward returns
-        check_scores(model, val_ds[0]["image"][None].to(ctx.device), num_classes)
-    except ValueError as err:
-        raise ConfigError(f"model: {config.model.name}: {err}") from None
-    guide = make_guide(g, multi_label)
-    try:
-        guide.check(model)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-    eval_method = config.eval.method or g.method
-    eval_depth = config.eval.depth or g.depth
-    try:
-        Guide("energy", eval_method, eval_depth).check(model)
-    except ValueError as err:  # the same checks, for the keys under eval
-        raise ConfigError(str(err).replace("guidance.", "eval.")) from None
+    train_ds, val_ds, multi_label = _open_data(config)
+    model = _build_model(config, val_ds, len(train_ds.classes), ctx.device)
+    guide, eval_method, eval_depth = _checked_guides(config, model, multi_label)
     optimizer = make_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(config, e))
     front = ParetoFront(ckpt_dir, (*task_metric_names(multi_label), "epg", "iou"))
-    start = 0
-    if resume:
-        state, used = _load_resume_state(ckpt_dir, ctx.device)
-        saved = validate(state["config"], f"{used} (saved config)").dump()  # keys added since take defaults
-        diffs = _same_run(saved, config.dump())
-        if diffs:
-            raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        front.load_state_dict(state["pareto"])
-        start = state["epoch"]
-        if ctx.is_main:
-            _restore_front(front, ckpt_dir, start, used)
-        for group in optimizer.param_groups:  # `epochs` may change on resume: follow the new schedule
-            group["lr"] = group["initial_lr"] * lr_factor(config, start)
+    start = _resume(config, ckpt_dir, model, optimizer, scheduler, front, ctx) if resume else 0
     if ctx.is_main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         dist.atomic_write_text(run / "config.yaml", yaml.safe_dump(config.dump(), sort_keys=False))
         _trim_log(run / "log.jsonl", start)
-    core = model
+    trained = model
     if ctx.world_size > 1:
-        model = nn.parallel.DistributedDataParallel(
+        trained = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None
         )
     sampler: DistributedSampler[int] = DistributedSampler(
@@ -202,99 +197,224 @@ def _train(config: TrainConfig, resume: bool, progress: bool, ctx: dist.Context)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if config.amp and ctx.device.type == "cuda" else nullcontext()
     )
-    for epoch in range(start, config.epochs):
-        t0 = time.perf_counter()
-        seed = _seed(config, epoch, ctx.rank)
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        sampler.set_epoch(epoch)
-        loader = DataLoader(
-            train_ds,
-            batch_size=config.batch_size,
-            sampler=sampler,
-            collate_fn=collate,
-            num_workers=config.data.workers,
-            generator=torch.Generator().manual_seed(seed),
-            pin_memory=ctx.device.type == "cuda",
-            drop_last=False,
+    r = _Run(
+        config=config,
+        ctx=ctx,
+        out=run,
+        train_ds=train_ds,
+        sampler=sampler,
+        val_loader=val_loader,
+        multi_label=multi_label,
+        core=model,
+        model=trained,
+        guide=guide,
+        eval_method=eval_method,
+        eval_depth=eval_depth,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        front=front,
+        autocast=autocast,
+    )
+    return r, start
+
+
+def _check_out(run: Path, resume: bool, ctx: dist.Context) -> None:
+    """Refuse an `out` that holds a run (without `resume`) or none (with it); rank 0 creates `out/checkpoints`
+    now, so an unusable `out` fails before the data are read."""
+    ckpt_dir = run / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    if last.exists() and not resume:
+        raise ConfigError(f"out: {run} already holds a run; pass --resume to continue it or choose another out")
+    if resume and not _candidates(ckpt_dir):
+        raise ConfigError(f"out: --resume given but {last} does not exist")
+    if ctx.is_main:
+        try:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"out: cannot create {run} ({err.strerror or err})") from None
+
+
+def _open_data(config: TrainConfig) -> tuple[SalienceDataset, SalienceDataset, bool]:
+    """The train and validation splits, their files checked, and whether the task is multi-label."""
+    g = config.guidance
+    train_ds = open_split(
+        config.data, config.data.train_split, train=True, fraction=g.annotated_fraction, seed=config.seed
+    )
+    val_ds = open_split(config.data, config.data.val_split)
+    for ds in (train_ds, val_ds):  # a missing or corrupt file fails now, not hours into training
+        check_files(ds)
+    multi_label = is_multi_label(config.data, train_ds)
+    check_guidance_data(g.loss, train_ds)
+    return train_ds, val_ds, multi_label
+
+
+def _build_model(config: TrainConfig, val_ds: SalienceDataset, num_classes: int, device: torch.device) -> nn.Module:
+    """The model on `device`, its scores checked on the first validation image: `[1, num_classes]`."""
+    model = config.model.build(num_classes, config.model.weights).to(device)
+    try:  # a wrong `output` or a head of another size fails now, naming what the forward returns
+        check_scores(model, val_ds[0]["image"][None].to(device), num_classes)
+    except ValueError as err:
+        raise ConfigError(f"model: {config.model.name}: {err}") from None
+    return model
+
+
+def _checked_guides(config: TrainConfig, model: nn.Module, multi_label: bool) -> tuple[Guide, str, str]:
+    """The training `Guide` and the validation's attribution method and depth, each checked against `model`."""
+    guide = make_guide(config.guidance, multi_label)
+    try:
+        guide.check(model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    eval_method = config.eval.method or config.guidance.method
+    eval_depth = config.eval.depth or config.guidance.depth
+    try:
+        Guide("energy", eval_method, eval_depth).check(model)
+    except ValueError as err:  # the same checks, for the keys under eval
+        raise ConfigError(str(err).replace("guidance.", "eval.")) from None
+    return guide, eval_method, eval_depth
+
+
+def _resume(
+    config: TrainConfig,
+    ckpt_dir: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    front: ParetoFront,
+    ctx: dist.Context,
+) -> int:
+    """Load the newest readable checkpoint (its config must match `config`) into the model, optimiser,
+    scheduler and front; returns the number of epochs it holds."""
+    state, used = _load_resume_state(ckpt_dir, ctx.device)
+    saved = validate(state["config"], f"{used} (saved config)").dump()  # keys added since take defaults
+    diffs = _same_run(saved, config.dump())
+    if diffs:
+        raise ConfigError(f"--resume: the config differs from the run's in {', '.join(diffs)}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    front.load_state_dict(state["pareto"])
+    start = state["epoch"]
+    if ctx.is_main:
+        _restore_front(front, ckpt_dir, start, used)
+    for group in optimizer.param_groups:  # `epochs` may change on resume: follow the new schedule
+        group["lr"] = group["initial_lr"] * lr_factor(config, start)
+    return start
+
+
+def _train_epoch(r: _Run, epoch: int, progress: bool) -> dict:
+    """Train one epoch, every random stream seeded from (seed, epoch, rank), then step the schedule.
+
+    Returns the means over all processes' images: `loss`, `task`, `guidance` (over guided images; None if
+    none) and `guided_fraction`.
+    """
+    seed = _seed(r.config, epoch, r.ctx.rank)
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    r.sampler.set_epoch(epoch)
+    loader = DataLoader(
+        r.train_ds,
+        batch_size=r.config.batch_size,
+        sampler=r.sampler,
+        collate_fn=collate,
+        num_workers=r.config.data.workers,
+        generator=torch.Generator().manual_seed(seed),
+        pin_memory=r.ctx.device.type == "cuda",
+        drop_last=False,
+    )
+    r.model.train()
+    sums = torch.zeros(5, dtype=torch.float64, device=r.ctx.device)  # loss, task, guidance, guided, images
+    with _progress(progress and r.ctx.is_main) as bar:
+        task_id = bar.add_task(f"epoch {epoch + 1}/{r.config.epochs}", total=len(loader), loss=float("nan"))
+        for step, batch in enumerate(loader):
+            batch = _to(batch, r.ctx.device)
+            out = _train_step(r, batch, generator, epoch, step, len(loader))
+            n = batch["image"].shape[0]
+            sums += torch.tensor(
+                [
+                    out["total"].item() * n,
+                    out["task"].item() * n,
+                    out["guidance"].item() * out["guided"],
+                    out["guided"],
+                    n,
+                ],
+                dtype=torch.float64,
+                device=r.ctx.device,
+            )
+            bar.update(task_id, advance=1, loss=out["total"].item())
+    r.scheduler.step()
+    sums = dist.all_sum(sums, r.ctx)
+    return {
+        "loss": (sums[0] / sums[4]).item(),
+        "task": (sums[1] / sums[4]).item(),
+        "guidance": (sums[2] / sums[3]).item() if sums[3] > 0 else None,
+        "guided_fraction": (sums[3] / sums[4]).item(),
+    }
+
+
+def _train_step(r: _Run, batch: dict, generator: torch.Generator, epoch: int, step: int, steps: int) -> dict:
+    """One optimiser step on `batch` (step `step` of `steps` in `epoch`); stops with `TrainingError` when
+    the loss is not finite on some process. Returns the guide's output: scalar `total`, `task`, `guidance`
+    losses and the number of `guided` images."""
+    with r.autocast:
+        out = r.guide(r.model, batch, generator, r.multi_label)
+    finite = dist.all_true(torch.isfinite(out["total"].detach()), r.ctx)
+    if not finite:
+        raise TrainingError(
+            f"non-finite loss (total {out['total'].item()}, task {out['task'].item()}, guidance "
+            f"{out['guidance'].item()}) at epoch {epoch + 1}, step {step} (global step "
+            f"{epoch * steps + step}), batch of images {batch['id'][:8]}"
+            f"{' ...' if len(batch['id']) > 8 else ''} on rank {r.ctx.rank}; last good checkpoint: "
+            f"{r.last if r.last.exists() else 'none yet'}"
         )
-        model.train()
-        sums = torch.zeros(5, dtype=torch.float64, device=ctx.device)  # loss, task, guidance, guided, images
-        with _progress(progress and ctx.is_main) as bar:
-            task_id = bar.add_task(f"epoch {epoch + 1}/{config.epochs}", total=len(loader), loss=float("nan"))
-            for step, batch in enumerate(loader):
-                batch = _to(batch, ctx.device)
-                with autocast:
-                    out = guide(model, batch, generator, multi_label)
-                finite = dist.all_true(torch.isfinite(out["total"].detach()), ctx)
-                if not finite:
-                    raise TrainingError(
-                        f"non-finite loss (total {out['total'].item()}, task {out['task'].item()}, guidance "
-                        f"{out['guidance'].item()}) at epoch {epoch + 1}, step {step} (global step "
-                        f"{epoch * len(loader) + step}), batch of images {batch['id'][:8]}"
-                        f"{' ...' if len(batch['id']) > 8 else ''} on rank {ctx.rank}; last good checkpoint: "
-                        f"{last if last.exists() else 'none yet'}"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                out["total"].backward()
-                optimizer.step()
-                n = batch["image"].shape[0]
-                sums += torch.tensor(
-                    [
-                        out["total"].item() * n,
-                        out["task"].item() * n,
-                        out["guidance"].item() * out["guided"],
-                        out["guided"],
-                        n,
-                    ],
-                    dtype=torch.float64,
-                    device=ctx.device,
-                )
-                bar.update(task_id, advance=1, loss=out["total"].item())
-        scheduler.step()
-        sums = dist.all_sum(sums, ctx)
-        train_stats = {
-            "loss": (sums[0] / sums[4]).item(),
-            "task": (sums[1] / sums[4]).item(),
-            "guidance": (sums[2] / sums[3]).item() if sums[3] > 0 else None,
-            "guided_fraction": (sums[3] / sums[4]).item(),
-        }
-        t_val = time.perf_counter()
-        val = evaluate(
-            core, val_loader, multi_label, eval_method, eval_depth, config.eval.iou_threshold, ctx=ctx, amp=config.amp
-        )
-        record = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train": train_stats,
-            "val": val,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "validation_seconds": round(time.perf_counter() - t_val, 3),
-        }
-        if ctx.is_main:
-            objectives = (*(val[k] for k in task_metric_names(multi_label)), val["epg"], val["iou"])
-            state = {
-                "model": core.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "config": config.dump(),
-                "metrics": record,
-                "multi_label": multi_label,
-                "classes": list(train_ds.classes),
-                "rng": {"seed": config.seed, "epoch": epoch + 1, "derivation": "seed*1000003 + epoch*1009 + rank"},
-            }
-            keep = front.consider(epoch + 1, objectives)
-            state["pareto"] = front.state_dict()
-            # the log line first: a death before the checkpoint leaves a line that resume trims away
-            with open(run / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            save_checkpoint(state, last, previous=ckpt_dir / "prev.pt")
-            front.commit(epoch + 1, keep, last)
-        dist.barrier(ctx)
-    return run
+    r.optimizer.zero_grad(set_to_none=True)
+    out["total"].backward()
+    r.optimizer.step()
+    return out
+
+
+def _validate(r: _Run, epoch: int, train_stats: dict, t0: float) -> dict:
+    """Evaluate on the validation split; returns the epoch's log record (`t0`: when the epoch began)."""
+    t_val = time.perf_counter()
+    c = r.config
+    val = evaluate(
+        r.core, r.val_loader, r.multi_label, r.eval_method, r.eval_depth, c.eval.iou_threshold, ctx=r.ctx, amp=c.amp
+    )
+    return {
+        "epoch": epoch + 1,
+        "lr": r.optimizer.param_groups[0]["lr"],
+        "train": train_stats,
+        "val": val,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "validation_seconds": round(time.perf_counter() - t_val, 3),
+    }
+
+
+def _checkpoint(r: _Run, epoch: int, record: dict) -> None:
+    """Append `record` to `log.jsonl`, then save `last.pt` (the previous one kept as `prev.pt`) and update the
+    Pareto front's files. Rank 0 only."""
+    val = record["val"]
+    objectives = (*(val[k] for k in task_metric_names(r.multi_label)), val["epg"], val["iou"])
+    state = {
+        "model": r.core.state_dict(),
+        "optimizer": r.optimizer.state_dict(),
+        "scheduler": r.scheduler.state_dict(),
+        "epoch": epoch + 1,
+        "config": r.config.dump(),
+        "metrics": record,
+        "multi_label": r.multi_label,
+        "classes": list(r.train_ds.classes),
+        "rng": {"seed": r.config.seed, "epoch": epoch + 1, "derivation": "seed*1000003 + epoch*1009 + rank"},
+    }
+    keep = r.front.consider(epoch + 1, objectives)
+    state["pareto"] = r.front.state_dict()
+    # the log line first: a death before the checkpoint leaves a line that resume trims away
+    with open(r.out / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    save_checkpoint(state, r.last, previous=r.out / "checkpoints" / "prev.pt")
+    r.front.commit(epoch + 1, keep, r.last)
 
 
 def _restore_front(front: ParetoFront, ckpt_dir: Path, epoch: int, source: Path) -> None:
