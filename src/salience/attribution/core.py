@@ -1,6 +1,7 @@
-"""Shared pieces of the attribution methods: input and target checks, layer capture, upsampling."""
+"""Shared pieces of the attribution methods: input and target checks, layer capture, upsampling, and the model
+run on perturbed inputs in chunks."""
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -165,3 +166,38 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     return F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def perturbed_outputs(
+    x: torch.Tensor,
+    count: int,
+    perturb: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    batch_size: int,
+    block: int | None = None,
+) -> torch.Tensor:
+    """`[B, count, ...]`: `run(perturb(image, index), image)` for each of the `count` perturbations (`index`) of
+    each image of `x` `[B, ...]`, `batch_size` rows `(image, index)` per call; `image`, `index`: long `[n]` on
+    x's device.
+
+    `perturb` gives what `run` takes: the perturbed inputs, or a perturbation that `run` applies; it is called
+    chunk by chunk in row order, so it may draw random numbers as it goes. `run(that, image) -> [n, ...]` runs
+    the model and reads its output. Rows go in blocks of `block` perturbation indices (None: one block of all
+    `count`), image-major within a block: None keeps an image's perturbations together, `block=1` runs every
+    image's first perturbation, then every image's second, and so on."""
+    b = x.shape[0]
+    block = block or count
+    row = torch.arange(b * count, device=x.device)
+    start = row // (b * block) * block  # the first perturbation index of the row's block
+    width = (count - start).clamp(max=block)  # the number of perturbation indices in that block
+    image, index = (row - start * b) // width, start + (row - start * b) % width
+    chunks = zip(image.split(batch_size), index.split(batch_size), strict=True)
+    values = torch.cat([run(perturb(i, j), i) for i, j in chunks])
+    out = values.new_empty(b, count, *values.shape[1:])
+    out[image, index] = values
+    return out
+
+
+def class_scores(model: nn.Module, classes: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A `run` of `perturbed_outputs`: `(inputs [n, C, H, W], image [n]) -> [n]`, the logit of `classes[image]`."""
+    return lambda inputs, image: model(inputs).gather(1, classes[image, None])[:, 0]

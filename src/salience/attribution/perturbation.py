@@ -6,7 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salience.attribution.core import channels_last, check_classes, patch_grid, resolve_layer
+from salience.attribution.core import (
+    channels_last,
+    check_classes,
+    class_scores,
+    patch_grid,
+    perturbed_outputs,
+    resolve_layer,
+)
 from salience.attribution.many import attribute, record
 from salience.attribution.methods import pairs
 from salience.attribution.registry import Method, register, token_grid
@@ -35,17 +42,9 @@ def score_cam(
         up = F.interpolate(acts, size=x.shape[-2:], mode="bilinear", align_corners=True)
         lo, hi = up.amin(dim=(2, 3), keepdim=True), up.amax(dim=(2, 3), keepdim=True)
         masks = torch.where(hi > lo, (up - lo) / torch.where(hi > lo, hi - lo, 1.0), 0.0)  # [P, K, H, W]
-        n_pairs, n_channels = acts.shape[:2]
-        rows = torch.arange(n_pairs * n_channels, device=x.device)
-        pair, channel = rows // n_channels, rows % n_channels
-        scores = torch.cat(
-            [
-                model(
-                    x[pair[i : i + batch_size]] * masks[pair[i : i + batch_size], channel[i : i + batch_size], None]
-                ).gather(1, cls[pair[i : i + batch_size], None])[:, 0]
-                for i in range(0, rows.shape[0], batch_size)
-            ]
-        ).view(n_pairs, n_channels)
+        scores = perturbed_outputs(
+            x, acts.shape[1], lambda p, k: x[p] * masks[p, k, None], class_scores(model, cls), batch_size
+        )  # [P, K]
         return torch.relu(torch.einsum("pk,pkhw->phw", scores.softmax(1), acts))
 
 
@@ -79,20 +78,19 @@ def occlusion(
         )
     row_masks = _window_masks(height, window, stride, x.device).to(x.dtype)
     col_masks = _window_masks(width, window, stride, x.device).to(x.dtype)
-    n_windows = row_masks.shape[0] * col_masks.shape[0]
-    rows = torch.arange(x.shape[0] * n_windows, device=x.device)
-    pair, win = rows // n_windows, rows % n_windows
+    n_cols = col_masks.shape[0]
+
+    def occluded(p: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        mask = (row_masks[w // n_cols, :, None] * col_masks[w % n_cols, None, :])[:, None]
+        return x[p] * (1 - mask) + baseline * mask
+
     with torch.no_grad():
         base = model(x)
         check_classes(cls, base.shape[1])
         base = base.gather(1, cls[:, None])[:, 0]
-        scores = []
-        for i in range(0, rows.shape[0], batch_size):
-            p, w = pair[i : i + batch_size], win[i : i + batch_size]
-            mask = (row_masks[w // col_masks.shape[0], :, None] * col_masks[w % col_masks.shape[0], None, :])[:, None]
-            occluded = x[p] * (1 - mask) + baseline * mask
-            scores.append(model(occluded).gather(1, cls[p, None])[:, 0])
-        drop = (base[:, None] - torch.cat(scores).view(x.shape[0], n_windows)).view(x.shape[0], row_masks.shape[0], -1)
+        n_windows = row_masks.shape[0] * n_cols
+        scores = perturbed_outputs(x, n_windows, occluded, class_scores(model, cls), batch_size)
+        drop = (base[:, None] - scores).view(x.shape[0], row_masks.shape[0], -1)
         total = torch.einsum("pab,ah,bw->phw", drop, row_masks, col_masks)
         count = torch.einsum("ah,bw->hw", row_masks, col_masks)
         return total / count
@@ -122,19 +120,12 @@ def _noisy_maps(
         raise ValueError(f"samples must be >= 1 and noise_level >= 0; got {samples}, {noise_level}")
     x, cls = pairs(x, target)
     sigma = noise_level * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
-    expanded = x.detach().repeat_interleave(samples, 0)
-    std = sigma.repeat_interleave(samples)[:, None, None, None].expand_as(expanded).contiguous()
+    rows = x.shape[0] * samples
+    std = sigma.repeat_interleave(samples)[:, None, None, None].expand(rows, *x.shape[1:]).contiguous()
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    noisy = expanded + torch.normal(0.0, std, generator=generator)
-    classes = cls.repeat_interleave(samples)
-    chunk = batch_size or noisy.shape[0]
-    maps = torch.cat(
-        [
-            attribute(base, model, noisy[i : i + chunk], classes[i : i + chunk], layer=layer, create_graph=create_graph)
-            for i in range(0, noisy.shape[0], chunk)
-        ]
-    )
-    return maps.view(x.shape[0], samples, *maps.shape[1:])
+    noise = torch.normal(0.0, std, generator=generator).view(x.shape[0], samples, *x.shape[1:])
+    run = lambda inputs, p: attribute(base, model, inputs, cls[p], layer=layer, create_graph=create_graph)
+    return perturbed_outputs(x, samples, lambda p, s: x.detach()[p] + noise[p, s], run, batch_size or rows)
 
 
 def smooth_grad(

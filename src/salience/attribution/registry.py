@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from salience.registry import Registry
+
 
 @dataclass(frozen=True)
 class Pass:
@@ -94,24 +96,19 @@ class Method:
         return self.from_pass is not None
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
 """Name -> `Method`, in registration order."""
 
 
 def register(method: Method) -> Method:
     if (method.from_pass is None) == (method.run is None):
         raise ValueError(f"method {method.name!r}: give exactly one of from_pass and run")
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    METHODS[method.name] = method
-    return method
+    return METHODS.add(method.name, method)
 
 
 def get_method(name: str) -> Method:
     """The registry entry; an unknown name raises `ValueError` listing the registry."""
-    if name not in METHODS:
-        raise ValueError(f"method {name!r} is unknown; accepted: {', '.join(METHODS)}")
-    return METHODS[name]
+    return METHODS.lookup(name)
 
 
 def layer_methods() -> list[str]:
@@ -130,10 +127,7 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     takes none raises `ValueError` naming it."""
     name, sep, layer = spec.partition("@")
     if name not in METHODS:
-        raise ValueError(
-            f"method {spec!r}: {name!r} is unknown; accepted: {', '.join(METHODS)} "
-            f"(optionally NAME@LAYER, e.g. grad_cam@final)"
-        )
+        raise ValueError(f"method {spec!r}: {METHODS.unknown(name)} (optionally NAME@LAYER, e.g. grad_cam@final)")
     if sep and not layer:
         raise ValueError(f"method {spec!r}: empty layer after '@'")
     if sep and not METHODS[name].takes_layer:

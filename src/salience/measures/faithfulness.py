@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from salience.attribution import upsample
+from salience.attribution.core import perturbed_outputs
 from salience.measures.similarity import _corr
 
 ROAD_PERCENTAGES = tuple(range(1, 100, 2))
@@ -101,17 +102,19 @@ def road(
     rank.scatter_(1, idx, torch.arange(h * w, device=a.device).expand(b, -1))
     ks = torch.tensor([int(h * w * p / 100) for p in percentages], device=a.device)
     gen = torch.Generator(device=x.device).manual_seed(seed)
-    pairs = [(i, j) for j in range(len(ks)) for i in range(b)]  # a chunk holds like percentages: like iterations
-    correct = torch.zeros(b, len(ks), dtype=torch.bool, device=x.device)
-    for start in range(0, len(pairs), chunk):
-        ii = torch.tensor([p[0] for p in pairs[start : start + chunk]], device=x.device)
-        jj = torch.tensor([p[1] for p in pairs[start : start + chunk]], device=x.device)
-        mask = (rank[ii] < ks[jj, None]).view(-1, h, w)
-        imputed = linear_imputation(x[ii].detach(), mask)
-        eps = torch.randn(imputed.shape, generator=gen, device=x.device, dtype=x.dtype)
-        imputed = imputed + noise * eps * mask[:, None].to(x.dtype)
+
+    def imputed(image: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        mask = (rank[image] < ks[index, None]).view(-1, h, w)
+        out = linear_imputation(x[image].detach(), mask)
+        eps = torch.randn(out.shape, generator=gen, device=x.device, dtype=x.dtype)
+        return out + noise * eps * mask[:, None].to(x.dtype)
+
+    def still_correct(inputs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            correct[ii, jj] = model(imputed).argmax(1) == target[ii]
+            return model(inputs).argmax(1) == target[image]
+
+    # percentage after percentage, so a chunk holds like percentages: like iterations
+    correct = perturbed_outputs(x, len(ks), imputed, still_correct, chunk, block=1)  # [B, P] bool
     return {"percentages": list(percentages), "correct": correct, "score": correct.to(x.dtype).mean(1)}
 
 
@@ -142,19 +145,25 @@ def faithfulness_correlation(
     flat = x.detach().flatten(1)
     low = flat.amin(1, keepdim=True)
     gen = torch.Generator(device=x.device).manual_seed(seed)
+
+    def subsets(image: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        """The features of r runs of every image, `[B * r, d]` bool, image-major."""
+        r = len(image) // b
+        pick = (
+            torch.rand(b, r, d, generator=gen, device=x.device).topk(subset, dim=2).indices
+            if draw is None
+            else draw(b, r).to(x.device)
+        )  # [B, r, k]
+        return torch.zeros(b, r, d, dtype=torch.bool, device=x.device).scatter_(2, pick, True).view(b * r, d)
+
+    def sum_and_drop(hit: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """`[n, 2]`: the map's sum over the subset, the drop of the target's logit when it is set to the minimum."""
+        perturbed = torch.where(hit, low[image], flat[image]).view(-1, *x.shape[1:])
+        drop = base[image] - model(perturbed).gather(1, target[image, None])[:, 0]
+        return torch.stack([(a[image] * hit).sum(1), drop], 1)
+
     with torch.no_grad():
         base = model(x).gather(1, target[:, None])[:, 0]
-        sums, drops = [], []
-        for start in range(0, runs, chunk):
-            r = min(chunk, runs - start)
-            pick = (
-                torch.rand(b, r, d, generator=gen, device=x.device).topk(subset, dim=2).indices
-                if draw is None
-                else draw(b, r).to(x.device)
-            )  # [B, r, k]
-            hit = torch.zeros(b, r, d, dtype=torch.bool, device=x.device).scatter_(2, pick, True)
-            perturbed = torch.where(hit, low[:, None], flat[:, None]).view(b * r, *x.shape[1:])
-            logits = model(perturbed).gather(1, target.repeat_interleave(r)[:, None])[:, 0].view(b, r)
-            drops.append(base[:, None] - logits)
-            sums.append((a[:, None] * hit).sum(2))
-    return _corr(torch.cat(sums, 1).double(), torch.cat(drops, 1).double()).to(x.dtype)
+        out = perturbed_outputs(x, runs, subsets, sum_and_drop, chunk * b, block=chunk)  # [B, runs, 2]
+    sums, drops = out.double().movedim(2, 0).contiguous()
+    return _corr(sums, drops).to(x.dtype)

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from salience.registry import Registry
+
 KINDS = ("maps", "probe", "group")
 FAMILIES = ("sanity", "faithfulness", "robustness", "complexity", "localisation", "explain_to_me", "stability")
 """Families in the order the report shows them: sanity checks first."""
@@ -46,7 +48,7 @@ class Measure:
     reference: str = ""
 
 
-MEASURES: dict[str, Measure] = {}
+MEASURES: Registry[Measure] = Registry("measure")
 """Name -> `Measure`, in registration order (the order of CSV columns and report rows)."""
 
 
@@ -57,17 +59,12 @@ def register(measure: Measure) -> Measure:
         raise ValueError(f"measure {measure.name!r}: family must be one of {FAMILIES}, got {measure.family!r}")
     if measure.better not in ("higher", "lower", None):
         raise ValueError(f"measure {measure.name!r}: better must be 'higher', 'lower' or None")
-    if measure.name in MEASURES:
-        raise ValueError(f"measure {measure.name!r} is registered twice")
-    MEASURES[measure.name] = measure
-    return measure
+    return MEASURES.add(measure.name, measure)
 
 
 def get_measure(name: str) -> Measure:
     """The registry entry; an unknown name raises `ValueError` listing the registry."""
-    if name not in MEASURES:
-        raise ValueError(f"measure {name!r} is unknown; accepted: {', '.join(MEASURES)}")
-    return MEASURES[name]
+    return MEASURES.lookup(name)
 
 
 def select(names: Sequence[str] | None, kind: str | None = None, masks: bool = True) -> list[str]:

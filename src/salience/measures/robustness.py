@@ -8,25 +8,34 @@ compares the maps at the input size (upsampled bilinearly) with those of the cle
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
 from salience.attribution import upsample
+from salience.attribution.core import perturbed_outputs
 
 
-def _noisy_maps(
-    explain: Callable, x: torch.Tensor, target: torch.Tensor, samples: int, draw: Callable, batch: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield `(noise [k, B, C, H, W], maps [k, B, H*W])` for chunks of k samples (k * B <= `batch` images)."""
-    b = x.shape[0]
-    per = max(1, batch // b)
-    for start in range(0, samples, per):
-        k = min(per, samples - start)
-        noise = draw((k, *x.shape))
-        xs = (x.detach()[None] + noise).flatten(0, 1)
-        maps = explain(xs, target.repeat(k)).detach()
-        yield noise, upsample(maps, (x.shape[-2], x.shape[-1])).view(k, b, -1)
+def _per_sample(
+    explain: Callable,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    samples: int,
+    draw: Callable,
+    batch: int,
+    compare: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """`[B, samples]`: `compare(maps [n, H*W], noise [n, C, H, W], image [n]) -> [n]` of the maps of the noisy
+    copies `x + noise`, upsampled to the input size. The noise comes from `draw((k, B, C, H, W))`, k samples of
+    every image at a time (k * B <= `batch` images, k >= 1), sample after sample."""
+    b, size, target = x.shape[0], (x.shape[-2], x.shape[-1]), target.to(x.device)
+
+    def run(noise: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        maps = explain(x.detach()[image] + noise, target[image]).detach()
+        return compare(upsample(maps, size).flatten(1), noise, image)
+
+    draw_rows = lambda image, _: draw((len(image) // b, *x.shape)).flatten(0, 1)  # rows: sample-major
+    return perturbed_outputs(x, samples, draw_rows, run, max(1, batch // b) * b, block=1)
 
 
 def sensitivity(
@@ -50,10 +59,8 @@ def sensitivity(
         draw = lambda shape: (torch.rand(shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1) * bound
     a = upsample(maps.detach(), (x.shape[-2], x.shape[-1])).flatten(1)
     norm = a.norm(dim=1)
-    out = []
-    for _, m in _noisy_maps(explain, x, target, samples, draw, batch):
-        out.append(((m - a[None]).norm(dim=2) / torch.where(norm > 0, norm, torch.nan)).T)
-    return torch.cat(out, 1)
+    norm = torch.where(norm > 0, norm, torch.nan)
+    return _per_sample(explain, x, target, samples, draw, batch, lambda m, _, i: (m - a[i]).norm(dim=1) / norm[i])
 
 
 def local_lipschitz(
@@ -76,8 +83,5 @@ def local_lipschitz(
         draw = lambda shape: torch.randn(shape, generator=gen, device=x.device, dtype=x.dtype) * std
     by_max = lambda t: t / torch.where(t.abs().amax(-1, keepdim=True) > 0, t.abs().amax(-1, keepdim=True), 1.0)
     a = by_max(upsample(maps.detach(), (x.shape[-2], x.shape[-1])).flatten(1))
-    out = []
-    for noise, m in _noisy_maps(explain, x, target, samples, draw, batch):
-        dist = noise.flatten(2).norm(dim=2)  # [k, B]
-        out.append(((by_max(m) - a[None]).norm(dim=2) / (dist + 1e-10)).T)
-    return torch.cat(out, 1).amax(1)
+    ratio = lambda m, noise, i: (by_max(m) - a[i]).norm(dim=1) / (noise.flatten(1).norm(dim=1) + 1e-10)
+    return _per_sample(explain, x, target, samples, draw, batch, ratio).amax(1)
