@@ -285,7 +285,7 @@ def test_measure_under_torchrun_equals_one_process(tmp_path):
     for ra, rb in zip(a, b, strict=True):
         assert ra.keys() == rb.keys()
         for k in ra:
-            if ra[k] in ("", "nan") or k in ("group", "model", "image", "class"):
+            if ra[k] in ("", "nan") or k in ("group", "model", "image", "class", "method"):
                 assert ra[k] == rb[k], k
             else:
                 assert abs(float(ra[k]) - float(rb[k])) <= 1e-4, (k, ra[k], rb[k])

@@ -213,11 +213,31 @@ def measure(
     """Measure map stores (entropy, stability, comparisons) or checkpoints (every measure: they are explained
     into OUT/stores first, resumably, over one read of the images, then also localisation and the model
     probes). Under torchrun the processes share the explaining and the probes; rank 0 writes OUT."""
-    from pathlib import Path
+    groups, kinds = _measure_groups(stores, checkpoints, group)
+    _check_measure_options(kinds, method, layer, out_of_set, measure_)
+    checkpoint_options = dict(
+        method=method[0] if len(method) == 1 else list(method),
+        samples=samples,
+        split=data,
+        layer=layer,
+        target_policy=target,
+        overrides=set_,
+        n_probe=n_probe,
+        out_of_set=out_of_set,
+        batch_size=batch_size,
+    )
+    counts = _run_measure(groups, out, kinds == {True}, list(measure_) or None, seed, device, checkpoint_options)
+    if counts is not None:
+        typer.echo(f"{out}: {counts[0]} models measured, {counts[1]} comparisons")
 
-    from salience import distributed as dist
-    from salience.measures.run import measure_stores
-    from salience.study import measure_checkpoints
+
+def _measure_groups(
+    stores: list[str], checkpoints: list[str], group: list[str]
+) -> tuple[dict[str, list[str]], set[bool]]:
+    """The groups of `salience measure` (name -> paths: `--group`s, and `--stores` or `--checkpoints` as group
+    'all') and whether each path is a checkpoint (a file; else a map store). Refuses a malformed `--group`, no
+    paths, a missing path (exit code 2), and a mix of stores and checkpoints."""
+    from pathlib import Path
 
     groups: dict[str, list[str]] = {}
     for spec in group:
@@ -236,59 +256,74 @@ def measure(
     if missing:
         typer.echo(f"error: {missing[0]}: not found (expected a map store folder or a checkpoint file)", err=True)
         raise typer.Exit(2)
-    is_checkpoint = {p.is_file() for p in paths}
-    if len(is_checkpoint) > 1:
+    kinds = {p.is_file() for p in paths}
+    if len(kinds) > 1:
         raise typer.BadParameter("every path must be a map store (folder) or every one a checkpoint (file), not a mix")
-    if stores and is_checkpoint == {True} or checkpoints and is_checkpoint == {False}:
+    if stores and kinds == {True} or checkpoints and kinds == {False}:
         raise typer.BadParameter("--stores takes map store folders and --checkpoints checkpoint files")
-    if is_checkpoint == {False} and (method or layer or out_of_set):
+    return groups, kinds
+
+
+def _check_measure_options(
+    kinds: set[bool], method: list[str], layer: str | None, out_of_set: str | None, measures: list[str]
+) -> None:
+    """Refuse `salience measure` options that do not fit the paths (`kinds`: whether each is a checkpoint)
+    and unknown measure names (exit code 2, listing the registry)."""
+    if kinds == {False} and (method or layer or out_of_set):
         raise typer.BadParameter("--method, --layer and --out-of-set apply to checkpoints; a store carries its method")
-    if is_checkpoint == {True} and not method:
+    if kinds == {True} and not method:
         raise typer.BadParameter("checkpoints need --method")
     if len(method) > 1 and layer:
         raise typer.BadParameter("--layer applies to one --method; give each method as NAME@LAYER")
-    if measure_:
+    if measures:
         from salience.measures import get_measure
 
         with _exit_on(ValueError):
-            for name in measure_:
+            for name in measures:
                 get_measure(name)  # an unknown name fails here, listing the registry
+
+
+def _run_measure(
+    groups: dict[str, list[str]],
+    out: str,
+    from_checkpoints: bool,
+    measures: list[str] | None,
+    seed: int,
+    device: str,
+    checkpoint_options: dict,
+) -> tuple[int, int] | None:
+    """Measure `groups` into `out`: checkpoints with `measure_checkpoints` (`checkpoint_options`: its other
+    keywords), map stores with `measure_stores`. Returns `(models measured, comparisons)` on rank 0, None on
+    the other processes."""
+    from salience import distributed as dist
+    from salience.measures.run import measure_stores
+    from salience.study import measure_checkpoints
+
+    counts = None
     with _exit_on(ValueError, OSError):  # missing, damaged or misaligned stores, bad checkpoints, unusable out
         ctx = dist.setup(device)
         try:
-            if is_checkpoint == {True}:
+            if from_checkpoints:
                 results = measure_checkpoints(
                     groups,
                     out,
-                    method=method[0] if len(method) == 1 else list(method),
-                    measures=list(measure_) or None,
-                    samples=samples,
-                    split=data,
-                    layer=layer,
-                    target_policy=target,
-                    overrides=set_,
-                    n_probe=n_probe,
-                    out_of_set=out_of_set,
+                    measures=measures,
                     seed=seed,
-                    batch_size=batch_size,
                     device=device,
                     progress=True,
                     ctx=ctx,
+                    **checkpoint_options,
                 )
-                counts = (
-                    (len(results["models"]), len(results["comparisons"].get("entropy_histogram", {})))
-                    if ctx.is_main and results is not None  # results: None off rank 0
-                    else None
-                )
+                if ctx.is_main:
+                    assert results is not None  # results: None off rank 0
+                    counts = len(results["models"]), len(results["comparisons"].get("entropy_histogram", {}))
             elif ctx.is_main:  # maps are read, not computed: one process does it
-                summary = measure_stores(groups, out, seed=seed, select=list(measure_) or None)
+                summary = measure_stores(groups, out, seed=seed, select=measures)
                 assert summary is not None  # measure_stores returns it when not distributed
                 counts = len(summary["stores"]), len(summary["comparisons"])
         finally:
             dist.teardown(ctx)
-    if ctx.is_main:
-        assert counts is not None
-        typer.echo(f"{out}: {counts[0]} models measured, {counts[1]} comparisons")
+    return counts
 
 
 @app.command()

@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +79,7 @@ def _images(src: Source, positions: list[int]) -> tuple[dict, torch.Tensor]:
 
 
 def _stage(path: Path, staged: list[tuple[Path, Path]]) -> IO[str]:
-    """Open a temporary file next to `path`; `measure_stores` renames all of them into place at the end."""
+    """Open a temporary file next to `path`; `_write_staged` renames all of them into place at the end."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     staged.append((tmp, path))
     return open(tmp, "w", newline="")
@@ -145,7 +145,6 @@ def measure_stores(
     if reason:
         raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
-    names = names or {}
     select_ = None if select is None else [get_measure(n).name for n in select]
     sources = {
         k: dataclasses.replace(v, select=None if select_ is None else tuple(select_))
@@ -154,13 +153,20 @@ def measure_stores(
     probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx)
     if ctx is not None and not ctx.is_main:
         return None
+    run = _Run(opened, sources, probes, names or {}, select_, seed, block, n_boot, n_perm)
+    return _write_staged(out, lambda staged: _measure(run, out, staged))
+
+
+def _write_staged(out: Path, write: Callable[[list[tuple[Path, Path]]], dict]) -> dict:
+    """Create the folder `out` and return `write(staged)`, which opens its files with `_stage(path, staged)`;
+    then rename every staged file into place, or, when `write` raises, delete them all."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OSError(f"{out}: cannot create the output folder ({err.strerror}: {err.filename})") from None
     staged: list[tuple[Path, Path]] = []
     try:
-        summary = _measure(opened, out, staged, seed, block, n_boot, n_perm, sources, probes, names, select_)
+        summary = write(staged)
     except BaseException:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
@@ -376,108 +382,145 @@ def _columns(select_: list[str] | None, located: bool, probed: bool) -> list[str
     ]
 
 
-def _measure(
-    opened: dict[str, list[MapStore]],
-    out: Path,
-    staged: list,
-    seed: int,
-    block: int,
-    n_boot: int,
-    n_perm: int,
-    sources: dict[str, Source],
-    probes: dict[str, dict],
-    names: dict[str, str],
-    select_: list[str] | None = None,
-) -> dict:
-    summary: dict = {"seed": seed, "stores": {}, "stability": {}, "comparisons": {}}
-    located = any(_has_masks(src.dataset) for src in sources.values())
-    columns = _columns(select_, located, any(probes.values()))
-    maps_names = [n for n in columns if MEASURES[n].kind == "maps"]
-    specs = {str(s.path): _spec(s.meta) for stores in opened.values() for s in stores}
-    several = len(set(specs.values())) > 1
-    per_store_means: dict[tuple[str, str], dict[str, list[float]]] = collections.defaultdict(
-        lambda: {m: [] for m in columns}
-    )
+@dataclass
+class _Run:
+    """The settled inputs of one `measure_stores` call: the opened stores by group, the sources and the probe
+    results by store path, the model names by store path, the selected measures (None: every measure the data
+    support) and the statistics' settings; and what follows from them (`located` to `several`)."""
 
+    groups: dict[str, list[MapStore]]
+    sources: dict[str, Source]
+    probes: dict[str, dict]
+    names: dict[str, str]
+    select: list[str] | None
+    seed: int
+    block: int
+    n_boot: int
+    n_perm: int
+    located: bool = field(init=False)
+    """Some source has boxes or segmentations: the measures needing masks are run."""
+    columns: list[str] = field(init=False)
+    """The per-image measure columns (`_columns`)."""
+    specs: dict[str, str] = field(init=False)
+    """Store path -> its method spec."""
+    several: bool = field(init=False)
+    """The stores hold several methods: stability and comparisons are per method."""
+
+    def __post_init__(self) -> None:
+        self.located = any(_has_masks(src.dataset) for src in self.sources.values())
+        self.columns = _columns(self.select, self.located, any(self.probes.values()))
+        self.specs = {str(s.path): _spec(s.meta) for stores in self.groups.values() for s in stores}
+        self.several = len(set(self.specs.values())) > 1
+
+
+def _measure(run: _Run, out: Path, staged: list) -> dict:
+    """Stage `per_image.csv`, `stability.csv` (when a group has two or more stores of a method) and
+    `summary.json` in `out` (see `measure_stores`); return the summary."""
+    summary: dict = {"seed": run.seed, "stores": {}, "stability": {}, "comparisons": {}}
     with _stage(out / "per_image.csv", staged) as f:
-        w = csv.writer(f)
-        w.writerow(["group", "model", "method", "image", "class", *columns])
-        for g, stores in opened.items():
-            for s in stores:
-                src = sources.get(str(s.path))
-                probe = probes.get(str(s.path))
-                probed = {k: v for k, v in (probe["values"] if probe else {}).items() if k in columns}
-                values: dict[str, list[float]] = {m: [] for m in columns}
-                blocks = _blocks(s, block, src if located else None)
-                for start, maps, targets, measured in _map_values(
-                    blocks, (s.meta.resolution[0], s.meta.resolution[1]), maps_names
-                ):
-                    n = len(maps)
-                    for m in columns:
-                        if m in measured:
-                            values[m].extend(measured[m].tolist())
-                    cells = {m: [f"{v:.6g}" for v in measured[m].tolist()] for m in measured}
-                    for m, v in probed.items():
-                        part = v[start : start + n].tolist()
-                        cells[m] = [f"{x:.6g}" for x in part] + [""] * (n - len(part))
-                    w.writerows(
-                        [
-                            g,
-                            names.get(str(s.path), str(s.path)),
-                            specs[str(s.path)],
-                            s.meta.image_ids[start + j],
-                            t,
-                            *(cells[m][j] if m in cells else "" for m in columns),
-                        ]
-                        for j, t in enumerate(targets.tolist())
-                    )
-                for m, v in probed.items():
-                    values[m] = v.tolist()
-                stats = {m: summarise(v, seed=seed, n_boot=n_boot) for m, v in values.items() if v}
-                summary["stores"][str(s.path)] = {
-                    "group": g,
-                    "model": names.get(str(s.path), str(s.path)),
-                    "model_hash": s.meta.model_hash,
-                    "method": s.meta.method,
-                    "layer": s.meta.layer,
-                    "spec": specs[str(s.path)],
-                    "split": s.meta.split,
-                    "n": s.n,
-                    **stats,
-                }
-                if probe:
-                    summary["stores"][str(s.path)]["curves"] = probe["curves"]
-                for m in stats:
-                    per_store_means[(g, specs[str(s.path)])][m].append(stats[m]["mean"])
+        per_store_means = _write_per_image(run, csv.writer(f), summary["stores"])
+    summary["stability"] = _write_stability(run, out, staged)
+    summary["comparisons"] = _comparisons(run, per_store_means)
+    with _stage(out / "summary.json", staged) as f:
+        json.dump(summary, f, indent=2)
+    return summary
 
+
+def _write_per_image(run: _Run, w: Any, summaries: dict) -> dict[tuple[str, str], dict[str, list[float]]]:
+    """Write per_image.csv (header, then every store's rows) with the csv writer `w` and put each store's summary
+    in `summaries` (store path -> summary); return `{(group, spec): {measure: [mean of each store]}}`."""
+    per_store_means: dict[tuple[str, str], dict[str, list[float]]] = collections.defaultdict(
+        lambda: {m: [] for m in run.columns}
+    )
+    w.writerow(["group", "model", "method", "image", "class", *run.columns])
+    for g, stores in run.groups.items():
+        for s in stores:
+            path, spec = str(s.path), run.specs[str(s.path)]
+            probe = run.probes.get(path)
+            values = _write_store_rows(run, w, g, s, probe)
+            stats = {m: summarise(v, seed=run.seed, n_boot=run.n_boot) for m, v in values.items() if v}
+            summaries[path] = {
+                "group": g,
+                "model": run.names.get(path, path),
+                "model_hash": s.meta.model_hash,
+                "method": s.meta.method,
+                "layer": s.meta.layer,
+                "spec": spec,
+                "split": s.meta.split,
+                "n": s.n,
+                **stats,
+            }
+            if probe:
+                summaries[path]["curves"] = probe["curves"]
+            for m in stats:
+                per_store_means[(g, spec)][m].append(stats[m]["mean"])
+    return per_store_means
+
+
+def _write_store_rows(run: _Run, w: Any, group: str, s: MapStore, probe: dict | None) -> dict[str, list[float]]:
+    """Write the per_image.csv rows of store `s` of `group`, block by block: the maps-kind measures of every
+    item and the probe values (`probe`, or None) of the first items. Returns each column's values."""
+    path = str(s.path)
+    probed = {k: v for k, v in (probe["values"] if probe else {}).items() if k in run.columns}
+    values: dict[str, list[float]] = {m: [] for m in run.columns}
+    maps_names = [n for n in run.columns if MEASURES[n].kind == "maps"]
+    blocks = _blocks(s, run.block, run.sources.get(path) if run.located else None)
+    labels = [group, run.names.get(path, path), run.specs[path]]
+    size = (s.meta.resolution[0], s.meta.resolution[1])
+    for start, maps, targets, measured in _map_values(blocks, size, maps_names):
+        n = len(maps)
+        for m in run.columns:
+            if m in measured:
+                values[m].extend(measured[m].tolist())
+        cells = {m: [f"{v:.6g}" for v in measured[m].tolist()] for m in measured}
+        for m, v in probed.items():
+            part = v[start : start + n].tolist()
+            cells[m] = [f"{x:.6g}" for x in part] + [""] * (n - len(part))
+        w.writerows(
+            [*labels, s.meta.image_ids[start + j], t, *(cells[m][j] if m in cells else "" for m in run.columns)]
+            for j, t in enumerate(targets.tolist())
+        )
+    for m, v in probed.items():
+        values[m] = v.tolist()
+    return values
+
+
+def _write_stability(run: _Run, out: Path, staged: list) -> dict:
+    """Stage `stability.csv` when some group has two or more stores of one method and a group-kind measure is
+    selected; return the summaries by group (`"group · spec"` when the stores hold several methods)."""
     by_method = {
-        (g, spec): [s for s in stores if specs[str(s.path)] == spec]
-        for g, stores in opened.items()
-        for spec in dict.fromkeys(specs[str(s.path)] for s in stores)
+        (g, spec): [s for s in stores if run.specs[str(s.path)] == spec]
+        for g, stores in run.groups.items()
+        for spec in dict.fromkeys(run.specs[str(s.path)] for s in stores)
     }
-    sims = tuple(n.removeprefix("stability_") for n in select(select_, "group"))
+    sims = tuple(n.removeprefix("stability_") for n in select(run.select, "group"))
     stable = {key: stores for key, stores in by_method.items() if len(stores) >= 2}
+    summaries: dict[str, dict] = {}
     if stable and sims:
         with _stage(out / "stability.csv", staged) as f:
             w = csv.writer(f)
             w.writerow(["group", "method", "image", "class", *sims])
             for (g, spec), stores in stable.items():
-                key = f"{g} · {spec}" if several else g
-                summary["stability"][key] = _stability(stores, w, g, spec, sims, block, seed, n_boot)
+                key = f"{g} · {spec}" if run.several else g
+                summaries[key] = _stability(stores, w, g, spec, sims, run.block, run.seed, run.n_boot)
+    return summaries
 
-    for spec in dict.fromkeys(specs.values()):
-        for a, b in itertools.combinations(opened, 2):
+
+def _comparisons(run: _Run, per_store_means: dict[tuple[str, str], dict[str, list[float]]]) -> dict:
+    """`compare_groups` of the per-store means of each pair of groups, per method (`"a vs b · spec"` when the
+    stores hold several methods), for the measures with two or more finite means in both groups."""
+    comparisons = {}
+    for spec in dict.fromkeys(run.specs.values()):
+        for a, b in itertools.combinations(run.groups, 2):
             ma, mb = per_store_means.get((a, spec)), per_store_means.get((b, spec))
             if ma is None or mb is None:
                 continue
-            summary["comparisons"][f"{a} vs {b}" + (f" · {spec}" if several else "")] = {
-                m: compare_groups(ma[m], mb[m], seed=seed, n_perm=n_perm)
-                for m in columns
+            comparisons[f"{a} vs {b}" + (f" · {spec}" if run.several else "")] = {
+                m: compare_groups(ma[m], mb[m], seed=run.seed, n_perm=run.n_perm)
+                for m in run.columns
                 if _finite(ma[m]) >= 2 and _finite(mb[m]) >= 2
             }
-    with _stage(out / "summary.json", staged) as f:
-        json.dump(summary, f, indent=2)
-    return summary
+    return comparisons
 
 
 def _stability(

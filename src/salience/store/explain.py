@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -66,38 +68,19 @@ def explain_dataset(
     out: str | Path,
     *,
     layer: str | None = None,
-    target_policy: str = "true",
-    data: str = "",
-    split: str = "",
-    chunk_size: int = 256,
-    batch_size: int = 64,
-    workers: int = 0,
-    progress: bool = False,
-    ctx=None,
+    **options: Any,
 ) -> MapStore:
     """Write the maps of `method` (a name, or `NAME@LAYER`; or the name and `layer`) for every image (or, for
     `target_policy` "true", every (image, present class) pair) of `dataset` (items of the batch contract) into
     the store at `out`, resuming an existing store with the same
-    metadata (finished chunks are not recomputed). `workers` > 0 reads and transforms the images in that many
-    processes while the model runs. `ctx`: see `explain_stores`."""
+    metadata (finished chunks are not recomputed). `options`: the keywords of `explain_stores`
+    (`target_policy`, `data`, `split`, `chunk_size`, `batch_size`, `workers`, `progress`, `ctx`); `workers` > 0
+    reads and transforms the images in that many processes while the model runs."""
     if layer is not None:
         if "@" in method:
             raise ValueError(f"method {method!r} names its layer; do not also pass layer={layer!r}")
         method = f"{method}@{layer}"
-    return explain_stores(
-        [model],
-        dataset,
-        [method],
-        [{method: out}],
-        target_policy=target_policy,
-        data=data,
-        split=split,
-        chunk_size=chunk_size,
-        batch_size=batch_size,
-        workers=workers,
-        progress=progress,
-        ctx=ctx,
-    )[0][method]
+    return explain_stores([model], dataset, [method], [{method: out}], **options)[0][method]
 
 
 def explain_stores(
@@ -133,6 +116,62 @@ def explain_stores(
     from salience import distributed as dist
 
     ctx = ctx or dist.Context(0, 1, next(models[0].parameters()).device, False)
+    job = _plan(models, dataset, methods, outs, target_policy)
+    stores, pending = _open_stores(job, data, split, chunk_size, ctx)
+    need: dict[int, list[int]] = {}  # chunk -> indices into `job.stores` of the stores that lack it
+    for k, chunks in enumerate(pending):
+        for i in chunks:
+            need.setdefault(i, []).append(k)
+    mine = sorted(need)[ctx.rank :: ctx.world_size]
+    compute = _ChunkPass(job, need, chunk_size, batch_size, workers)
+    fill(stores, compute, progress=progress and ctx.is_main, chunks=mine)
+    dist.barrier(ctx)
+    result: list[dict[str, MapStore]] = [{} for _ in models]
+    for (m, spec, _), store in zip(job.stores, stores, strict=True):
+        result[m][spec] = store
+    return result
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What one `explain_stores` call explains. `stores[k]`: (model index, method spec, path) of a store to
+    fill, model by model, then method by method; `specs`: `{spec: (name, layer)}`. The store items:
+    `item_image[i]` is the data set index of item i's image (non-decreasing), `item_class[i]` its class, or
+    `item_class` None when the model chooses the class by `target_policy`. `ids`: the data set's image ids."""
+
+    models: list[torch.nn.Module]
+    dataset: Any
+    specs: dict[str, tuple[str, str | None]]
+    stores: list[tuple[int, str, Path]]
+    ids: list[str]
+    item_image: list[int]
+    item_class: list[int] | None
+    target_policy: str
+
+    def explain(
+        self, m: int, x: torch.Tensor, classes: torch.Tensor | None, wanted: list[str]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`({spec: maps [B, h, w]}, targets [B])` of model `m` on images `x [B, C, H, W]` for the method specs
+        `wanted`; the targets are `classes [B]`, or when None the policy's classes for the model's logits."""
+        model = self.models[m]
+        x = x.to(next(model.parameters()).device)
+        if classes is None:
+            with torch.no_grad():
+                t = targets_for(self.target_policy, model(x))
+        else:
+            t = classes.to(x.device)
+        return attribute_many(model, x, t, wanted), t
+
+
+def _plan(
+    models: list[torch.nn.Module],
+    dataset,
+    methods: list[str],
+    outs: Sequence[Mapping[str, str | Path]],
+    target_policy: str,
+) -> _Job:
+    """The `_Job` of `explain_stores`'s arguments, after refusing a method given twice (or none), an `outs` that
+    lacks a store, two stores at one path and an empty data set; puts the models in eval mode."""
     specs = {spec: parse_method(spec) for spec in methods}
     if len(specs) != len(methods) or not specs:
         raise ValueError(f"methods: give each method once, at least one; got {list(methods)}")
@@ -151,41 +190,45 @@ def explain_stores(
         item_image, item_class = true_pairs(dataset)
     else:  # one per image, its class chosen by the model
         item_image, item_class = list(range(len(ids))), None
+    return _Job(models, dataset, specs, flat, ids, item_image, item_class, target_policy)
 
-    def explain(
-        m: int, x: torch.Tensor, classes: torch.Tensor | None, wanted: list[str]
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        model = models[m]
-        x = x.to(next(model.parameters()).device)
-        if classes is None:
-            with torch.no_grad():
-                t = targets_for(target_policy, model(x))
-        else:
-            t = classes.to(x.device)
-        return attribute_many(model, x, t, wanted), t
+
+def _create_stores(job: _Job, data: str, split: str, chunk_size: int) -> list[MapStore]:
+    """Create or resume every store of `job` (`MapStore.resume`), in `job.stores` order; each model explains the
+    first item once to give its maps' shape."""
+    item = job.dataset[job.item_image[0]]
+    cls = None if job.item_class is None else torch.tensor(job.item_class[:1])
+    methods = list(job.specs)
+    first = {m: job.explain(m, collate([item])["image"], cls, methods)[0] for m in range(len(job.models))}  # shapes
+    resolution = tuple(item["image"].shape[-2:])
+    stores = []
+    for m, spec, path in job.stores:
+        name, layer = job.specs[spec]
+        meta = StoreMeta(
+            model_hash=model_hash(job.models[m]),
+            method=name,
+            layer=layer,
+            target_policy=job.target_policy,
+            resolution=resolution,
+            data=data,
+            split=split,
+            image_ids=tuple(job.ids[i] for i in job.item_image),
+        )
+        h, w = first[m][spec].shape[-2:]
+        stores.append(MapStore.resume(path, meta, (h, w), chunk_size))
+    return stores
+
+
+def _open_stores(job: _Job, data: str, split: str, chunk_size: int, ctx) -> tuple[list[MapStore], list[list[int]]]:
+    """The stores of `job` and each one's unfinished chunks. One process creates them (a store is created
+    exactly once): rank 0, which gives the others the chunks, or the message of the error it met, which every
+    process then raises; the others open the stores rank 0 made."""
+    from salience import distributed as dist
 
     error, pending = None, None
-    if ctx.is_main:  # one process creates the stores: a store is created exactly once
+    if ctx.is_main:
         try:
-            item = dataset[item_image[0]]
-            cls = None if item_class is None else torch.tensor(item_class[:1])
-            first = {m: explain(m, collate([item])["image"], cls, methods)[0] for m in range(len(models))}  # shapes
-            resolution = tuple(item["image"].shape[-2:])
-            stores = []
-            for m, spec, path in flat:
-                name, layer = specs[spec]
-                meta = StoreMeta(
-                    model_hash=model_hash(models[m]),
-                    method=name,
-                    layer=layer,
-                    target_policy=target_policy,
-                    resolution=resolution,
-                    data=data,
-                    split=split,
-                    image_ids=tuple(ids[i] for i in item_image),
-                )
-                h, w = first[m][spec].shape[-2:]
-                stores.append(MapStore.resume(path, meta, (h, w), chunk_size))
+            stores = _create_stores(job, data, split, chunk_size)
             pending = [s.pending() for s in stores]
         except Exception as err:
             if ctx.world_size == 1:
@@ -197,54 +240,60 @@ def explain_stores(
     if error_text is not None:
         raise ValueError(f"{error_text} (reported by rank 0)")
     if not ctx.is_main:
-        stores = [MapStore(path, mode="r+") for _, _, path in flat]
+        stores = [MapStore(path, mode="r+") for _, _, path in job.stores]
+    return stores, pending
 
-    need: dict[int, list[int]] = {}  # chunk -> indices into `flat` of the stores that lack it
-    for k, chunks in enumerate(pending):
-        for i in chunks:
-            need.setdefault(i, []).append(k)
-    mine = sorted(need)[ctx.rank :: ctx.world_size]
 
-    def compute(start: int, stop: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        wanted = need[start // chunk_size]
+@dataclass(frozen=True)
+class _ChunkPass:
+    """`fill`'s `compute(start, stop)` for `job`: reads the images of the chunk's items once and explains them
+    with every model and method whose store lacks the chunk (`need`: chunk -> indices into `job.stores`)."""
+
+    job: _Job
+    need: dict[int, list[int]]
+    chunk_size: int
+    batch_size: int
+    workers: int
+
+    def __call__(self, start: int, stop: int) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """`{k: (maps [stop - start, h, w], targets [stop - start])}` for each store `k` that lacks the chunk."""
+        job, wanted = self.job, self.need[start // self.chunk_size]
         by_model: dict[int, list[str]] = {}
         for k in wanted:
-            by_model.setdefault(flat[k][0], []).append(flat[k][1])
+            by_model.setdefault(job.stores[k][0], []).append(job.stores[k][1])
         maps: dict[int, list[torch.Tensor]] = {k: [] for k in wanted}
         targets: dict[int, list[torch.Tensor]] = {m: [] for m in by_model}
-        images = item_image[start:stop]  # the chunk's items' dataset indices, non-decreasing
+        classes = None if job.item_class is None else torch.tensor(job.item_class[start:stop])
+        for lo, hi, x in self._batches(job.item_image[start:stop]):
+            for m, model_specs in by_model.items():
+                out, t = job.explain(m, x, None if classes is None else classes[lo:hi], model_specs)
+                targets[m].append(t.cpu())
+                for k in wanted:
+                    if job.stores[k][0] == m:
+                        maps[k].append(out[job.stores[k][1]].cpu())
+        return {k: (torch.cat(maps[k]), torch.cat(targets[job.stores[k][0]])) for k in wanted}
+
+    def _batches(self, images: list[int]) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """`(lo, hi, x)`: `x [hi - lo, C, H, W]`, the images of the chunk's items `lo:hi`, at most `batch_size`
+        items at a time, in item order; `images`: the items' data set indices (non-decreasing). Each image is
+        read once, for every model, method and class."""
         unique = sorted(set(images))
         row = {d: j for j, d in enumerate(unique)}  # dataset index -> position among the chunk's images
-        classes = None if item_class is None else torch.tensor(item_class[start:stop])
         loader = DataLoader(
-            Subset(dataset, unique),
-            batch_size=batch_size,
+            Subset(self.job.dataset, unique),
+            batch_size=self.batch_size,
             collate_fn=collate,
-            num_workers=workers if len(unique) > batch_size else 0,
+            num_workers=self.workers if len(unique) > self.batch_size else 0,
         )
         done = 0  # items explained so far
-        for b, batch in enumerate(loader):  # each image read once, for every model, method and class
-            first, end = b * batch_size, done
+        for b, batch in enumerate(loader):
+            first, end = b * self.batch_size, done
             while end < len(images) and row[images[end]] < first + len(batch["image"]):
                 end += 1
-            for lo in range(done, end, batch_size):  # at most batch_size items explained at once
-                hi = min(lo + batch_size, end)
-                x = batch["image"][[row[d] - first for d in images[lo:hi]]]
-                for m, model_specs in by_model.items():
-                    out, t = explain(m, x, None if classes is None else classes[lo:hi], model_specs)
-                    targets[m].append(t.cpu())
-                    for k in wanted:
-                        if flat[k][0] == m:
-                            maps[k].append(out[flat[k][1]].cpu())
+            for lo in range(done, end, self.batch_size):  # at most batch_size items explained at once
+                hi = min(lo + self.batch_size, end)
+                yield lo, hi, batch["image"][[row[d] - first for d in images[lo:hi]]]
             done = end
-        return {k: (torch.cat(maps[k]), torch.cat(targets[flat[k][0]])) for k in wanted}
-
-    fill(stores, compute, progress=progress and ctx.is_main, chunks=mine)
-    dist.barrier(ctx)
-    result: list[dict[str, MapStore]] = [{} for _ in models]
-    for (m, spec, _), store in zip(flat, stores, strict=True):
-        result[m][spec] = store
-    return result
 
 
 def data_name(config) -> str:

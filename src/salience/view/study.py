@@ -374,6 +374,20 @@ class Study:
         """Every model's map of one image (and class: the lowest present unless `class` is given) by every
         method (or only by `method`), with the image's size, boxes and human map where the data have them.
         Maps come in the study's method order, then group order, then by model."""
+        rows = self._item_rows(params)
+        maps = [self._map(r) for r in rows]
+        image = params["image"]
+        out = {"image": image, "class": self.table._cell("class", rows[0]), "maps": maps, "picture": None}
+        sample, reason = self._sample("data", image)
+        if sample is None:
+            out["no_picture"] = reason
+        else:
+            out["picture"] = _picture(image, sample)
+        return out
+
+    def _item_rows(self, params: dict) -> list[int]:
+        """The per_image.csv rows `item` shows for `params` (image; class and method when given), in the
+        study's method order, then group order, then by model."""
         unknown = sorted(set(params) - {"image", "class", "method"})
         if unknown:
             raise BadRequest(f"unknown parameter {unknown[0]!r}; expected image, class and method")
@@ -405,47 +419,32 @@ class Study:
                 self.table._cell("model", r),
             )
         )
-        maps = []
-        for r in rows:
-            model, spec = self.pairs[self.pair[r]]
-            store = self._store(model, spec)
-            pos = int(self.position[r])
-            if pos >= store.n or store.meta.image_ids[pos] != self.table._cell("image", r):
-                raise ValueError(
-                    f"per_image.csv does not follow the order of the store {store.path} (model {model!r}, method "
-                    f"{spec!r}): its row of image {self.table._cell('image', r)!r} is item {pos} of {store.n}"
-                )
-            m, _ = store.read(pos, pos + 1)
-            m = m[0].numpy()
-            maps.append(
-                {
-                    "group": self.table._cell("group", r),
-                    "model": model,
-                    "method": spec,
-                    "shape": list(m.shape),
-                    "resolution": list(store.meta.resolution),
-                    "min": float(m.min()),
-                    "max": float(m.max()),
-                    "data": _encode(m),
-                    "values": {k: self.table._cell(k, r) for k in self.measures},
-                }
+        return rows
+
+    def _map(self, r: int) -> dict:
+        """The map of per_image.csv row `r`, read from its store: its shape `[h, w]`, range, float32 data
+        (base64) and the row's measures; refuses a row that is not where the store has its image."""
+        model, spec = self.pairs[self.pair[r]]
+        store = self._store(model, spec)
+        pos = int(self.position[r])
+        if pos >= store.n or store.meta.image_ids[pos] != self.table._cell("image", r):
+            raise ValueError(
+                f"per_image.csv does not follow the order of the store {store.path} (model {model!r}, method "
+                f"{spec!r}): its row of image {self.table._cell('image', r)!r} is item {pos} of {store.n}"
             )
-        image = params["image"]
-        out = {"image": image, "class": self.table._cell("class", rows[0]), "maps": maps, "picture": None}
-        sample, reason = self._sample("data", image)
-        if sample is None:
-            out["no_picture"] = reason
-        else:
-            h, w = sample["image"].shape[-2:]
-            hm = sample["human_map"]  # [1, H, W] or [H, W]
-            out["picture"] = {
-                "url": "/api/image.png?image=" + _quote(image),
-                "width": int(w),
-                "height": int(h),
-                "boxes": sample["boxes"].tolist(),
-                "human_map": _encode(hm.reshape(hm.shape[-2:]).numpy()) if sample["has_human_map"] else None,
-            }
-        return out
+        m, _ = store.read(pos, pos + 1)
+        m = m[0].numpy()
+        return {
+            "group": self.table._cell("group", r),
+            "model": model,
+            "method": spec,
+            "shape": list(m.shape),
+            "resolution": list(store.meta.resolution),
+            "min": float(m.min()),
+            "max": float(m.max()),
+            "data": _encode(m),
+            "values": {k: self.table._cell(k, r) for k in self.measures},
+        }
 
     def _rows_of(self, image: str | None) -> list[int]:
         if not image:
@@ -530,6 +529,20 @@ class Study:
         if sample is None:
             raise NotFound(reason)
         return _png(sample["image"])
+
+
+def _picture(image: str, sample: dict) -> dict:
+    """How `item` shows the data set's `sample` of `image`: its URL, size, boxes and human map (base64 float32, or
+    None)."""
+    h, w = sample["image"].shape[-2:]
+    hm = sample["human_map"]  # [1, H, W] or [H, W]
+    return {
+        "url": "/api/image.png?image=" + _quote(image),
+        "width": int(w),
+        "height": int(h),
+        "boxes": sample["boxes"].tolist(),
+        "human_map": _encode(hm.reshape(hm.shape[-2:]).numpy()) if sample["has_human_map"] else None,
+    }
 
 
 def _quote(text: str) -> str:
