@@ -339,7 +339,8 @@ def test_off_classes_are_never_the_target():
 
 
 def test_a_method_whose_maps_survive_randomisation_is_named():
-    from salience.study.methods import MPRT_FIGURE, sanity_findings
+    from salience.report.methods import MPRT_FIGURE
+    from salience.study.findings import sanity_findings
 
     curve = lambda v: {"mprt": {"layers": ["fc", "conv"], "similarity": [0.9, v]}}
     results = {

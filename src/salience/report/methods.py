@@ -1,12 +1,20 @@
 """The report's view of the measure registry and of studies over several methods: rows ordered by family
 (sanity checks first), labels and better directions from `results["measures"]` (written from
-`salience.measures.MEASURES`), groups compared per method and methods compared within each group."""
+`salience.measures.MEASURES`), groups compared per method and methods compared within each group, and the
+randomisation sanity check's curves (which the study's findings name too)."""
 
 from __future__ import annotations
 
 import html
 
 import matplotlib.pyplot as plt
+
+BARELY_CHANGES = 0.5
+"""Mean Spearman correlation of |maps| with those of the fully randomised model (last MPRT step) at or above
+which a method's maps are said to barely change when the model is randomised."""
+
+MPRT_FIGURE = "Sanity check: model parameter randomisation"
+"""The title of the report's figure of those curves."""
 
 FAMILY_ORDER = ("sanity", "faithfulness", "robustness", "complexity", "localisation", "explain_to_me", "stability")
 FAMILY_TITLES = {
@@ -28,6 +36,18 @@ def ordered_keys(results: dict, summary: dict) -> list[str]:
     rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
     measures.sort(key=lambda k: rank.get(info[k]["family"], len(rank)))
     return measures + [k for k in summary if k not in info]
+
+
+def mprt_curves(results: dict) -> dict[str, dict[str, dict]]:
+    """method spec -> model -> its MPRT curve (`{"layers", "similarity"}`), for the models that have one."""
+    specs = results["explain"].get("methods") or [results["explain"]["method"]]
+    out: dict[str, dict[str, dict]] = {}
+    for spec in specs:
+        for name, m in results["models"].items():
+            curves = m.get("by_method", {}).get(spec, m if spec == specs[0] else {})
+            if "mprt" in curves:
+                out.setdefault(spec, {})[name] = curves["mprt"]
+    return out
 
 
 def better(results: dict, key: str) -> str | None:
@@ -132,8 +152,6 @@ def fig_methods(results: dict, label, color, png) -> str | None:
 def fig_mprt(results: dict, color, png) -> str | None:
     """Per method, the mean Spearman correlation of |maps| with the original as the model is randomised from the
     top down (one line per group, mean over its models); the dotted line marks `BARELY_CHANGES`."""
-    from salience.study.methods import BARELY_CHANGES, mprt_curves
-
     curves = mprt_curves(results)
     if not curves:
         return None

@@ -8,6 +8,7 @@ import html
 import io
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
-from salience.report.methods import fig_methods, fig_mprt, methods_html, ordered_keys
-from salience.study.methods import MPRT_FIGURE
+from salience.report.methods import MPRT_FIGURE, fig_methods, fig_mprt, methods_html, ordered_keys
 
-COLORS = {"CE": "#7f7f7f", "Energy": "#1f77b4", "CYBORG": "#d62728"}
-PALETTE = ["#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#1f77b4", "#d62728"]
+PALETTE = ["#7f7f7f", "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
+"""Group colours by the group's place in the study (the demo's CE, Energy, CYBORG: grey, blue, red)."""
 LABELS = {
     "epg": "EPG (share of positive salience in the boxes; higher is better)",
     "iou": "IoU of the thresholded map with the boxes",
@@ -61,10 +61,8 @@ def _label(key: str) -> str:
 
 
 def _color(results: dict, group: str) -> str:
-    if group in COLORS:
-        return COLORS[group]
-    others = [g for g in results["groups"] if g not in COLORS]
-    return PALETTE[others.index(group) % len(PALETTE)]
+    """The colour of `group`: `PALETTE` by its place among the study's groups."""
+    return PALETTE[list(results["groups"]).index(group) % len(PALETTE)]
 
 
 def _png(fig) -> str:
@@ -344,6 +342,73 @@ def _provenance(results: dict) -> str:
     )
 
 
+FIGURES: list[tuple[str, str, Callable[[dict, dict | None], str | None]]] = [
+    (
+        "Gallery",
+        "Images with their boxes (green), the human salience map where the data have one, and the "
+        "map of each group's first model ({method}, positive part).",
+        lambda results, gallery: fig_gallery(gallery, results) if gallery else None,
+    ),
+    (
+        "Accuracy",
+        "Task metrics per group on each labelled split, and how out-of-set images are classified. "
+        "Bars: mean ± sd over models.",
+        lambda results, _: fig_accuracy(results),
+    ),
+    (
+        MPRT_FIGURE,
+        "Maps of the model whose layers are randomised one by one from the top (cascading, as Quantus' MPRT) "
+        "compared with the original maps. A method that passes drops towards 0; one that stays high explains "
+        "the input, not the model.",
+        lambda results, _: fig_mprt(results, _color, _png),
+    ),
+    (
+        "Measures by method",
+        "Mean of each measure per method (bars: groups), sanity checks first.",
+        lambda results, _: fig_methods(results, _label, _color, _png),
+    ),
+    (
+        "(a) Entropy distributions",
+        "Normalised histogram entropy of the salience maps of in-set (left) and out-of-set (right) images.",
+        lambda results, _: fig_entropy(results),
+    ),
+    (
+        "(b) Response to salt-and-pepper noise",
+        "Similarity of maps of noisy images to the clean map, and the change of the explained class's score.",
+        lambda results, _: fig_noise(results),
+    ),
+    (
+        "(c) Transformation consistency",
+        "SSIM of T(map(x)) with map(T(x)) on the valid region, per "
+        "transform. 1 = the map moves exactly with the image.",
+        lambda results, _: fig_transforms(results),
+    ),
+    (
+        "(d) Stability across models",
+        "Mean SSIM between the maps of the models of one group (e.g. trained with different seeds).",
+        lambda results, _: fig_stability(results),
+    ),
+    (
+        "(e) Salience-guided degradation",
+        "Spatially varying blur driven by each model's own map: blurring "
+        "non-salient regions should hurt little, blurring salient ones a lot.",
+        lambda results, _: fig_blur(results),
+    ),
+    (
+        "Deletion and insertion",
+        "Score of the explained class as the most salient pixels are deleted (to 0) or inserted (into a blurred copy).",
+        lambda results, _: fig_deletion(results),
+    ),
+    (
+        "Training: validation accuracy vs EPG",
+        "One line per training run over epochs; dots are the epochs kept on the Pareto front of (accuracy, EPG, IoU).",
+        lambda results, _: fig_pareto(results),
+    ),
+]
+"""The report's figures, in page order: title, caption (`{method}`: the explain method) and how to draw it
+from the results and the gallery (None: left out, for want of data)."""
+
+
 def render(results_dir: str | Path) -> Path:
     """Write `results_dir/report.html` from `results.json` and `gallery.pt`; return its path."""
     d = Path(results_dir)
@@ -357,77 +422,23 @@ def render(results_dir: str | Path) -> Path:
     _MEASURE_LABELS.update({k: v["label"] for k, v in results.get("measures", {}).items()})
     gallery_file = d / "gallery.pt"
     gallery = torch.load(gallery_file, weights_only=False) if gallery_file.is_file() else None
+    method = f"{results['explain']['method']} at {results['explain']['layer']}"
+    figures = [(title, caption.format(method=method), draw(results, gallery)) for title, caption, draw in FIGURES]
+    out = d / "report.html"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(_page(results, figures, d))
+    os.replace(tmp, out)
+    return out
+
+
+def _page(results: dict, figures: list[tuple[str, str, str | None]], d: Path) -> str:
+    """The report's HTML: provenance, findings, the first two figures, the measures table, the tables per
+    method, the other figures, and what was left out (`figures`: title, caption, PNG data URL or None)."""
     groups = _groups(results)
     ref = results["reference"]
     head = "".join(f"<th>{html.escape(g)}</th>" for g in groups)
     rows = "".join(_table(results, k) for k in ordered_keys(results, results["summary"]))
-    method = f"{results['explain']['method']} at {results['explain']['layer']}"
     specs = results["explain"].get("methods", [])
-    figures = [
-        (
-            "Gallery",
-            f"Images with their boxes (green), the human salience map where the data have one, and the "
-            f"map of each group's first model ({method}, positive part).",
-            fig_gallery(gallery, results) if gallery else None,
-        ),
-        (
-            "Accuracy",
-            "Task metrics per group on each labelled split, and how out-of-set images are classified. "
-            "Bars: mean ± sd over models.",
-            fig_accuracy(results),
-        ),
-        (
-            MPRT_FIGURE,
-            "Maps of the model whose layers are randomised one by one from the top (cascading, as Quantus' MPRT) "
-            "compared with the original maps. A method that passes drops towards 0; one that stays high explains "
-            "the input, not the model.",
-            fig_mprt(results, _color, _png),
-        ),
-        (
-            "Measures by method",
-            "Mean of each measure per method (bars: groups), sanity checks first.",
-            fig_methods(results, _label, _color, _png),
-        ),
-        (
-            "(a) Entropy distributions",
-            "Normalised histogram entropy of the salience maps of in-set (left) and out-of-set (right) images.",
-            fig_entropy(results),
-        ),
-        (
-            "(b) Response to salt-and-pepper noise",
-            "Similarity of maps of noisy images to the clean map, and the change of the explained class's score.",
-            fig_noise(results),
-        ),
-        (
-            "(c) Transformation consistency",
-            "SSIM of T(map(x)) with map(T(x)) on the valid region, per "
-            "transform. 1 = the map moves exactly with the image.",
-            fig_transforms(results),
-        ),
-        (
-            "(d) Stability across models",
-            "Mean SSIM between the maps of the models of one group (e.g. trained with different seeds).",
-            fig_stability(results),
-        ),
-        (
-            "(e) Salience-guided degradation",
-            "Spatially varying blur driven by each model's own map: blurring "
-            "non-salient regions should hurt little, blurring salient ones a lot.",
-            fig_blur(results),
-        ),
-        (
-            "Deletion and insertion",
-            "Score of the explained class as the most salient pixels are deleted (to 0) "
-            "or inserted (into a blurred copy).",
-            fig_deletion(results),
-        ),
-        (
-            "Training: validation accuracy vs EPG",
-            "One line per training run over epochs; dots are the epochs "
-            "kept on the Pareto front of (accuracy, EPG, IoU).",
-            fig_pareto(results),
-        ),
-    ]
     sections = [
         f"<section><h2>{html.escape(t)}</h2><p>{html.escape(cap)}</p><img alt='{html.escape(t)}' src='{src}'></section>"
         for t, cap, src in figures
@@ -435,7 +446,7 @@ def render(results_dir: str | Path) -> Path:
     ]
     left_out = [t for t, _, src in figures if not src]
     finds = "".join(f"<li>{html.escape(f)}</li>" for f in results["findings"])
-    page = f"""<!doctype html>
+    return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>salience study report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em; color: #222; }}
@@ -462,8 +473,3 @@ stability.csv, summary.json, stores/ (the maps). Re-render with <code>salience r
 <code>salience view {html.escape(str(d))}</code>; this report, opened through it, links to its views.</small></p>
 </body></html>
 """
-    out = d / "report.html"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page)
-    os.replace(tmp, out)
-    return out
