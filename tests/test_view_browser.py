@@ -276,3 +276,134 @@ def test_the_quick_demo_in_the_browser(browser, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- links, history, sticky columns, the column chooser (issue 31) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def linked(tmp_path_factory):
+    """One study served for the URL tests (the same study as the tests above)."""
+    server, url = serve(make_study(tmp_path_factory.mktemp("linked") / "study"))
+    yield url
+    server.shutdown()
+    server.server_close()
+
+
+def open_link(driver, link, drawn=None):
+    """Open `link` in a fresh page; wait for its rows (and for the image `drawn`, when given)."""
+    driver.get("about:blank")
+    driver.get(link)
+    wait(driver, "return document.body.dataset.loaded")
+    if drawn:
+        wait(driver, f"return document.body.dataset.drawn === '{drawn}'")
+
+
+def state(driver):
+    """The hash, the image drawn, the selected rows' images, the group filter and the note shown."""
+    return driver.execute_script(
+        "return {hash: decodeURIComponent(location.hash), drawn: document.body.dataset.drawn,"
+        " selected: [...document.querySelectorAll('#grid tbody tr.selected')].map(tr => tr.rec.image),"
+        " group: document.getElementById('f-group') && document.getElementById('f-group').value,"
+        " note: document.getElementById('url-note').textContent}"
+    )
+
+
+def test_a_link_opens_its_selection_and_back_restores_the_previous_one(browser, linked):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    link = linked + "#table?group=CYBORG&sort=epg&desc=1&image=dog%2Fimg_00003.png&image_class=1"
+    open_link(browser, link, drawn="dog/img_00003.png")
+    shown = state(browser)
+    assert shown["group"] == "CYBORG" and shown["selected"] == ["dog/img_00003.png"] * 2 and not shown["note"]
+    assert set(column(browser, "group")) == {"CYBORG"}
+    epg = [float(v) for v in column(browser, "epg") if v]
+    assert epg == sorted(epg, reverse=True)
+    assert "dog/img_00003.png" in browser.find_element(By.CSS_SELECTOR, "#detail h3").text
+
+    other = browser.find_elements(By.CSS_SELECTOR, "#grid tbody tr:not(.selected)")[0]
+    image = other.find_elements(By.TAG_NAME, "td")[2].text
+    other.click()
+    wait(browser, f"return document.body.dataset.drawn === '{image}'")
+    assert f"image={image}" in state(browser)["hash"]
+    reload_after(browser, "table", lambda: Select(browser.find_element(By.ID, "f-group")).select_by_value("CE"))
+    assert set(column(browser, "group")) == {"CE"}
+
+    reload_after(browser, "table", browser.back)  # the filter undone, the selection kept
+    assert state(browser)["group"] == "CYBORG" and set(column(browser, "group")) == {"CYBORG"}
+    assert state(browser)["drawn"] == image
+    browser.back()  # the selection undone: the link's image again
+    wait(browser, "return document.body.dataset.drawn === 'dog/img_00003.png'")
+    assert state(browser)["hash"] == "#table?desc=1&group=CYBORG&image=dog/img_00003.png&image_class=1&sort=epg"
+    assert state(browser)["selected"] == ["dog/img_00003.png"] * 2
+    browser.forward()
+    wait(browser, f"return document.body.dataset.drawn === '{image}'")
+
+
+def test_a_stale_link_is_ignored_with_a_note(browser, linked):
+    from selenium.webdriver.common.by import By
+
+    open_link(browser, linked + "#table?image=cat%2Fnone.png&group=Nobody&bogus=1&sort=nosuch")
+    note = wait(
+        browser, "const t = document.getElementById('url-note').textContent; return t.includes('none.png') && t"
+    )
+    assert all(word in note for word in ("group=Nobody", "bogus=1", "sort=nosuch"))
+    assert browser.find_element(By.ID, "url-note").is_displayed()
+    assert len(column(browser, "image")) == 48 and state(browser)["hash"] == "#table"
+    assert "Select a row" in browser.find_element(By.ID, "detail").text
+    open_link(browser, linked + "#nowhere")
+    assert "nowhere" in state(browser)["note"] and len(column(browser, "image")) == 48
+    open_link(browser, linked + "#disagreement?a=CYBORG&b=CE&measure=epg&image=cat%2Fimg_00000.png")
+    wait(browser, "return document.body.dataset.drawn === 'cat/img_00000.png'")
+    assert value_of(browser, "f-a") == "CYBORG" and value_of(browser, "f-measure") == "epg"
+    assert "mean_CYBORG" in column_names(browser)
+
+
+def value_of(driver, name):
+    return driver.execute_script("return document.getElementById(arguments[0]).value", name)
+
+
+def column_names(driver):
+    return driver.execute_script("return [...document.querySelectorAll('#grid th')].map(th => th.dataset.col)")
+
+
+def test_identity_columns_stay_while_the_measures_scroll(browser, linked):
+    browser.set_window_size(1150, 1000)  # narrower: the measures do not fit
+    try:
+        open_link(browser, linked + "#table")
+        where = (
+            "const s = document.getElementById('scroller'); const x = c => document.querySelector("
+            "`#grid th[data-col='${c}']`).getBoundingClientRect().left - s.getBoundingClientRect().left;"
+            "return {image: x('image'), method: x('method'), epg: x('epg'), scroll: s.scrollLeft, "
+            "overflow: s.scrollWidth - s.clientWidth, cell: document.querySelector('#grid tbody td:nth-child(3)')"
+            ".getBoundingClientRect().left - s.getBoundingClientRect().left}"
+        )
+        before = browser.execute_script(where)
+        assert before["overflow"] > 50  # the measures do not fit: the table scrolls sideways
+        browser.execute_script("document.getElementById('scroller').scrollLeft = 10000")
+        after = browser.execute_script(where)
+        assert after["scroll"] > 50 and after["epg"] < before["epg"] - 50  # the measures moved
+        for c in ("image", "method", "cell"):
+            assert after[c] == pytest.approx(before[c], abs=0.5)  # the identity columns did not
+        assert column_names(browser)[:5] == ["group", "model", "image", "class", "method"]
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
+def test_the_column_chooser_hides_columns_in_the_url(browser, linked):
+    from selenium.webdriver.common.by import By
+
+    open_link(browser, linked + "#table")
+    browser.find_element(By.CSS_SELECTOR, "#columns summary").click()
+    box = browser.find_element(By.CSS_SELECTOR, "#column-list input[data-col='entropy_histogram']")
+    reload_after(browser, "table", box.click)
+    assert "hide=entropy_histogram" in state(browser)["hash"]
+    assert "entropy_histogram" not in column_names(browser) and "epg" in column_names(browser)
+    assert "2 of 3 shown" in browser.find_element(By.CSS_SELECTOR, "#columns summary").text
+    assert len(column(browser, "epg")) == 48
+    reload_after(browser, "table", browser.back)
+    assert "entropy_histogram" in column_names(browser) and "hide" not in state(browser)["hash"]
+    open_link(browser, linked + "#table?hide=epg%2Centropy_histogram%2Cgroup")
+    assert column_names(browser) == ["group", "model", "image", "class", "method", "split"]
+    assert "hide=group" in state(browser)["note"] and "hide=epg,entropy_histogram" in state(browser)["hash"]
