@@ -1,6 +1,7 @@
 """The `salience` command. It only parses arguments and calls the library."""
 
 import contextlib
+from typing import Annotated, Any
 
 import typer
 
@@ -17,16 +18,41 @@ def version() -> None:
 
 @app.command()
 def methods() -> None:
-    """List the attribution methods and what each can do."""
+    """List the attribution methods and what each can do: a table where the terminal is wide enough for it,
+    else a list; method names are never cut."""
     from rich.console import Console
     from rich.table import Table
 
+    rows = _method_rows()
+    columns = list(zip(_METHOD_COLUMNS, *rows, strict=True))
+    widths = [max(len(cell) for cell in column) for column in columns[:-1]]  # never wrapped
+    summary = max(len(word) for cell in columns[-1] for word in cell.split())  # wrapped at spaces
+    table = Table()
+    for name, width in zip(_METHOD_COLUMNS, widths, strict=False):
+        table.add_column(name, no_wrap=True, width=width)
+    table.add_column(_METHOD_COLUMNS[-1], min_width=summary)
+    for row in rows:
+        table.add_row(*row)
+    console = Console()
+    if sum(widths) + summary + 3 * len(_METHOD_COLUMNS) + 1 <= console.width:  # the columns, padding and borders
+        console.print(table)
+        return
+    for row in rows:  # too narrow for the table: a method a paragraph, its name whole on a line of its own
+        typer.echo(row[0])
+        typer.echo("    " + "; ".join(f"{k}: {v}" for k, v in zip(_METHOD_COLUMNS[1:-1], row[1:-1], strict=True)))
+        typer.echo(f"    {row[-1]}")
+
+
+_METHOD_COLUMNS = ("method", "default layer", "other layers", "shared pass", "differentiable", "signed", "summary")
+
+
+def _method_rows() -> list[tuple[str, ...]]:
+    """The cells of `salience methods`, one row per registered method, in `_METHOD_COLUMNS` order."""
     from salience.attribution import METHODS
 
-    table = Table("method", "default layer", "other layers", "shared pass", "differentiable", "signed", "summary")
     yes = {True: "yes", False: "-"}
-    for m in METHODS.values():
-        table.add_row(
+    return [
+        (
             m.name,
             m.layer or "input",
             yes[m.takes_layer],
@@ -35,7 +61,8 @@ def methods() -> None:
             yes[m.signed],
             m.summary,
         )
-    Console().print(table)
+        for m in METHODS.values()
+    ]
 
 
 @contextlib.contextmanager
@@ -117,10 +144,41 @@ def data_inspect(
         raise typer.Exit(1)
 
 
+_ImagesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="With --model: the images, a folder (with class sub-folders, whose names are the classes, or flat) "
+        "or image files.",
+        show_default=False,
+        metavar="IMAGES",
+    ),
+]
+_ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="With IMAGES: the model to build, a name (resnet50, smallcnn, timm:<name>, hf:<folder>) or "
+        "package.module:factory (see salience.models.build).",
+    ),
+]
+_KwargsOpt = Annotated[
+    list[str],
+    typer.Option("--kwargs", help="With --model: constructor keywords, a JSON object or key=value (repeatable)."),
+]
+
+
 @app.command()
 def explain(
-    checkpoint: str = typer.Option(..., help="Training checkpoint (.pt) whose model is explained."),
-    data: str = typer.Option("test", help="Split of the checkpoint's data config to explain."),
+    images: _ImagesArg = None,
+    checkpoint: str = typer.Option(None, help="Training checkpoint (.pt) whose model is explained (not with --model)."),
+    model: _ModelOpt = None,
+    num_classes: int = typer.Option(None, min=1, help="With --model: the classifier's number of classes."),
+    weights: str = typer.Option(None, help="With --model: weights file (state dict) or torchvision weight name."),
+    kwargs: _KwargsOpt = [],  # noqa: B006 (typer reads the default)
+    output: str = typer.Option(None, help="With --model: index, key or attribute of the scores in its output."),
+    size: int = typer.Option(None, min=8, help="With --model: resize the images to SIZE x SIZE (default: as stored)."),
+    normalize: str = typer.Option(None, help="With --model: none (default) or imagenet, what the model expects."),
+    data: str = typer.Option(None, help="With --checkpoint: split of its data config to explain (default test)."),
     method: list[str] = typer.Option(
         ...,
         help="Attribution method, NAME or NAME@LAYER (grad_cam@final, input_x_gradient@mid2, ...); repeat it "
@@ -129,36 +187,83 @@ def explain(
     layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final) of a single method."),
     out: str = typer.Option(
         ...,
-        help="Map store directory (created, or resumed if its metadata match); with several "
-        "methods a folder holding one store per method, named as written "
-        "(OUT/grad_cam@final).",
+        help="--checkpoint: map store directory (created, or resumed if its metadata match); with several methods "
+        "a folder holding one store per method, named as written (OUT/grad_cam@final). --model: a folder for "
+        "`salience view` (stores in OUT/stores/<method>/<model>, pictures in OUT/png).",
     ),
     target: str = typer.Option(
-        "true", help="Class to explain: true (every present class of each image), predicted or class:<k>."
+        None,
+        help="Class to explain. --checkpoint: true (default; every present class of each image), predicted or "
+        "class:<k>. --model: predicted (default), true (the class sub-folder) or a class index N.",
     ),
+    png: bool = typer.Option(False, "--png", help="With --model: also an overlay picture per image and method."),
     chunk_size: int = typer.Option(256, min=1, help="Images per store chunk."),
     batch_size: int = typer.Option(64, min=1),
     device: str = typer.Option("cpu", help="cpu, cuda or auto; under torchrun each process uses its local GPU."),
-    set_: list[str] = typer.Option([], "--set", help="key=value override of the saved config (repeatable)."),
+    set_: list[str] = typer.Option(
+        [], "--set", help="With --checkpoint: key=value override of its config (repeatable)."
+    ),
 ) -> None:
-    """Write salience maps of a checkpoint on a data split into resumable map stores. Under torchrun the
-    processes share the stores, each computing its share of the chunks."""
+    """Write salience maps into resumable map stores, of a training checkpoint on a split of its data
+    (--checkpoint), or of a model built by name on a folder or files of images (IMAGES --model; OUT then opens
+    in `salience view`, and --png adds pictures). Under torchrun the processes share the stores, each
+    computing its share of the chunks."""
+    common = dict(methods=method, layer=layer, out=out, chunk_size=chunk_size, batch_size=batch_size, device=device)
+    given = {"--num-classes": num_classes, "--weights": weights, "--kwargs": kwargs, "--output": output}
+    given |= {"--size": size, "--normalize": normalize, "--png": png}
+    _check_explain_form(checkpoint, model, images, given, {"--data": data, "--set": set_})
+    if checkpoint is not None:
+        _explain_checkpoint(checkpoint, data or "test", target or "true", set_, common)
+        return
+    options = dict(name=model, num_classes=num_classes, weights=weights, kwargs=kwargs, output=output)
+    options |= dict(size=size, normalize=normalize or "none", target=target or "predicted", png=png)
+    _explain_images(images or [], options, common)
+
+
+def _check_explain_form(
+    checkpoint: str | None,
+    model: str | None,
+    images: list[str] | None,
+    model_only: dict[str, Any],
+    checkpoint_only: dict[str, Any],
+) -> None:
+    """Refuse (exit code 2) a `salience explain` that is neither or both of its forms, `--checkpoint` and
+    `IMAGES --model`, or that gives an option of the other form (`model_only`, `checkpoint_only`: option ->
+    value, None or empty when not given)."""
+    if checkpoint is not None and model is not None:
+        raise typer.BadParameter("give --checkpoint or --model, not both")
+    if checkpoint is None and model is None:
+        raise typer.BadParameter("give --checkpoint CHECKPOINT, or IMAGES and --model NAME")
+    if checkpoint is not None and images:
+        raise typer.BadParameter(
+            f"IMAGES ({images[0]}) are explained with --model; --checkpoint explains a split of its data (--data)"
+        )
+    if model is not None and not images:
+        raise typer.BadParameter("--model needs IMAGES: a folder of images or image files")
+    options, form = (model_only, "IMAGES --model") if checkpoint is not None else (checkpoint_only, "--checkpoint")
+    wrong = [k for k, v in options.items() if v not in (None, False, [], ())]
+    if wrong:
+        raise typer.BadParameter(f"{wrong[0]} applies to the {form} form of explain")
+
+
+def _explain_checkpoint(checkpoint: str, data: str, target: str, overrides: list[str], common: dict[str, Any]) -> None:
+    """`salience explain --checkpoint`: the checkpoint's maps on split `data` of its data config."""
     from salience import distributed as dist
     from salience.store.explain import explain_checkpoint
 
     with _exit_on(ValueError, OSError):  # bad config, data, method, layer, store or path
-        ctx = dist.setup(device)
+        ctx = dist.setup(common["device"])
         try:
             stores = explain_checkpoint(
                 checkpoint,
                 data,
-                method,
-                out,
-                layer=layer,
+                common["methods"],
+                common["out"],
+                layer=common["layer"],
                 target_policy=target,
-                overrides=set_,
-                chunk_size=chunk_size,
-                batch_size=batch_size,
+                overrides=overrides,
+                chunk_size=common["chunk_size"],
+                batch_size=common["batch_size"],
                 progress=True,
                 ctx=ctx,
             )
@@ -167,6 +272,124 @@ def explain(
     if ctx.is_main:
         for store in stores.values():
             typer.echo(f"{store.path}: {store.n} maps {store.map_shape}, complete={store.is_complete()}")
+
+
+_EXPLAIN_FILES = ("stores", "png", "images.csv", "results.json", "per_image.csv", "summary.json", "stability.csv")
+"""What `salience explain IMAGES --model` writes in its output folder."""
+
+
+def _explain_images(images: list[str], options: dict[str, Any], common: dict[str, Any]) -> None:
+    """`salience explain IMAGES --model`: the maps of the model built from `options` on the images, in
+    OUT/stores/<spec>/<model>, with per_image.csv, summary.json and results.json for `salience view` and, with
+    --png, the pictures in OUT/png/<spec>/."""
+    from pathlib import Path
+
+    from salience import distributed as dist
+    from salience.store import images as img
+
+    out = Path(common["out"])
+    with _exit_on(ValueError, OSError):  # bad images, model, weights, method, layer, target or output folder
+        policy = img.image_target(options["target"])
+        label = img.model_label(options["name"], options["weights"])
+        outs = img.store_paths(common["methods"], out, label, common["layer"])
+        _check_explain_folder(out)
+        ctx = dist.setup(common["device"])
+        try:
+            model = _image_model(options, ctx.device)
+            source = img.image_source(images, options["size"], out)
+            dataset = img.open_images(source)
+            stores = img.explain_images(
+                model,
+                dataset,
+                source,
+                outs,
+                target_policy=policy,
+                normalize=options["normalize"],
+                chunk_size=common["chunk_size"],
+                batch_size=common["batch_size"],
+                progress=True,
+                ctx=ctx,
+            )
+            if ctx.is_main:
+                _write_explain_view(out, stores, dataset, source, label, options | {"target": policy})
+                pictures = _write_pictures(out, stores, dataset, options["num_classes"]) if options["png"] else {}
+        finally:
+            dist.teardown(ctx)
+    if ctx.is_main:
+        for spec, store in stores.items():
+            typer.echo(f"{store.path}: {store.n} maps {store.map_shape}, complete={store.is_complete()}")
+            if spec in pictures:
+                typer.echo(f"  {len(pictures[spec])} pictures in {out / 'png' / spec}")
+        typer.echo(f"open them with: salience view {out}")
+
+
+def _image_model(options: dict[str, Any], device):
+    """The model of `salience explain --model` (a weight download that fails is reported, not raised)."""
+    from salience.store import images as img
+
+    output = options["output"]
+    if output is not None and output.lstrip("-").isdigit():
+        output = int(output)  # an index into a tuple; else a key or an attribute
+    with _exit_on(RuntimeError):
+        kwargs = img.parse_kwargs(options["kwargs"])
+        return img.image_model(
+            options["name"], options["num_classes"], options["weights"], kwargs, output, options["normalize"], device
+        )
+
+
+def _check_explain_folder(out) -> None:
+    """Refuse an OUT for `salience explain --model` that is a map store or holds files other than those
+    explain writes (a results.json, per_image.csv or summary.json of another command included)."""
+    import json
+
+    if not out.exists():
+        return
+    if not out.is_dir() or (out / "zarr.json").exists():
+        raise ValueError(f"--out {out}: not a folder for explain's output (a file or a map store); give a new folder")
+    other = sorted(p.name for p in out.iterdir() if p.name not in _EXPLAIN_FILES and ".tmp" not in p.name)
+    if other:
+        raise ValueError(f"--out {out}: holds other files ({', '.join(other[:5])}); give a new or empty folder")
+    results = out / "results.json"
+    try:
+        ours = results.is_file() and "explain_images" in json.loads(results.read_text())
+    except ValueError:
+        ours = False
+    if not ours and any((out / n).exists() for n in ("results.json", "per_image.csv", "summary.json")):
+        raise ValueError(f"--out {out}: holds the results of another command; give a new or empty folder")
+
+
+def _write_explain_view(out, stores: dict, dataset, source: dict[str, Any], label: str, options: dict[str, Any]):
+    """Write OUT/per_image.csv and summary.json (`measure_stores`: the maps-kind measures of every map, group
+    `all`) and results.json (the images, so that `salience view OUT` shows them under the maps)."""
+    import json
+    from pathlib import Path
+
+    from salience.measures.run import measure_stores
+
+    for name in ("per_image.csv", "summary.json", "stability.csv"):  # this command's, from an earlier run
+        (out / name).unlink(missing_ok=True)
+    weights = options["weights"]
+    if weights is not None and Path(weights).is_file():
+        weights = str(Path(weights).resolve())
+    paths = [str(store.path) for store in stores.values()]
+    measure_stores({"all": paths}, out, names=dict.fromkeys(paths, label), own=_EXPLAIN_FILES)
+    results = {
+        "explain_images": {k: options[k] for k in ("name", "num_classes", "kwargs", "output", "target", "size")}
+        | {"weights": weights, "methods": list(stores), "model": label},
+        "study": {"data": {**source, "normalize": options["normalize"]}},
+        "data": {"classes": list(dataset.classes), "images": len(dataset)},
+        "groups": {"all": [label]},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def _write_pictures(out, stores: dict, dataset, num_classes: int | None) -> dict:
+    """`salience explain --png`: an overlay picture per store item, OUT/png/<spec>/<image id>.png; the class
+    folders name the classes explained when there are as many as the model has classes."""
+    classes = dataset.classes if num_classes == len(dataset.classes) else ()
+    from salience.report.overlays import write_overlays
+
+    return write_overlays(stores, dataset, out / "png", classes)
 
 
 @app.command()
