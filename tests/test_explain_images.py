@@ -127,6 +127,22 @@ def test_target_true_is_the_class_folder(world):
     assert MapStore(out / "stores" / "gradient" / "m").read(0, 4)[1].tolist() == [0, 0, 1, 1]
 
 
+def test_classes_give_the_models_order(world):
+    """`--classes dog,bird,cat`: the model's class 0 is the `dog` folder, class 2 the `cat` folder."""
+    out = world / "ordered"
+    result, text = _run(
+        str(world / "faces"), "--model", "smallcnn", "--num-classes", "3", "--weights", str(world / "m.pth"),
+        "--method", "gradient", "--target", "true", "--classes", "dog,bird,cat", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, text
+    assert MapStore(out / "stores" / "gradient" / "m").read(0, 4)[1].tolist() == [2, 2, 0, 0]
+    result, text = _run(
+        str(world / "faces"), "--model", "smallcnn", "--num-classes", "3", "--method", "gradient",
+        "--classes", "dog,bird", "--out", str(world / "unnamed"),
+    )  # fmt: skip
+    assert result.exit_code != 0 and "cat" in text
+
+
 def test_bad_input_is_named(world):
     (world / "bad").mkdir()
     (world / "bad" / "broken.png").write_bytes(b"not a png")

@@ -178,6 +178,11 @@ def explain(
     output: str = typer.Option(None, help="With --model: index, key or attribute of the scores in its output."),
     size: int = typer.Option(None, min=8, help="With --model: resize the images to SIZE x SIZE (default: as stored)."),
     normalize: str = typer.Option(None, help="With --model: none (default) or imagenet, what the model expects."),
+    classes: str = typer.Option(
+        None,
+        help="With --model: the model's class order, comma-separated (class i is the i-th name); every "
+        "class sub-folder must be named, extra names are allowed. Default: the sub-folders sorted.",
+    ),
     data: str = typer.Option(None, help="With --checkpoint: split of its data config to explain (default test)."),
     method: list[str] = typer.Option(
         ...,
@@ -210,13 +215,14 @@ def explain(
     computing its share of the chunks."""
     common = dict(methods=method, layer=layer, out=out, chunk_size=chunk_size, batch_size=batch_size, device=device)
     given = {"--num-classes": num_classes, "--weights": weights, "--kwargs": kwargs, "--output": output}
-    given |= {"--size": size, "--normalize": normalize, "--png": png}
+    given |= {"--size": size, "--normalize": normalize, "--png": png, "--classes": classes}
     _check_explain_form(checkpoint, model, images, given, {"--data": data, "--set": set_})
     if checkpoint is not None:
         _explain_checkpoint(checkpoint, data or "test", target or "true", set_, common)
         return
     options = dict(name=model, num_classes=num_classes, weights=weights, kwargs=kwargs, output=output)
     options |= dict(size=size, normalize=normalize or "none", target=target or "predicted", png=png)
+    options["classes"] = [c.strip() for c in classes.split(",")] if classes else None
     _explain_images(images or [], options, common)
 
 
@@ -296,7 +302,7 @@ def _explain_images(images: list[str], options: dict[str, Any], common: dict[str
         ctx = dist.setup(common["device"])
         try:
             model = _image_model(options, ctx.device)
-            source = img.image_source(images, options["size"], out)
+            source = img.image_source(images, options["size"], out, options["classes"])
             dataset = img.open_images(source)
             stores = img.explain_images(
                 model,
@@ -374,7 +380,9 @@ def _write_explain_view(out, stores: dict, dataset, source: dict[str, Any], labe
     paths = [str(store.path) for store in stores.values()]
     measure_stores({"all": paths}, out, names=dict.fromkeys(paths, label), own=_EXPLAIN_FILES)
     results = {
-        "explain_images": {k: options[k] for k in ("name", "num_classes", "kwargs", "output", "target", "size")}
+        "explain_images": {
+            k: options[k] for k in ("name", "num_classes", "kwargs", "output", "target", "size", "classes")
+        }
         | {"weights": weights, "methods": list(stores), "model": label},
         "study": {"data": {**source, "normalize": options["normalize"]}},
         "data": {"classes": list(dataset.classes), "images": len(dataset)},

@@ -25,6 +25,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from salience.data.core import DataError, Record, SalienceDataset, annotated_fraction, image_size
 
 FORMATS = ("builtin", "voc", "coco", "waterbirds", "folder", "imagefolder")
+CLASS_ORDER_FORMATS = ("imagefolder", "folder")
+"""The formats whose class order a `classes` list may give (the others have a fixed order of their own)."""
 VOC_CLASSES = [
     "aeroplane",
     "bicycle",
@@ -325,23 +327,22 @@ def read_waterbirds(path: Path, split: str, problems: Problems) -> tuple[list[Re
 
 
 # ---------------------------------------------------------------- salience folder (CYBORG layout)
-def read_folder(path: Path, split: str, problems: Problems) -> tuple[list[Record], list[str]]:
+def read_folder(
+    path: Path, split: str, problems: Problems, classes: list[str] | None = None
+) -> tuple[list[Record], list[str]]:
     """A folder with `<split>.csv` (or `path` is the CSV itself) and optional `classes.txt`.
 
     Columns: `image` and `label` (required; class names joined by ';', empty = no class),
     `human_map` (grey image of the same size, 255 = 1.0), `boxes` ("x0 y0 x1 y1 class" items
     joined by ';', pixels of the image), `group` (int). Paths are relative to the CSV's folder.
-    Without `classes.txt` the classes are the sorted label names found in the CSV.
+    The classes are `classes` when given (class i is the i-th name; every label must be one of them),
+    else those of `classes.txt`, else the sorted label names found in the CSV.
     """
     path = Path(path)
     file = path if path.is_file() else path / f"{split}.csv"
     base = file.parent
     rows = _csv_rows(file, ("image", "label"))
-    names_file = base / "classes.txt"
-    if names_file.is_file():
-        classes = [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
-    else:
-        classes = sorted({n.strip() for _, r in rows for n in (r["label"] or "").split(";") if n.strip()})
+    classes = _folder_classes(base, rows, classes)
     index = {c: i for i, c in enumerate(classes)}
     records = []
     for line, r in rows:
@@ -385,13 +386,28 @@ def read_folder(path: Path, split: str, problems: Problems) -> tuple[list[Record
     return records, classes
 
 
+def _folder_classes(base: Path, rows: list[tuple[int, dict]], classes: list[str] | None) -> list[str]:
+    """The classes of a salience folder: `classes` when given, else `base/classes.txt`, else the sorted label
+    names of the CSV `rows`."""
+    names_file = base / "classes.txt"
+    if classes is not None:
+        return list(classes)
+    if names_file.is_file():
+        return [c.strip() for c in names_file.read_text().splitlines() if c.strip()]
+    return sorted({n.strip() for _, r in rows for n in (r["label"] or "").split(";") if n.strip()})
+
+
 # ---------------------------------------------------------------- image folder (torchvision ImageFolder layout)
 def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMG_EXTENSIONS)
 
 
-def read_imagefolder(path: Path, split: str, problems: Problems) -> tuple[list[Record], list[str]]:
-    """`path/<class>/**/<image>`: classes are the sorted sub-folder names; or a flat folder of images.
+def read_imagefolder(
+    path: Path, split: str, problems: Problems, classes: list[str] | None = None
+) -> tuple[list[Record], list[str]]:
+    """`path/<class>/**/<image>`: classes are the sorted sub-folder names, or `classes` when given (class i
+    is the i-th name; every sub-folder must be named in it, names without a folder are kept as classes
+    without images); or a flat folder of images (its classes are [] whatever `classes` says).
 
     Every image file (torchvision's `IMG_EXTENSIONS`, any case) under a class folder, at any depth,
     is one record with `id` = its path relative to `path` (posix), labels = [class index], no boxes
@@ -419,8 +435,11 @@ def read_imagefolder(path: Path, split: str, problems: Problems) -> tuple[list[R
         raise DataError(f"{root}: no class folders and no images (extensions {', '.join(IMG_EXTENSIONS)})")
     if loose:
         return [Record(id=e.name, image=e, labels=[]) for e in loose], []
+    names = [d.name for d in class_dirs] if classes is None else list(classes)
+    _check_class_folders(root, class_dirs, names)
     records = []
-    for index, folder in enumerate(class_dirs):
+    for folder in class_dirs:
+        index = names.index(folder.name)
         found = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
@@ -432,7 +451,44 @@ def read_imagefolder(path: Path, split: str, problems: Problems) -> tuple[list[R
             )
         records += [Record(id=p.relative_to(root).as_posix(), image=p, labels=[index]) for p in found]
     records.sort(key=lambda r: r.id)
-    return records, [d.name for d in class_dirs]
+    return records, names
+
+
+def _short(names: list[str], n: int = 12) -> str:
+    """`names` for a message: the first `n`, then how many there are in all."""
+    more = f", ... ({len(names)} in all)" if len(names) > n else ""
+    return "[" + ", ".join(names[:n]) + more + "]"
+
+
+def _check_class_folders(root: Path, class_dirs: list[Path], names: list[str]) -> None:
+    """A `DataError` naming the class folders of `root` that `names` (the `classes` list) leaves out."""
+    missing = [d.name for d in class_dirs if d.name not in names]
+    if missing:
+        raise DataError(
+            f"{root}: class folder(s) {_short(missing)} not in classes {_short(names)}; "
+            "`classes` must name every class folder (it may name classes without a folder)"
+        )
+
+
+def check_classes(format: str, classes) -> list[str] | None:
+    """`classes` (a class order: class i is the i-th name) checked for `format`: a list of distinct, non-empty
+    names, given only for the folder formats (`CLASS_ORDER_FORMATS`); ValueError otherwise. None passes."""
+    if classes is None:
+        return None
+    if isinstance(classes, str) or not isinstance(classes, (list, tuple)):
+        raise ValueError(f"classes must be a list of class names, got {classes!r}")
+    if format not in CLASS_ORDER_FORMATS:
+        raise ValueError(
+            f"classes applies to the folder formats ({', '.join(CLASS_ORDER_FORMATS)}) only; "
+            f"format {format!r} has its own fixed class order"
+        )
+    names = [str(c) for c in classes]
+    if not names or any(not n.strip() or n != n.strip() for n in names):
+        raise ValueError(f"classes must be non-empty names without surrounding spaces, got {names}")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise ValueError(f"classes: {dup!r} is given twice")
+    return names
 
 
 READERS = {
@@ -444,9 +500,12 @@ READERS = {
 }
 
 
-def _read(format: str, path, split: str, problems: Problems, **options):
+def _read(format: str, path, split: str, problems: Problems, classes=None, **options):
     if format not in FORMATS:
         raise ValueError(f"unknown data format {format!r}; choose from {FORMATS}")
+    classes = check_classes(format, classes)
+    if classes is not None:
+        options["classes"] = classes
     if format == "builtin":
         if path is None:
             from salience.data.builtin import builtin_dataset
@@ -492,7 +551,14 @@ def check_files(dataset) -> None:
 
 
 def build_dataset(
-    format: str, path, split: str, transforms=None, annotated: float = 1.0, seed: int = 0, **options
+    format: str,
+    path,
+    split: str,
+    transforms=None,
+    annotated: float = 1.0,
+    seed: int = 0,
+    classes: list[str] | None = None,
+    **options,
 ) -> SalienceDataset:
     """Read `split` of the data at `path` in `format` (builtin, voc, coco, waterbirds, folder, imagefolder).
 
@@ -501,9 +567,12 @@ def build_dataset(
     reads `path` itself (one sub-folder per class, or a flat folder of images); `split` only names it.
     `transforms`: joint transforms on each sample (see `joint_transforms`); `annotated`: the
     fraction of images whose boxes/maps may guide training, chosen by `seed`
-    (`annotated_fraction`). Other options go to the reader (COCO: `empty`). Raises `DataError`
+    (`annotated_fraction`). `classes` (`imagefolder` and `folder` only; ValueError for the other
+    formats): the class order, class i = the i-th name, as a pretrained model's outputs are ordered
+    (see `check_classes`). Other options go to the reader (COCO: `empty`). Raises `DataError`
     on the first bad file and when image / map files are missing (listing them).
     """
+    check_classes(format, classes)
     if format == "builtin" and path is None:
         from salience.data.builtin import builtin_dataset
 
@@ -512,7 +581,7 @@ def build_dataset(
         ds.problems = []
         return ds
     problems = Problems(strict=True)
-    records, classes = _read(format, path, split, problems, **options)
+    records, classes = _read(format, path, split, problems, classes, **options)
     missing = [f"{p} ({what})" for r in records for what, p in _files(r) if not os.path.exists(p)]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
@@ -531,6 +600,7 @@ def build_dataset(
 def inspect(format: str, path, split: str = "train", check_files: bool = True, **options) -> dict:
     """Summary of one split as a JSON-ready dict: images, classes, boxes per class, unannotated
     images (no box, map or segmentation), groups, difficult boxes and the problems found.
+    `options` go to the reader, `classes` (a class order, folder formats) as in `build_dataset`.
 
     With `check_files`, every image, human map and segmentation header is opened: missing or
     undecodable files and maps whose size differs from their image are reported.

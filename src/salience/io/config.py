@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from salience.data.formats import check_classes
 from salience.guidance import LOSSES
 from salience.guidance.step import METHODS
 from salience.models.build import build, check_model
@@ -60,6 +61,26 @@ class DataConfig(_Strict):
     workers: int = Field(0, ge=0)
     task: Literal["auto", "single_label", "multi_label"] = "auto"
     """`auto`: multi-label when some training image has more than one class."""
+    classes: list[str] | None = None
+    """The class order (`imagefolder` and `folder` only): class i is the i-th name, as the model's outputs
+    are ordered; every class folder / label must be named, names without images are allowed. None: the
+    sorted folder names (`imagefolder`), `classes.txt` or the sorted labels (`folder`)."""
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        fmt = info.data.get("format")  # None: the format itself is at fault (reported on its own)
+        return v if fmt is None else check_classes(fmt, v)
+
+
+def true_target(v: Any) -> Any:
+    """A `target` as read from YAML: the boolean `true` (`target: true`) is the string "true" (the true class);
+    `false` means nothing and is refused, saying what is accepted."""
+    if v is True:
+        return "true"
+    if v is False:
+        raise ValueError("false is not a target; give true (the true class), predicted or class:<k>")
+    return v
 
 
 class OptimConfig(_Strict):
@@ -101,9 +122,16 @@ class GuidanceConfig(_Strict):
     always the `logit` for `cyborg` (CYBORG's CAM)."""
     target: Literal["auto", "true", "predicted"] = "auto"
     """Whose map is guided: the drawn `true` class or the `predicted` one (`cyborg` only); `auto` =
-    `predicted` for `cyborg` (as CYBORG), `true` otherwise."""
+    `predicted` for `cyborg` (as CYBORG), `true` otherwise. YAML's boolean `true` means `true`."""
     alpha: float | None = Field(None, gt=0, le=1)
     """CYBORG's α: the objective becomes `α · task + (1 − α) · guidance` (replaces `lambda`, which must stay 1)."""
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: Any) -> Any:
+        if v is False:
+            raise ValueError("false is not a target; give auto, true (the drawn true class) or predicted")
+        return true_target(v)
 
     @model_validator(mode="after")
     def _alpha_or_lambda(self):

@@ -11,7 +11,8 @@ def open_split(
 ) -> SalienceDataset:
     """The data set of `split` through `salience.data.build_dataset`. Training splits get
     augmentation (if `cfg.augment`: 4 px padded random crop, horizontal flip) and a seeded subset of
-    `fraction` of the images marked annotated (the rest train on the task loss only)."""
+    `fraction` of the images marked annotated (the rest train on the task loss only). `cfg.classes` gives
+    the class order (folder formats; a folder or label it does not name is a `DataError`)."""
     augment = train and cfg.augment
     transforms = joint_transforms(cfg.size, train=augment, crop_padding=4 if augment and cfg.size else 0)
     options = dict(cfg.options)
@@ -30,6 +31,7 @@ def open_split(
             transforms=transforms,
             annotated=fraction if train else 1.0,
             seed=seed,
+            classes=cfg.classes,
             **options,
         )
     except TypeError as err:  # an option the reader does not take

@@ -11,13 +11,23 @@ import torch
 from salience.measures.complexity import complexity, sparseness
 from salience.measures.degradation import blur_degradation, deletion_insertion
 from salience.measures.entropy import entropy
-from salience.measures.faithfulness import faithfulness_correlation, road
+from salience.measures.faithfulness import ROAD_PERCENTAGES, faithfulness_correlation, road
 from salience.measures.localisation import epg, iou, pointing_game
-from salience.measures.probes import noise_response, seed_stability, transform_consistency
-from salience.measures.registry import Measure, Probe, register
+from salience.measures.probes import NOISE_AMOUNTS, TRANSFORMS, noise_response, seed_stability, transform_consistency
+from salience.measures.registry import Costing, Measure, Probe, register
 from salience.measures.relevance import auc, relevance_mass_accuracy, relevance_rank_accuracy, top_k_intersection
 from salience.measures.robustness import local_lipschitz, sensitivity
 from salience.measures.sanity import mprt, random_logit
+
+# Costs (`Measure.passes`, per probed image: an explanation 1, a forward ½). ROAD: one forward per percentage
+# (its linear imputation, on the CPU, is not counted); blur: the clean map and one per mode; deletion and insertion:
+# a forward per step and curve.
+_ROAD = len(ROAD_PERCENTAGES) / 2
+_BLUR = 3
+
+
+def _deletion_passes(c: Costing) -> float:
+    return float(c.deletion_steps + 1)
 
 
 def _maps_only(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -41,9 +51,10 @@ def _random_logit(p: Probe) -> torch.Tensor:
 
 register(Measure("mprt", "MPRT: Spearman of |maps| with those of the cascadingly randomised model (mean over layers)",
                  "probe", "sanity", _mprt, range=(-1.0, 1.0), better="lower", needs_method=True,
-                 reference="Quantus MPRT"))  # fmt: skip
+                 reference="Quantus MPRT", passes=16))  # fmt: skip
 register(Measure("random_logit", "Random logit: SSIM of the map with that of a random other class", "probe",
-                 "sanity", _random_logit, range=(-1.0, 1.0), better="lower", reference="Quantus RandomLogit"))  # fmt: skip
+                 "sanity", _random_logit, range=(-1.0, 1.0), better="lower", reference="Quantus RandomLogit",
+                 passes=1))  # fmt: skip
 
 
 # --- faithfulness and robustness (probes, Quantus 0.6) ---------------------------------------------------
@@ -74,18 +85,23 @@ def _local_lipschitz(p: Probe) -> torch.Tensor:
 
 
 register(Measure("road_morf", "ROAD, most relevant first (accuracy while imputing; lower = faithful)", "probe",
-                 "faithfulness", _road("morf"), better="lower", reference="Quantus ROAD"))  # fmt: skip
+                 "faithfulness", _road("morf"), better="lower", reference="Quantus ROAD", passes=_ROAD))  # fmt: skip
 register(Measure("road_lerf", "ROAD, least relevant first (accuracy while imputing; higher = faithful)", "probe",
-                 "faithfulness", _road("lerf"), better="higher", reference="Quantus ROAD on -A"))  # fmt: skip
+                 "faithfulness", _road("lerf"), better="higher", reference="Quantus ROAD on -A",
+                 passes=_ROAD))  # fmt: skip
 register(Measure("faithfulness_correlation", "Faithfulness correlation (map sums vs logit drops)", "probe",
                  "faithfulness", _faithfulness_correlation, range=(-1.0, 1.0), better="higher",
-                 reference="Quantus FaithfulnessCorrelation"))  # fmt: skip
+                 reference="Quantus FaithfulnessCorrelation",
+                 passes=lambda c: ((c.samples or 100) + 1) / 2))  # fmt: skip
 register(Measure("max_sensitivity", "Max-sensitivity (relative map change under ±0.2 noise)", "probe", "robustness",
-                 _sensitivity("max"), range=(0.0, None), better="lower", reference="Quantus MaxSensitivity"))  # fmt: skip
+                 _sensitivity("max"), range=(0.0, None), better="lower", reference="Quantus MaxSensitivity",
+                 passes=lambda c: c.samples or 200, shares="sensitivity"))  # fmt: skip
 register(Measure("avg_sensitivity", "Avg-sensitivity (relative map change under ±0.2 noise)", "probe", "robustness",
-                 _sensitivity("mean"), range=(0.0, None), better="lower", reference="Quantus AvgSensitivity"))  # fmt: skip
+                 _sensitivity("mean"), range=(0.0, None), better="lower", reference="Quantus AvgSensitivity",
+                 passes=lambda c: c.samples or 200, shares="sensitivity"))  # fmt: skip
 register(Measure("local_lipschitz", "Local Lipschitz estimate (map change / input change)", "probe", "robustness",
-                 _local_lipschitz, range=(0.0, None), better="lower", reference="Quantus LocalLipschitzEstimate"))  # fmt: skip
+                 _local_lipschitz, range=(0.0, None), better="lower", reference="Quantus LocalLipschitzEstimate",
+                 passes=lambda c: c.samples or 200))  # fmt: skip
 
 
 # --- complexity (maps only) ------------------------------------------------------------------------
@@ -168,18 +184,22 @@ def _deletion(kind: str) -> Callable[[Probe], torch.Tensor]:
 
 
 register(Measure("noise_ssim_0.1", "Map SSIM, clean vs 10 % salt-and-pepper", "probe", "explain_to_me", _noise,
-                 range=(-1.0, 1.0), reference="scikit-image SSIM"))  # fmt: skip
+                 range=(-1.0, 1.0), reference="scikit-image SSIM", passes=1 + len(NOISE_AMOUNTS)))  # fmt: skip
 register(Measure("transform_ssim", "Transformation consistency (mean SSIM over 12 transforms)", "probe",
-                 "explain_to_me", _transforms, range=(-1.0, 1.0), reference="closed form (exact transforms)"))  # fmt: skip
+                 "explain_to_me", _transforms, range=(-1.0, 1.0), reference="closed form (exact transforms)",
+                 passes=1 + len(TRANSFORMS)))  # fmt: skip
 register(Measure("blur_nonsalient_score_change", "Score change, blurring non-salient regions", "probe",
                  "explain_to_me", _blur("nonsalient"), range=(-1.0, 1.0), better="higher",
-                 reference="scipy.ndimage Gaussian blur"))  # fmt: skip
+                 reference="scipy.ndimage Gaussian blur", passes=_BLUR, shares="blur"))  # fmt: skip
 register(Measure("blur_salient_score_change", "Score change, blurring salient regions", "probe", "explain_to_me",
-                 _blur("salient"), range=(-1.0, 1.0), better="lower", reference="scipy.ndimage Gaussian blur"))  # fmt: skip
+                 _blur("salient"), range=(-1.0, 1.0), better="lower", reference="scipy.ndimage Gaussian blur",
+                 passes=_BLUR, shares="blur"))  # fmt: skip
 register(Measure("deletion_auc", "Deletion AUC (lower = map finds what matters)", "probe", "faithfulness",
-                 _deletion("deletion"), better="lower", reference="closed form (linear model)"))  # fmt: skip
+                 _deletion("deletion"), better="lower", reference="closed form (linear model)",
+                 passes=_deletion_passes, shares="deletion"))  # fmt: skip
 register(Measure("insertion_auc", "Insertion AUC (higher = map finds what matters)", "probe", "faithfulness",
-                 _deletion("insertion"), better="higher", reference="closed form (linear model)"))  # fmt: skip
+                 _deletion("insertion"), better="higher", reference="closed form (linear model)",
+                 passes=_deletion_passes, shares="deletion"))  # fmt: skip
 
 
 # --- stability across the models of a group ------------------------------------------------------------

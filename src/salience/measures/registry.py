@@ -9,6 +9,10 @@ Kinds:
   with `at_input`, the maps are first upsampled bilinearly to the input size (as Quantus expects explanations).
 - `probe`: runs the model: `fn(probe: Probe) -> [B]`, on the images the probes run on.
 - `group`: across the models of a group on the same images: `fn(maps [N, B, h, w]) -> [B]`.
+
+Cost (`Measure.passes`): model passes per probed image, in units of one explanation of the model (a forward and
+a backward, as a gradient method's map); a forward alone counts as ½. Maps- and group-kind measures cost 0 (they
+read stored maps). `DEFAULT_MAX_PASSES` bounds what a study runs without `measures.select` (`default_measures`).
 """
 
 from __future__ import annotations
@@ -33,7 +37,10 @@ class Measure:
     `"lower"` or `None` (neither: a property to read, not a score); `family`: one of `FAMILIES`;
     `needs_masks`: undefined without object masks; `at_input`: maps-kind measures computed on maps upsampled to
     the input size; `needs_method`: a probe that explains other models, so it needs `Probe.method`;
-    `reference`: what its test compares it with."""
+    `reference`: what its test compares it with; `passes`: its cost, model passes per probed image (see the module
+    docstring: one explanation = 1, one forward = ½; 0 for the measures on stored maps), a number or a function
+    of the `Costing` settings; `shares`: measures with the same key share one computation (`Probe.once`), counted
+    once."""
 
     name: str
     label: str
@@ -46,6 +53,26 @@ class Measure:
     at_input: bool = False
     needs_method: bool = False
     reference: str = ""
+    passes: float | Callable[[Costing], float] = 0.0
+    shares: str | None = None
+
+
+@dataclass(frozen=True)
+class Costing:
+    """The settings a measure's cost depends on (`Measure.passes`), at the registry's defaults: `samples` of the
+    robustness measures and runs of faithfulness correlation (None: Quantus' 200 / 100), `deletion_steps`."""
+
+    samples: int | None = None
+    deletion_steps: int = 16
+
+
+DEFAULT_MAX_PASSES = 15.0
+"""The most model passes per probed image (`Measure.passes` at the `Costing()` defaults) of a measure that a study
+runs without `measures.select`: the measures of "Explain To Me" (noise 9, transforms 13, blur 3, the entropies and
+stability), random logit (1), the maps-kind measures (complexity, sparseness, localisation where there are boxes);
+not MPRT (16 explanations over its cascade), deletion / insertion (17), ROAD (25 per order), faithfulness
+correlation (50.5), max- / avg-sensitivity (200) or local Lipschitz (200). `measures.select: all` runs every
+measure. With 16 probed images of 50, the defaults cost about 8 times the study's explaining (26 passes x 16 / 50)."""
 
 
 MEASURES: Registry[Measure] = Registry("measure")
@@ -59,12 +86,39 @@ def register(measure: Measure) -> Measure:
         raise ValueError(f"measure {measure.name!r}: family must be one of {FAMILIES}, got {measure.family!r}")
     if measure.better not in ("higher", "lower", None):
         raise ValueError(f"measure {measure.name!r}: better must be 'higher', 'lower' or None")
+    if measure.kind == "probe" and not callable(measure.passes) and not measure.passes > 0:
+        raise ValueError(f"measure {measure.name!r}: a probe runs the model; give its cost, passes > 0")
     return MEASURES.add(measure.name, measure)
 
 
 def get_measure(name: str) -> Measure:
     """The registry entry; an unknown name raises `ValueError` listing the registry."""
     return MEASURES.lookup(name)
+
+
+def passes(name: str, costing: Costing | None = None) -> float:
+    """The model passes per probed image of measure `name` under `costing` (default: the registry's defaults)."""
+    p = get_measure(name).passes
+    return float(p(costing or Costing()) if callable(p) else p)
+
+
+def default_measures(max_passes: float = DEFAULT_MAX_PASSES) -> list[str]:
+    """The registered measures whose cost at the defaults is at most `max_passes`, in registry order (what a study
+    runs without `measures.select`)."""
+    return [n for n in MEASURES if passes(n) <= max_passes]
+
+
+def estimate(names: Sequence[str], costing: Costing | None = None) -> list[tuple[list[str], float]]:
+    """`[(measures, passes per probed image)]` of the probe-kind measures among `names`, in registry order, those
+    sharing one computation (`Measure.shares`) together and counted once."""
+    out: dict[str, tuple[list[str], float]] = {}
+    for n in select(names, "probe"):
+        key = MEASURES[n].shares or n
+        if key in out:
+            out[key][0].append(n)
+        else:
+            out[key] = ([n], passes(n, costing))
+    return list(out.values())
 
 
 def select(names: Sequence[str] | None, kind: str | None = None, masks: bool = True) -> list[str]:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -117,6 +119,7 @@ def measure_stores(
     names: dict[str, str] | None = None,
     own: tuple[str, ...] = (),
     select: list[str] | None = None,
+    progress: bool = False,
 ) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
@@ -138,7 +141,8 @@ def measure_stores(
 
     `ctx` (`salience.distributed.Context`, under torchrun): the models' probes are shared out over the
     processes, one model per process at a time, and gathered on rank 0, which writes the files and returns
-    the summary (the other processes return None). The results are those of one process.
+    the summary (the other processes return None). The results are those of one process. `progress`: a bar
+    over the probes, naming the model and measure it is on.
     """
     out = Path(out)
     reason = _other_run(out, groups, own)
@@ -150,7 +154,7 @@ def measure_stores(
         k: dataclasses.replace(v, select=None if select_ is None else tuple(select_))
         for k, v in (sources or {}).items()
     }
-    probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx)
+    probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx, names, progress)
     if ctx is not None and not ctx.is_main:
         return None
     run = _Run(opened, sources, probes, names or {}, select_, seed, block, n_boot, n_perm)
@@ -221,9 +225,11 @@ def _blocks(store: MapStore, block: int, src: Source | None) -> Iterator[_Block]
         yield start, maps, targets, masks
 
 
-def _probe(store: MapStore, src: Source, seed: int, shared: dict | None = None) -> dict:
+def _probe(
+    store: MapStore, src: Source, seed: int, shared: dict | None = None, on_measure: Callable[[str], None] | None = None
+) -> dict:
     """`probe_suite` of the source's model on the store's first `n_probe` items: their images, maps, classes and
-    (when the data set has boxes or segmentations) masks."""
+    (when the data set has boxes or segmentations) masks; `on_measure(name)` as each measure starts."""
     n = min(src.n_probe, store.n)
     batch, rows = _images(src, src.positions(store)[:n])
     x = batch["image"][rows]
@@ -247,6 +253,7 @@ def _probe(store: MapStore, src: Source, seed: int, shared: dict | None = None) 
         layer=store.meta.layer,
         samples=src.samples,
         shared=shared,
+        on_measure=on_measure,
     )
 
 
@@ -311,11 +318,17 @@ def _shared_mprt(stores: list[MapStore], sources: dict[str, Source], seed: int) 
 
 
 def _probes(
-    stores: list[MapStore], sources: dict[str, Source], seed: int, ctx: Context | None = None
+    stores: list[MapStore],
+    sources: dict[str, Source],
+    seed: int,
+    ctx: Context | None = None,
+    names: dict[str, str] | None = None,
+    progress: bool = False,
 ) -> dict[str, dict]:
     """`{store path: _probe(...)}` for the stores with a source and `n_probe` > 0, after checking that each
     source holds the store's images (`Source.positions`). Under torchrun each process probes every
-    `world_size`-th store, and every process gets all the results."""
+    `world_size`-th store, and every process gets all the results. `progress`: a bar naming the model (`names`:
+    store path -> name) and measure it is on."""
     from salience import distributed as dist
 
     todo = []
@@ -337,13 +350,17 @@ def _probes(
             pending.append((s, key))
         else:
             mine[str(s.path)] = kept
-    shared = _shared_mprt([s for s, _ in pending], sources, seed)
-    for s, key in pending:
-        result = _probe(s, sources[str(s.path)], seed, shared.get(str(s.path)))
-        values = {k: v.double().tolist() for k, v in result["values"].items()}
-        record = {"key": key, "values": values, "curves": result["curves"]}
-        atomic_write_text(s.path / "probes.json", json.dumps(record, allow_nan=True))
-        mine[str(s.path)] = result
+    with _bar(progress) as bar:
+        task = bar.add_task("mprt (one cascade for the methods)", total=sum(len(k["measures"]) for _, k in pending))
+        shared = _shared_mprt([s for s, _ in pending], sources, seed)
+        for s, key in pending:
+            model = (names or {}).get(str(s.path), s.path.name)
+            step = lambda m, model=model: bar.update(task, description=f"{model} · {m}", advance=1)
+            result = _probe(s, sources[str(s.path)], seed, shared.get(str(s.path)), step)
+            values = {k: v.double().tolist() for k, v in result["values"].items()}
+            record = {"key": key, "values": values, "curves": result["curves"]}
+            atomic_write_text(s.path / "probes.json", json.dumps(record, allow_nan=True))
+            mine[str(s.path)] = result
     if world == 1:
         return mine
     merged: dict[str, dict] = {}
@@ -351,6 +368,18 @@ def _probes(
     for part in dist.gather(mine, ctx):
         merged |= part
     return merged
+
+
+def _bar(enabled: bool) -> Progress:
+    """The probes' progress bar (on stderr; nothing shown when not `enabled`): the model and measure it is on."""
+    return Progress(
+        TextColumn("probes {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
 
 
 def _finite(values: list[float]) -> int:

@@ -3,7 +3,7 @@ per image each: what `evaluate`, the measure run and the study report per model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -51,6 +51,7 @@ def probe_suite(
     layer: str | None = None,
     samples: int | None = None,
     shared: dict | None = None,
+    on_measure: Callable[[str], None] | None = None,
 ) -> dict:
     """Run the probe-kind measures among `names` (None: all that the inputs support) on images `x [B, C, H, W]` explained for
     `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
@@ -59,7 +60,8 @@ def probe_suite(
     (means over the images: noise, transforms, blur, deletion / insertion, MPRT per layer, ...), and with
     `out_of_set [N, C, H, W]` the entropies and scores of in-set vs out-of-set images with their shift (see
     `out_of_set_response`). `shared`: results computed once for several probes (`{"mprt": mprt(...)}` of these
-    inputs, from `mprt_many`), used instead of computing them again.
+    inputs, from `mprt_many`), used instead of computing them again. `on_measure(name)` is called as each measure
+    starts (a progress bar names it).
     """
     probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples)
     probe._memo.update(shared or {})
@@ -68,7 +70,11 @@ def probe_suite(
         if names is not None and any(MEASURES[n].needs_method for n in chosen):
             raise ValueError(f"measures {[n for n in chosen if MEASURES[n].needs_method]} need method=")
         chosen = [n for n in chosen if not MEASURES[n].needs_method]
-    values = {name: MEASURES[name].fn(probe) for name in chosen}
+    values = {}
+    for name in chosen:
+        if on_measure is not None:
+            on_measure(name)
+        values[name] = MEASURES[name].fn(probe)
     curves = probe.curves
     if out_of_set is not None:
         oos = out_of_set_response(model, explain, x, target, out_of_set, seed=seed)

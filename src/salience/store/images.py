@@ -41,11 +41,14 @@ def image_target(text: str) -> str:
     return f"class:{int(k)}"
 
 
-def image_source(images: Sequence[str | Path], size: int | None, out: str | Path) -> dict[str, Any]:
+def image_source(
+    images: Sequence[str | Path], size: int | None, out: str | Path, classes: list[str] | None = None
+) -> dict[str, Any]:
     """Where the images are, as a study's `data` section (`format`, `root`, `split`, `size`) that
     `open_images` and `salience view` read: one folder is read as `imagefolder` (class sub-folders, or a flat
     folder of images); image files are listed in `out/images.csv` (written here) and read as `folder`. Refuses
-    a missing path, a folder among files, a file that is not an image and two files of one name."""
+    a missing path, a folder among files, a file that is not an image and two files of one name. `classes`: the
+    model's class order for a folder's class sub-folders (`data.classes`); image files have no class."""
     paths = [Path(p) for p in images]
     if not paths:
         raise ValueError("IMAGES: give a folder of images or one or more image files")
@@ -53,7 +56,10 @@ def image_source(images: Sequence[str | Path], size: int | None, out: str | Path
         if not p.exists():
             raise DataError(f"{p}: not found (IMAGES is a folder of images or image files)")
     if len(paths) == 1 and paths[0].is_dir():
-        return {"format": "imagefolder", "root": str(paths[0].resolve()), "split": SPLIT, "size": size}
+        folder = {"format": "imagefolder", "root": str(paths[0].resolve()), "split": SPLIT, "size": size}
+        return folder if classes is None else folder | {"classes": classes}
+    if classes is not None:
+        raise DataError("--classes orders the class sub-folders of a folder; image files have no class")
     for p in paths:
         if p.is_dir():
             raise DataError(f"{p}: a folder among image files; give one folder, or image files only")
@@ -80,7 +86,13 @@ def image_source(images: Sequence[str | Path], size: int | None, out: str | Path
 def open_images(source: dict[str, Any]) -> SalienceDataset:
     """The data set of `image_source`'s `source`, resized to its `size` (None: as stored; then every image
     must have one size). Every image header is read first: an undecodable file is refused by name."""
-    ds = build_dataset(source["format"], source["root"], source["split"], transforms=joint_transforms(source["size"]))
+    ds = build_dataset(
+        source["format"],
+        source["root"],
+        source["split"],
+        transforms=joint_transforms(source["size"]),
+        classes=source.get("classes"),
+    )
     sizes = {r.id: image_size(r.image) for r in ds.records if not isinstance(r.image, torch.Tensor)}  # names a bad file
     if not sizes:
         raise DataError(f"{source['root']}: no images")

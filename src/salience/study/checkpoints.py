@@ -45,7 +45,7 @@ def measure_checkpoints(
         "device": device,
         "data": section | {"split": split},
         "explain": explain | {"target": target_policy, "batch_size": batch_size},
-        "measures": {"n_probe": n_probe, "seed": seed, "select": measures, "samples": samples},
+        "measures": {"n_probe": n_probe, "seed": seed, "select": measures or "all", "samples": samples},
         "groups": {g: {"weights": [str(p) for p in paths]} for g, paths in groups.items()},
     }
     if out_of_set is not None:

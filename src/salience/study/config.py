@@ -7,10 +7,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from salience.attribution.registry import check_layer, get_method, method_spec, parse_method
-from salience.io.config import DataConfig, config_error, read_tree
+from salience.data.formats import check_classes
+from salience.io.config import DataConfig, config_error, read_tree, true_target
 from salience.models.build import check_model, is_import_path
 
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -47,6 +58,16 @@ class StudyData(_Strict):
     normalises its input itself (a forward pre-hook). `imagenet` = torchvision's mean and std."""
     options: dict[str, Any] = Field(default_factory=dict)
     workers: int = Field(0, ge=0)
+    classes: list[str] | None = None
+    """The class order of the models (`imagefolder` and `folder` only): class i is the i-th name, e.g.
+    `[nonface, face]` for a model whose output 0 is non-face; every class folder / label must be named, names
+    without images are allowed (all 1000 of an ImageNet model). None: the sorted folder names."""
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        fmt = info.data.get("format")  # None: the format itself is at fault (reported on its own)
+        return v if fmt is None else check_classes(fmt, v)
 
     def data_config(self) -> DataConfig:
         return DataConfig(
@@ -56,6 +77,7 @@ class StudyData(_Strict):
             options=self.options,
             workers=self.workers,
             augment=False,
+            classes=self.classes,
         )
 
     def mean_std(self) -> tuple[tuple, tuple] | None:
@@ -67,6 +89,9 @@ class StudyData(_Strict):
 
     def describe(self) -> str:
         where = "generated in memory" if self.root is None else self.root
+        if self.classes is not None:
+            more = f", ... ({len(self.classes)} in all)" if len(self.classes) > 8 else ""
+            where += f"; classes {', '.join(self.classes[:8])}{more}"
         return f"{self.format} {self.split} ({where})"
 
 
@@ -81,7 +106,8 @@ class ExplainConfig(_Strict):
     """A named depth (input, mid1..mid3, final) or a module name; null for input methods. When not given,
     the method's default layer (`final` for the CAMs, the input for gradient, IntGrad, occlusion, ...)."""
     target: str = "true"
-    """`true` (every present class; (image, class) pairs on multi-label data), `predicted` or `class:<k>`."""
+    """`true` (every present class; (image, class) pairs on multi-label data; YAML's boolean `true` is the
+    same), `predicted` or `class:<k>`."""
     batch_size: int = Field(64, ge=1)
     chunk_size: int = Field(256, ge=1)
 
@@ -127,6 +153,11 @@ class ExplainConfig(_Strict):
             raise ValueError(f"layer: method {self.method!r} takes no layer; give layer: null")
         return self
 
+    @field_validator("target", mode="before")
+    @classmethod
+    def _true(cls, v: Any) -> Any:
+        return true_target(v)
+
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:
@@ -136,8 +167,10 @@ class ExplainConfig(_Strict):
 
 
 class MeasuresConfig(_Strict):
-    select: list[str] | None = Field(None, min_length=1)
-    """The measures to run (names of `salience.measures.MEASURES`); null: every measure the data support."""
+    select: Annotated[list[str], Field(min_length=1)] | Literal["all"] | None = None
+    """The measures to run (names of `salience.measures.MEASURES`); `all`: every measure the data support; null:
+    those costing at most `DEFAULT_MAX_PASSES` model passes per probed image (`salience.measures.registry.
+    default_measures`: the "Explain To Me" measures, random logit, complexity, localisation, stability)."""
     n_probe: int = Field(64, ge=0)
     """Images the model probes (noise, transforms, blur, deletion / insertion, out of set) run on; 0: none."""
     deletion_steps: int = Field(16, ge=1)
@@ -153,9 +186,11 @@ class MeasuresConfig(_Strict):
 
     @field_validator("select")
     @classmethod
-    def _select(cls, v: list[str] | None) -> list[str] | None:
+    def _select(cls, v: list[str] | str | None) -> list[str] | str | None:
         from salience.measures import get_measure
 
+        if isinstance(v, str):
+            return v
         for name in v or ():
             get_measure(name)  # an unknown name fails here, listing the registry
         if v is not None and len(set(v)) != len(v):

@@ -71,7 +71,7 @@ def run(
     paths = store_paths(out, [m.name for m in members], cfg.explain.specs)
     explain_members(cfg, members, data, paths, show, ctx)
     clock("explain")
-    summary = measure_members(cfg, names, members, data, out_of_set, paths, out, ctx)
+    summary = measure_members(cfg, names, members, data, out_of_set, paths, out, ctx, progress=show)
     clock("measures")
     if not main:
         return None
