@@ -36,10 +36,9 @@ def chosen_measures(select: list[str] | str | None) -> list[str] | None:
 
 def _explain_seconds(cfg: StudyConfig, members: list[Member], data: SalienceDataset, n: int) -> float:
     """Seconds per image of one explanation (a forward and a backward) of every member with every method,
-    summed: timed on a batch of 64 (the probes' batch size) of the first `n` images (at most 16, repeated), after
-    one untimed call."""
-    first = collate([data[i] for i in range(min(n, 16, len(data)))])["image"]
-    x = first.repeat(-(-64 // len(first)), 1, 1, 1)[:64]
+    summed: timed on a batch of the first `n` images (at most 16), after one untimed call on one image (a
+    small batch keeps the estimate cheap next to the work it estimates)."""
+    x = collate([data[i] for i in range(min(n, 16, len(data)))])["image"]
     total = 0.0
     for m in members:
         device = next(m.model.parameters()).device
@@ -49,7 +48,7 @@ def _explain_seconds(cfg: StudyConfig, members: list[Member], data: SalienceData
         for spec in cfg.explain.specs:
             method, layer = parse_method(spec)
             explain = Explainer(method, m.model, layer)
-            explain(xs, target)
+            explain(xs[:1], target[:1])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             t0 = time.perf_counter()
