@@ -96,3 +96,22 @@ def check_scores(model: nn.Module, x: torch.Tensor, num_classes: int | None = No
     if out.dim() != 2 or out.shape[0] != x.shape[0] or (num_classes is not None and out.shape[1] != num_classes):
         want = f"[{x.shape[0]}, {num_classes if num_classes is not None else 'C'}]"
         raise ValueError(f"on images {list(x.shape)} the model returns scores {list(out.shape)}, expected {want}")
+
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+"""torchvision's ImageNet mean and std per channel."""
+
+
+def normalise_input(
+    model: nn.Module, mean: tuple[float, ...] | list[float], std: tuple[float, ...] | list[float]
+) -> None:
+    """Make `model` take images in [0, 1]: `(x - mean) / std` per channel before its forward (a forward
+    pre-hook, so maps stay in the image's pixels and module names are unchanged)."""
+    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+    std_t = torch.tensor(std).view(1, 3, 1, 1)
+
+    def pre(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        return ((x - mean_t.to(x)) / std_t.to(x),) + tuple(args[1:])
+
+    model.register_forward_pre_hook(pre)

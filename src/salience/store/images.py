@@ -20,8 +20,6 @@ from salience.data.core import DataError, image_size
 from salience.store.explain import explain_stores, method_outs
 from salience.store.zarr_store import MapStore
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-"""torchvision's ImageNet mean and std per channel (`--normalize imagenet`)."""
 _WEIGHT_FILES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".pkl", ".tar")
 SPLIT = "images"
 """How the stores and the view name the images' split."""
@@ -116,6 +114,7 @@ def image_model(
     images in [0, 1]: with `normalize` "imagenet" it subtracts torchvision's ImageNet mean and divides by the
     std per channel first (a forward pre-hook; the maps stay in the image's pixels)."""
     from salience.models import build
+    from salience.models.adapt import IMAGENET_MEAN_STD, normalise_input
     from salience.models.build import is_import_path
 
     if normalize not in ("none", "imagenet"):
@@ -127,12 +126,7 @@ def image_model(
         raise FileNotFoundError(f"--weights {weights}: file not found")
     model = build(name, num_classes, weights=weights, kwargs=kwargs, output=output).to(device).eval()
     if normalize == "imagenet":
-        mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in IMAGENET)
-
-        def pre(_module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-            return ((args[0] - mean.to(args[0])) / std.to(args[0]),) + tuple(args[1:])
-
-        model.register_forward_pre_hook(pre)
+        normalise_input(model, *IMAGENET_MEAN_STD)
     return model
 
 

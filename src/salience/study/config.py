@@ -22,9 +22,8 @@ from pydantic import (
 from salience.attribution.registry import check_layer, get_method, method_spec, parse_method
 from salience.data.formats import check_classes
 from salience.io.config import DataConfig, config_error, read_tree, true_target
+from salience.models.adapt import IMAGENET_MEAN_STD
 from salience.models.build import check_model, is_import_path
-
-IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 class _Strict(BaseModel):
@@ -84,7 +83,7 @@ class StudyData(_Strict):
         if self.normalize == "none":
             return None
         if self.normalize == "imagenet":
-            return IMAGENET["mean"], IMAGENET["std"]
+            return IMAGENET_MEAN_STD
         return self.normalize.mean, self.normalize.std
 
     def describe(self) -> str:

@@ -7,10 +7,8 @@ model in eval mode on the device, normalising its input as the data say."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +17,7 @@ from salience import attribution as A
 from salience.io.checkpoint import load_run
 from salience.io.config import ConfigError
 from salience.models import adapt, build, load_model
-from salience.models.adapt import adapted, check_scores
+from salience.models.adapt import adapted, check_scores, normalise_input
 from salience.study.config import StudyConfig, TrainGroup, WeightsGroup
 
 
@@ -124,22 +122,10 @@ def ready(cfg: StudyConfig, members: list[Member], device: torch.device) -> list
     for m in members:
         m.model = m.model.to(device).eval()
         if norm is not None:
-            _normalise_input(m.model, *norm)
+            normalise_input(m.model, *norm)
     for spec in cfg.explain.specs:
         _check_method(*A.parse_method(spec), members)
     return members
-
-
-def _normalise_input(model: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
-    """Make `model` take images in [0, 1]: `(x - mean) / std` per channel before its forward."""
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-
-    def pre(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        x = args[0]
-        return ((x - mean_t.to(x)) / std_t.to(x),) + tuple(args[1:])
-
-    model.register_forward_pre_hook(pre)
 
 
 def _check_method(method: str, layer: str | None, members: list[Member]) -> None:
