@@ -31,7 +31,7 @@ from salience.io.checkpoint import load_checkpoint, save_checkpoint
 from salience.io.config import ConfigError, GuidanceConfig, TrainConfig, validate
 from salience.io.datasets import check_guidance_data, is_multi_label, open_split
 from salience.models.adapt import check_scores
-from salience.training.evaluate import evaluate, task_metric_names
+from salience.training.evaluate import evaluate_models, task_metric_names
 from salience.training.pareto import ParetoFront
 
 log = logging.getLogger("salience")
@@ -377,9 +377,9 @@ def _validate(r: _Run, epoch: int, train_stats: dict, t0: float) -> dict:
     """Evaluate on the validation split; returns the epoch's log record (`t0`: when the epoch began)."""
     t_val = time.perf_counter()
     c = r.config
-    val = evaluate(
-        r.core, r.val_loader, r.multi_label, r.eval_method, r.eval_depth, c.eval.iou_threshold, ctx=r.ctx, amp=c.amp
-    )
+    val = evaluate_models(
+        [r.core], r.val_loader, r.multi_label, r.eval_method, r.eval_depth, c.eval.iou_threshold, ctx=r.ctx, amp=c.amp
+    )[0]
     return {
         "epoch": epoch + 1,
         "lr": r.optimizer.param_groups[0]["lr"],

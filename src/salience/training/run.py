@@ -11,7 +11,7 @@ from salience.data.core import collate
 from salience.io.checkpoint import load_checkpoint
 from salience.io.config import _set, parse_overrides, validate
 from salience.io.datasets import open_split
-from salience.training.evaluate import evaluate
+from salience.training.evaluate import evaluate_models
 
 
 def evaluate_checkpoint(
@@ -32,8 +32,8 @@ def evaluate_checkpoint(
     loader = DataLoader(
         ds, batch_size=config.eval.batch_size or config.batch_size, collate_fn=collate, num_workers=config.data.workers
     )
-    out = evaluate(
-        model,
+    out = evaluate_models(
+        [model],
         loader,
         state["multi_label"],
         config.eval.method or config.guidance.method,
@@ -41,5 +41,5 @@ def evaluate_checkpoint(
         config.eval.iou_threshold,
         ctx=ctx,
         amp=config.amp,
-    )
+    )[0]
     return {"checkpoint": str(path), "epoch": state["epoch"], "split": split, **out}
