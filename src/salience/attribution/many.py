@@ -8,6 +8,7 @@ The shared methods (`Method.from_pass`) all read a feature tensor F (the input o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from torch import nn
 
 from salience.attribution.core import capture, channels_last, patch_grid, resolve_layer, selected_logit_sum
 from salience.attribution.methods import cam_weights, pairs
-from salience.attribution.registry import Pass, check_layer, get_method, parse_method
+from salience.attribution.registry import Pass, check_layer, check_options, get_method, parse_method
 
 
 def attribute(
@@ -38,9 +39,8 @@ def attribute(
     layer = check_layer(method, layer)
     if create_graph and not entry.differentiable:
         raise ValueError(f"method {method!r} is not differentiable; create_graph=True needs another method")
+    check_options(method, options)
     if entry.shared:
-        if options:
-            raise ValueError(f"method {method!r} takes no options; got {', '.join(options)}")
         return shared_pass(model, x, target, {method: (method, layer)}, create_graph)[1][method]
     if layer is not None:
         options["layer"] = layer
@@ -54,14 +54,17 @@ def attribute_many(
     target: torch.Tensor,
     methods: list[str] | tuple[str, ...],
     create_graph: bool = False,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """`{spec: maps [P, h, w]}` for each method spec `NAME` or `NAME@LAYER` (`"gradient"`,
-    `"input_x_gradient@mid2"`, `"grad_cam@final"`, `"cam"`), each equal to `attribute(NAME, ..., layer=LAYER)`.
+    `"input_x_gradient@mid2"`, `"grad_cam@final"`, `"cam"`), each equal to `attribute(NAME, ..., layer=LAYER,
+    **options[spec])`; `options`: `{spec: {option: value}}` for methods that run their own passes.
 
     The shared methods come from one forward, with the output of every distinct requested layer recorded, and
     one `torch.autograd.grad` of the selected-logit sum with respect to the input (when an input method is
     asked for) and those layer outputs. Without `create_graph` and without input methods, the network below
-    the first recorded layer runs without a graph. Other methods run through `attribute` with their defaults.
+    the first recorded layer runs without a graph. Other methods run through `attribute`, with their
+    `options` (defaults where none are given).
     """
     if isinstance(methods, str):
         methods = [methods]
@@ -69,13 +72,18 @@ def attribute_many(
     if len(specs) != len(methods) or not specs:
         dup = [m for m in methods if list(methods).count(m) > 1]
         raise ValueError(f"methods: {'give at least one' if not specs else f'{dup[0]!r} is given twice'}")
+    options = options or {}
+    unknown = set(options) - set(specs)
+    if unknown:
+        raise ValueError(f"options: {sorted(unknown)} are not among the methods {list(specs)}")
     out: dict[str, torch.Tensor] = {}
     shared = {}
     for spec, (name, layer) in specs.items():
-        if get_method(name).shared:
+        if get_method(name).shared and not options.get(spec):
             shared[spec] = (name, check_layer(name, layer))
         else:
-            out[spec] = attribute(name, model, x, target, layer=layer, create_graph=create_graph)
+            opts = options.get(spec, {})
+            out[spec] = attribute(name, model, x, target, layer=layer, create_graph=create_graph, **opts)
     if shared:
         out |= shared_pass(model, x, target, shared, create_graph)[1]
     return {spec: out[spec] for spec in methods}

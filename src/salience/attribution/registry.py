@@ -6,8 +6,9 @@ method up here. A new method is one `register(Method(...))` call next to its map
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -133,6 +134,25 @@ def parse_method(spec: str) -> tuple[str, str | None]:
     if sep and not METHODS[name].takes_layer:
         raise ValueError(f"method {spec!r}: {name} takes no layer; layers are accepted by {', '.join(layer_methods())}")
     return name, layer or None
+
+
+def method_options(name: str) -> list[str]:
+    """The options a method takes (`attribute(name, ..., **options)`): the keyword parameters of its `run` beyond
+    the model, images, target, layer and `create_graph`; none for the shared methods."""
+    run = get_method(name).run
+    if run is None:
+        return []
+    fixed = {"model", "x", "target", "layer", "create_graph"}
+    return [p for p in inspect.signature(run).parameters if p not in fixed]
+
+
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """ValueError naming an option that method `name` does not take, with the ones it does."""
+    accepted = method_options(name)
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+        raise ValueError(f"method {name!r}: unknown option {unknown[0]!r}; {takes}")
 
 
 def check_layer(name: str, layer: str | None) -> str | None:

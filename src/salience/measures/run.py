@@ -236,7 +236,7 @@ def _probe(
     maps, targets = store.read(0, n)
     masks = object_masks(batch, rows, targets) if _has_masks(src.dataset) else None
     device = next(src.model.parameters()).device
-    explain = Explainer(store.meta.method, src.model, store.meta.layer)
+    explain = Explainer(store.meta.method, src.model, store.meta.layer, dict(store.meta.options))
     oos = None if src.out_of_set is None else src.out_of_set.to(device)
     return probe_suite(
         src.model,
@@ -312,7 +312,9 @@ def _shared_mprt(stores: list[MapStore], sources: dict[str, Source], seed: int) 
         device = next(src.model.parameters()).device
         batch, rows = _images(src, src.positions(members[0])[:n])
         x, target = batch["image"][rows].to(device), read[0][1].to(device)
-        results = mprt_many(src.model, x, target, specs, seed=seed, maps=[maps.to(device) for maps, _ in read])
+        maps = [m.to(device) for m, _ in read]
+        options = [s.meta.options for s in members]
+        results = mprt_many(src.model, x, target, specs, seed=seed, maps=maps, options=options)
         out |= {str(s.path): {"mprt": r} for s, r in zip(members, results, strict=True)}
     return out
 

@@ -8,7 +8,8 @@ A method passes when its maps change: lower similarity is better for both.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,6 +44,7 @@ def mprt(
     seed: int = 42,
     max_steps: int | None = 16,
     maps: torch.Tensor | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict:
     """Cascading model parameter randomisation: copy `model`, then randomise its modules top-down (`randomisable`),
     each after `torch.manual_seed(seed + 1)` with its own `reset_parameters()` (Quantus' draws; the global RNG is
@@ -52,8 +54,10 @@ def mprt(
 
     Returns `{"layers": [L] names (the module randomised last at each compared step), "similarity": [B, L],
     "summary": [B]}` (mean over the compared steps). With `max_steps`, maps are compared after at most that
-    many steps spread over the cascade (the randomisation itself is the same); None compares after each."""
-    return mprt_many(model, x, target, [(method, layer)], seed, max_steps, None if maps is None else [maps])[0]
+    many steps spread over the cascade (the randomisation itself is the same); None compares after each.
+    `options`: the method's options (`attribute(method, ..., **options)`)."""
+    originals = None if maps is None else [maps]
+    return mprt_many(model, x, target, [(method, layer)], seed, max_steps, originals, [options or {}])[0]
 
 
 def mprt_many(
@@ -64,14 +68,17 @@ def mprt_many(
     seed: int = 42,
     max_steps: int | None = 16,
     maps: list[torch.Tensor] | None = None,
+    options: Sequence[Mapping[str, Any]] | None = None,
 ) -> list[dict]:
     """`mprt` of several `(method, layer)` from one randomisation cascade: at each compared step the methods'
     maps come from one `attribute_many` (one forward and one backward for the shared methods). Each result
-    equals `mprt` of its method alone; `maps`: the original maps of each method (computed when None)."""
+    equals `mprt` of its method alone; `maps`: the original maps of each method (computed when None);
+    `options`: each method's options (none by default)."""
     size = (x.shape[-2], x.shape[-1])
     specs = [method_spec(name, layer) for name, layer in methods]
+    opts = {spec: o for spec, o in zip(specs, options or [{}] * len(specs), strict=True) if o}
     if maps is None:
-        found = attribute_many(model, x, target, specs)
+        found = attribute_many(model, x, target, specs, options=opts)
         maps = [found[spec] for spec in specs]
     originals = [upsample(m.detach(), size).abs() for m in maps]
     randomised = copy.deepcopy(model).eval()
@@ -87,7 +94,7 @@ def mprt_many(
             torch.manual_seed(seed + 1)
             module.reset_parameters()  # type: ignore[operator]
             if i in steps:
-                found = attribute_many(randomised, x, target, specs)
+                found = attribute_many(randomised, x, target, specs, options=opts)
                 for k, spec in enumerate(specs):
                     sims[k].append(spearman(originals[k], upsample(found[spec].detach(), size).abs()))
                 names.append(name)

@@ -3,7 +3,8 @@ per image each: what `evaluate`, the measure run and the study report per model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,12 +101,13 @@ def evaluate(
     seed: int = 0,
     deletion_steps: int = 16,
     samples: int | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every single-model measure among `measures` (names of `MEASURES`; None: all the inputs support), per
     image, in one call: `{name: [B]}` in registry order.
 
     `images [B, C, H, W]` are explained for `target` (long `[B]`) with `method` at `layer` (see
-    `salience.attribution.attribute`; model in eval mode); the maps give the maps-kind measures (those that need
+    `salience.attribution.attribute`, with the method's `options`; model in eval mode); the maps give the maps-kind measures (those that need
     masks only with `masks [B, H, W]`, bool or float read as > 0.5); the probe-kind measures run the model.
     `samples`: noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus').
     Group measures (stability) need several models: see `salience.measures.probes.seed_stability`.
@@ -119,7 +121,7 @@ def evaluate(
     unmasked = [n for n in names if MEASURES[n].needs_masks]
     if measures is not None and masks is None and unmasked:
         raise ValueError(f"measures {unmasked} need masks; pass masks [B, H, W]")
-    explain = Explainer(method, model, layer)
+    explain = Explainer(method, model, layer, dict(options or {}))
     maps = explain(images, target)
     size = (images.shape[-2], images.shape[-1])
     values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}

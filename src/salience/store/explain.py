@@ -90,6 +90,7 @@ def explain_stores(
     outs: Sequence[Mapping[str, str | Path]],
     *,
     target_policy: str = "true",
+    options: Mapping[str, Mapping[str, Any]] | None = None,
     data: str = "",
     split: str = "",
     chunk_size: int = 256,
@@ -102,6 +103,7 @@ def explain_stores(
     `models[m]` and method spec `s` (`NAME` or `NAME@LAYER`, see `attribute_many`) go to the store
     `outs[m][s]`, created or resumed (only the chunks unfinished in some store are computed, and only for
     the stores that lack them). The gradient-based methods of a model share one forward and one backward.
+    `options`: `{spec: {option: value}}` for the methods that take options (see `attribute_many`).
 
     The store's items: for `target_policy` "true", every (image, class) pair whose class the image has
     (`true_pairs`; one per image on single-label data); for "predicted" and "class:<k>", one per image.
@@ -116,7 +118,7 @@ def explain_stores(
     from salience import distributed as dist
 
     ctx = ctx or dist.Context(0, 1, next(models[0].parameters()).device, False)
-    job = _plan(models, dataset, methods, outs, target_policy)
+    job = _plan(models, dataset, methods, outs, target_policy, options)
     stores, pending = _open_stores(job, data, split, chunk_size, ctx)
     need: dict[int, list[int]] = {}  # chunk -> indices into `job.stores` of the stores that lack it
     for k, chunks in enumerate(pending):
@@ -137,7 +139,8 @@ class _Job:
     """What one `explain_stores` call explains. `stores[k]`: (model index, method spec, path) of a store to
     fill, model by model, then method by method; `specs`: `{spec: (name, layer)}`. The store items:
     `item_image[i]` is the data set index of item i's image (non-decreasing), `item_class[i]` its class, or
-    `item_class` None when the model chooses the class by `target_policy`. `ids`: the data set's image ids."""
+    `item_class` None when the model chooses the class by `target_policy`. `ids`: the data set's image ids.
+    `options`: `{spec: {option: value}}` of the methods that take options (kept in each store's metadata)."""
 
     models: list[torch.nn.Module]
     dataset: Any
@@ -147,6 +150,7 @@ class _Job:
     item_image: list[int]
     item_class: list[int] | None
     target_policy: str
+    options: Mapping[str, Mapping[str, Any]]
 
     def explain(
         self, m: int, x: torch.Tensor, classes: torch.Tensor | None, wanted: list[str]
@@ -160,7 +164,7 @@ class _Job:
                 t = targets_for(self.target_policy, model(x))
         else:
             t = classes.to(x.device)
-        return attribute_many(model, x, t, wanted), t
+        return attribute_many(model, x, t, wanted, options={s: self.options[s] for s in wanted if s in self.options}), t
 
 
 def _plan(
@@ -169,6 +173,7 @@ def _plan(
     methods: list[str],
     outs: Sequence[Mapping[str, str | Path]],
     target_policy: str,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> _Job:
     """The `_Job` of `explain_stores`'s arguments, after refusing a method given twice (or none), an `outs` that
     lacks a store, two stores at one path and an empty data set; puts the models in eval mode."""
@@ -190,7 +195,7 @@ def _plan(
         item_image, item_class = true_pairs(dataset)
     else:  # one per image, its class chosen by the model
         item_image, item_class = list(range(len(ids))), None
-    return _Job(models, dataset, specs, flat, ids, item_image, item_class, target_policy)
+    return _Job(models, dataset, specs, flat, ids, item_image, item_class, target_policy, dict(options or {}))
 
 
 def _create_stores(job: _Job, data: str, split: str, chunk_size: int) -> list[MapStore]:
@@ -208,6 +213,7 @@ def _create_stores(job: _Job, data: str, split: str, chunk_size: int) -> list[Ma
             model_hash=model_hash(job.models[m]),
             method=name,
             layer=layer,
+            options=dict(job.options.get(spec, {})),
             target_policy=job.target_policy,
             resolution=resolution,
             data=data,

@@ -52,6 +52,7 @@ class StoreMeta(BaseModel):
     model_hash: str
     method: str
     layer: str | None = None
+    options: dict[str, Any] = {}  # the method's options (`attribute(method, ..., **options)`), JSON values
     target_policy: str  # "true", "predicted" or "class:<k>"
     resolution: tuple[int, int]  # input image size (H, W) the maps were computed at
     data: str  # data set name or path

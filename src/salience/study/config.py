@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from salience.attribution.registry import check_layer, get_method, method_spec, parse_method
+from salience.attribution.registry import check_layer, check_options, get_method, method_spec, parse_method
 from salience.data.formats import check_classes
 from salience.io.config import DataConfig, config_error, read_tree, true_target
 from salience.models.adapt import IMAGENET_MEAN_STD
@@ -107,6 +107,10 @@ class ExplainConfig(_Strict):
     target: str = "true"
     """`true` (every present class; (image, class) pairs on multi-label data; YAML's boolean `true` is the
     same), `predicted` or `class:<k>`."""
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Options of the methods that run their own passes, by method name or spec, e.g.
+    `{kernel_shap: {feature_mask: slic, n_samples: 200}, occlusion: {window: 16}}` (the keyword options of
+    `salience.attribution.attribute`; kept in each store's metadata)."""
     batch_size: int = Field(64, ge=1)
     chunk_size: int = Field(256, ge=1)
 
@@ -150,6 +154,20 @@ class ExplainConfig(_Strict):
             self.layer = method.layer
         elif not method.takes_layer and self.layer not in (None, method.layer or "input"):
             raise ValueError(f"layer: method {self.method!r} takes no layer; give layer: null")
+        return self
+
+    @model_validator(mode="after")
+    def _options(self) -> ExplainConfig:
+        """Key the options by the study's method specs; an unknown method or option fails naming it."""
+        specs = self.specs
+        keyed = {}
+        for key, opts in self.options.items():
+            spec = key if key in specs else next((s for s in specs if parse_method(s)[0] == key), None)
+            if spec is None:
+                raise ValueError(f"options: {key!r} is not one of the study's methods {specs}")
+            check_options(parse_method(spec)[0], opts)
+            keyed[spec] = opts
+        self.options = keyed
         return self
 
     @field_validator("target", mode="before")

@@ -43,6 +43,7 @@ def explain_members(
         specs,
         [{spec: paths[(m.name, spec)] for spec in specs} for m in members],
         target_policy=cfg.explain.target,
+        options=cfg.explain.options,
         data=cfg.data.describe(),
         split=cfg.data.split,
         chunk_size=cfg.explain.chunk_size,

@@ -47,7 +47,7 @@ def _explain_seconds(cfg: StudyConfig, members: list[Member], data: SalienceData
             target = m.model(xs).argmax(1)
         for spec in cfg.explain.specs:
             method, layer = parse_method(spec)
-            explain = Explainer(method, m.model, layer)
+            explain = Explainer(method, m.model, layer, dict(cfg.explain.options.get(spec, {})))
             explain(xs[:1], target[:1])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
