@@ -117,6 +117,32 @@ def test_files_and_a_class_index(world):
     assert Study(out).item({"image": "a"})["picture"]["width"] == 32
 
 
+def test_method_options_reach_the_maps_and_the_store(world):
+    """`--option occlusion.window=16`: the store holds the maps of those options and records them."""
+    out = world / "options"
+    files = [world / "flat" / "a.png", world / "flat" / "b.png"]
+    result, text = _run(
+        *map(str, files), "--model", "smallcnn", "--num-classes", "3", "--weights", str(world / "m.pth"),
+        "--method", "occlusion", "--method", "grad_cam", "--option", "occlusion.window=16",
+        "--option", "occlusion.stride=8", "--target", "1", "--out", str(out),
+    )  # fmt: skip
+    assert result.exit_code == 0, text
+    store = MapStore(out / "stores" / "occlusion" / "m")
+    assert store.meta.options == {"window": 16, "stride": 8}
+    expected = attribute("occlusion", _model(world), _pixels(files), torch.tensor([1, 1]), window=16, stride=8)
+    torch.testing.assert_close(store.read(0, 2)[0], expected, rtol=1e-4, atol=1e-6)
+    for option, message in [
+        ("occlusion.size=3", "unknown option 'size'; it takes window, stride"),
+        ("gradient.window=3", "'gradient' is not one of the methods"),
+        ("window=3", "expected METHOD.KEY=VALUE"),
+    ]:
+        result, text = _run(
+            *map(str, files), "--model", "smallcnn", "--num-classes", "3", "--method", "occlusion",
+            "--option", option, "--out", str(world / "never"),
+        )  # fmt: skip
+        assert result.exit_code == 2 and message in " ".join(text.replace("│", " ").split()), (option, text)
+
+
 def test_target_true_is_the_class_folder(world):
     out = world / "true"
     result, text = _run(

@@ -39,7 +39,7 @@ def test_attribute_many_passes_each_methods_options():
 def test_study_options_are_keyed_by_spec_and_checked():
     cfg = ExplainConfig(methods=["occlusion", "grad_cam@mid3"], options={"occlusion": WINDOW})
     assert cfg.options == {"occlusion": WINDOW}
-    with pytest.raises(ValueError, match="options: 'smooth_grad' is not one of the study's methods"):
+    with pytest.raises(ValueError, match="options: 'smooth_grad' is not one of the methods"):
         ExplainConfig(methods=["occlusion"], options={"smooth_grad": {"samples": 2}})
     with pytest.raises(ValueError, match="unknown option 'size'"):
         ExplainConfig(method="occlusion", options={"occlusion": {"size": 2}})

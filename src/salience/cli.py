@@ -20,35 +20,50 @@ def version() -> None:
 def methods() -> None:
     """List the attribution methods and what each can do: a table where the terminal is wide enough for it,
     else a list; method names are never cut."""
+    import textwrap
+
     from rich.console import Console
     from rich.table import Table
 
     rows = _method_rows()
     columns = list(zip(_METHOD_COLUMNS, *rows, strict=True))
-    widths = [max(len(cell) for cell in column) for column in columns[:-1]]  # never wrapped
-    summary = max(len(word) for cell in columns[-1] for word in cell.split())  # wrapped at spaces
+    widths = [max(len(cell) for cell in column) for column in columns[:-2]]  # never wrapped
+    wrapped = [max(len(word) for cell in column for word in cell.split()) for column in columns[-2:]]  # at spaces
     table = Table()
     for name, width in zip(_METHOD_COLUMNS, widths, strict=False):
         table.add_column(name, no_wrap=True, width=width)
-    table.add_column(_METHOD_COLUMNS[-1], min_width=summary)
+    for name, width in zip(_METHOD_COLUMNS[-2:], wrapped, strict=True):
+        table.add_column(name, min_width=width)
     for row in rows:
         table.add_row(*row)
     console = Console()
-    if sum(widths) + summary + 3 * len(_METHOD_COLUMNS) + 1 <= console.width:  # the columns, padding and borders
+    if sum(widths) + sum(wrapped) + 3 * len(_METHOD_COLUMNS) + 1 <= console.width:  # columns, padding, borders
         console.print(table)
         return
+    width = max(console.width, 40) - 4
     for row in rows:  # too narrow for the table: a method a paragraph, its name whole on a line of its own
         typer.echo(row[0])
-        typer.echo("    " + "; ".join(f"{k}: {v}" for k, v in zip(_METHOD_COLUMNS[1:-1], row[1:-1], strict=True)))
-        typer.echo(f"    {row[-1]}")
+        facts = "; ".join(f"{k}: {v}" for k, v in zip(_METHOD_COLUMNS[1:-1], row[1:-1], strict=True))
+        for line in textwrap.wrap(facts, width) + textwrap.wrap(row[-1], width):
+            typer.echo(f"    {line}")
 
 
-_METHOD_COLUMNS = ("method", "default layer", "other layers", "shared pass", "differentiable", "signed", "summary")
+_METHOD_COLUMNS = (
+    "method",
+    "default layer",
+    "other layers",
+    "shared pass",
+    "differentiable",
+    "signed",
+    "options",
+    "summary",
+)
 
 
 def _method_rows() -> list[tuple[str, ...]]:
     """The cells of `salience methods`, one row per registered method, in `_METHOD_COLUMNS` order."""
     from salience.attribution import METHODS
+    from salience.attribution.registry import method_options
 
     yes = {True: "yes", False: "-"}
     return [
@@ -59,6 +74,7 @@ def _method_rows() -> list[tuple[str, ...]]:
             yes[m.shared],
             yes[m.differentiable],
             yes[m.signed],
+            ", ".join(method_options(m.name)) or "-",
             m.summary,
         )
         for m in METHODS.values()
@@ -190,6 +206,11 @@ def explain(
         "for several methods in one pass. `salience methods` lists the methods.",
     ),
     layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final) of a single method."),
+    option: list[str] = typer.Option(
+        [],
+        help="A method's option, METHOD.KEY=VALUE (VALUE read as YAML), e.g. kernel_shap.feature_mask=grid:8 or "
+        "rise.n_masks=2000; repeatable. `salience methods` lists the methods that take options.",
+    ),
     out: str = typer.Option(
         ...,
         help="--checkpoint: map store directory (created, or resumed if its metadata match); with several methods "
@@ -214,6 +235,8 @@ def explain(
     in `salience view`, and --png adds pictures). Under torchrun the processes share the stores, each
     computing its share of the chunks."""
     common = dict(methods=method, layer=layer, out=out, chunk_size=chunk_size, batch_size=batch_size, device=device)
+    with _exit_on(ValueError):
+        common["options"] = _method_options(option, method, layer)
     given = {"--num-classes": num_classes, "--weights": weights, "--kwargs": kwargs, "--output": output}
     given |= {"--size": size, "--normalize": normalize, "--png": png, "--classes": classes}
     _check_explain_form(checkpoint, model, images, given, {"--data": data, "--set": set_})
@@ -224,6 +247,24 @@ def explain(
     options |= dict(size=size, normalize=normalize or "none", target=target or "predicted", png=png)
     options["classes"] = [c.strip() for c in classes.split(",")] if classes else None
     _explain_images(images or [], options, common)
+
+
+def _method_options(items: list[str], methods: list[str], layer: str | None) -> dict[str, dict[str, Any]]:
+    """`{spec: {key: value}}` from `--option METHOD.KEY=VALUE` values (METHOD a name or spec of `methods`, VALUE
+    read as YAML); a malformed item, a method not explained or an option it does not take raises ValueError."""
+    import yaml
+
+    from salience.attribution.registry import options_by_spec
+
+    specs = [f"{methods[0]}@{layer}"] if layer is not None and len(methods) == 1 else list(methods)  # as the stores
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, option = key.rpartition(".")
+        if not sep or not dot or not name or not option:
+            raise ValueError(f"--option {item!r}: expected METHOD.KEY=VALUE, e.g. kernel_shap.n_samples=64")
+        options.setdefault(name, {})[option] = yaml.safe_load(value)
+    return options_by_spec(specs, options)
 
 
 def _check_explain_form(
@@ -266,6 +307,7 @@ def _explain_checkpoint(checkpoint: str, data: str, target: str, overrides: list
                 common["methods"],
                 common["out"],
                 layer=common["layer"],
+                options=common["options"],
                 target_policy=target,
                 overrides=overrides,
                 chunk_size=common["chunk_size"],
@@ -310,6 +352,7 @@ def _explain_images(images: list[str], options: dict[str, Any], common: dict[str
                 source,
                 outs,
                 target_policy=policy,
+                options=common["options"],
                 normalize=options["normalize"],
                 chunk_size=common["chunk_size"],
                 batch_size=common["batch_size"],

@@ -10,6 +10,7 @@ import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -153,6 +154,19 @@ def check_options(name: str, options: Mapping[str, object]) -> None:
     if unknown:
         takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
         raise ValueError(f"method {name!r}: unknown option {unknown[0]!r}; {takes}")
+
+
+def options_by_spec(specs: list[str], options: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """`{spec: options}` from options keyed by method spec or name (`{"kernel_shap": {"n_samples": 64}}`); a key
+    that is none of `specs`, or an option the method does not take, raises `ValueError` naming it."""
+    keyed = {}
+    for key, opts in options.items():
+        spec = key if key in specs else next((s for s in specs if parse_method(s)[0] == key), None)
+        if spec is None:
+            raise ValueError(f"options: {key!r} is not one of the methods {specs}")
+        check_options(parse_method(spec)[0], opts)
+        keyed[spec] = dict(opts)
+    return keyed
 
 
 def check_layer(name: str, layer: str | None) -> str | None:

@@ -339,6 +339,7 @@ def explain_checkpoint(
     out: str | Path,
     *,
     layer: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
     target_policy: str = "true",
     overrides: list[str] | None = None,
     chunk_size: int = 256,
@@ -349,7 +350,8 @@ def explain_checkpoint(
 ) -> dict[str, MapStore]:
     """`explain_stores` for a training checkpoint on `split` of its saved data config, `{spec: store}` with the
     stores of `method_outs(methods, out, layer)` (`overrides`: see `load_run`; `data.workers=1` loads images in
-    a second process). Under torchrun pass `ctx` (its device is used)."""
+    a second process); `options`: `{spec: {option: value}}` of the methods that take options. Under torchrun
+    pass `ctx` (its device is used)."""
     from salience.io.checkpoint import load_run
     from salience.io.datasets import open_split
 
@@ -361,6 +363,7 @@ def explain_checkpoint(
         list(outs),
         [outs],
         target_policy=target_policy,
+        options=options,
         data=data_name(config),
         split=split,
         chunk_size=chunk_size,

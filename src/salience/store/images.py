@@ -154,6 +154,7 @@ def explain_images(
     outs: dict[str, Path],
     *,
     target_policy: str = "predicted",
+    options: dict[str, dict[str, Any]] | None = None,
     normalize: str = "none",
     chunk_size: int = 256,
     batch_size: int = 64,
@@ -162,7 +163,8 @@ def explain_images(
 ) -> dict[str, MapStore]:
     """`{spec: store}`: the maps of `model` on every image of `dataset` by each method, in the stores `outs`
     (created, or resumed when their metadata match: the stores' `data` names the images and `normalize`).
-    `target_policy` "true" needs classes (a folder with class sub-folders)."""
+    `target_policy` "true" needs classes (a folder with class sub-folders); `options`: `{spec: {option: value}}`
+    of the methods that take options."""
     if target_policy == "true" and not dataset.classes:
         raise ValueError(
             f"--target true: {source['root']} gives the images no class (class sub-folders do); "
@@ -175,6 +177,7 @@ def explain_images(
         list(outs),
         [outs],
         target_policy=target_policy,
+        options=options,
         data=data,
         split=SPLIT,
         chunk_size=chunk_size,

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from salience.attribution.registry import check_layer, check_options, get_method, method_spec, parse_method
+from salience.attribution.registry import check_layer, get_method, method_spec, options_by_spec, parse_method
 from salience.data.formats import check_classes
 from salience.io.config import DataConfig, config_error, read_tree, true_target
 from salience.models.adapt import IMAGENET_MEAN_STD
@@ -159,15 +159,7 @@ class ExplainConfig(_Strict):
     @model_validator(mode="after")
     def _options(self) -> ExplainConfig:
         """Key the options by the study's method specs; an unknown method or option fails naming it."""
-        specs = self.specs
-        keyed = {}
-        for key, opts in self.options.items():
-            spec = key if key in specs else next((s for s in specs if parse_method(s)[0] == key), None)
-            if spec is None:
-                raise ValueError(f"options: {key!r} is not one of the study's methods {specs}")
-            check_options(parse_method(spec)[0], opts)
-            keyed[spec] = opts
-        self.options = keyed
+        self.options = options_by_spec(self.specs, self.options)
         return self
 
     @field_validator("target", mode="before")
