@@ -206,11 +206,7 @@ def explain(
         "for several methods in one pass. `salience methods` lists the methods.",
     ),
     layer: str = typer.Option(None, help="Layer name or named depth (input, mid1.., final) of a single method."),
-    option: list[str] = typer.Option(
-        [],
-        help="A method's option, METHOD.KEY=VALUE (VALUE read as YAML), e.g. kernel_shap.feature_mask=grid:8 or "
-        "rise.n_masks=2000; repeatable. `salience methods` lists the methods that take options.",
-    ),
+    option: list[str] = typer.Option([], help="METHOD.KEY=VALUE, a method's option (see `salience methods`)."),
     out: str = typer.Option(
         ...,
         help="--checkpoint: map store directory (created, or resumed if its metadata match); with several methods "
