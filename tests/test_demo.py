@@ -94,7 +94,7 @@ def test_report_rerenders_and_names_a_missing_folder(demo_dir, tmp_path):
     result = runner.invoke(app, ["report", str(demo_dir)])
     assert result.exit_code == 0, result.output
     assert (demo_dir / "report.html").is_file()
-    result = runner.invoke(app, ["report", str(tmp_path)])
+    result = runner.invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "400"})  # the message on one line
     assert result.exit_code != 0
     assert "results.json" in result.output
 
