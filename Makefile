@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo lint test test-all bench clean
+.PHONY: demo lint test test-all bench docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,17 @@ test: lint
 
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
+
+# the documentation site into site/: MkDocs Material, the API reference from the docstrings, the registries'
+# tables and the tutorials executed (docs/hooks.py); strict (mkdocs.yml), so any warning fails it
+DOCS_STAMP := $(VENV)/.installed-docs
+
+$(DOCS_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/attribution.py

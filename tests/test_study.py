@@ -1,4 +1,4 @@
-"""`salience study` as a user meets it: the README's study file, DenseNet-121 state dicts trained
+"""`salience study` as a user meets it: the study file of docs/study.md, DenseNet-121 state dicts trained
 elsewhere, a folder of face PNGs and a flat folder of non-faces; checked against an independent
 computation (PIL, torchvision's DenseNet, Captum's GradCAM, scikit-image's entropy)."""
 
@@ -21,15 +21,15 @@ from typer.testing import CliRunner
 from salience.cli import app
 
 captum_attr = pytest.importorskip("captum.attr")
-README = Path(__file__).resolve().parents[1] / "README.md"
-SIZE = 96  # the README says 224; the test overrides it to stay fast
+STUDY_DOC = Path(__file__).resolve().parents[1] / "docs" / "study.md"
+SIZE = 96  # docs/study.md says 224; the test overrides it to stay fast
 runner = CliRunner()
 
 
 def readme_study() -> str:
-    """The study file of the README's quickstart (the yaml block that starts with `# study.yaml`)."""
-    blocks = re.findall(r"```yaml\n(# study\.yaml.*?)```", README.read_text(), re.S)
-    assert len(blocks) == 1, "the README should hold one study.yaml example"
+    """The study file of docs/study.md (the yaml block that starts with `# study.yaml`)."""
+    blocks = re.findall(r"```yaml\n(# study\.yaml.*?)```", STUDY_DOC.read_text(), re.S)
+    assert len(blocks) == 1, "docs/study.md should hold one study.yaml example"
     return blocks[0]
 
 
@@ -41,7 +41,7 @@ def _png(path: Path, rng: np.random.Generator, mode: str = "RGB") -> None:
 
 @pytest.fixture(scope="module")
 def study_dir(tmp_path_factory):
-    """The README's files in a folder: faces/test/{real,synthetic}, non_faces/, four DenseNet-121 state dicts."""
+    """The study file's files in a folder: faces/test/{real,synthetic}, non_faces/, four DenseNet-121 state dicts."""
     root = tmp_path_factory.mktemp("study")
     rng = np.random.default_rng(0)
     for cls, n in (("real", 3), ("synthetic", 3)):
@@ -63,7 +63,7 @@ def study_dir(tmp_path_factory):
 
 
 def run_readme_study(study_dir: Path):
-    """`salience study study.yaml` in the folder (the README's paths are relative to where it runs)."""
+    """`salience study study.yaml` in the folder (the study file's paths are relative to where it runs)."""
     cwd = os.getcwd()
     os.chdir(study_dir)
     try:
@@ -126,7 +126,7 @@ def test_study_of_densenet_state_dicts_on_an_image_folder(study_dir, results):
     with open(out / "per_image.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:5] == ["group", "model", "method", "image", "class"]
-    assert len(rows) == 3 * 4 * 6  # the README's three methods
+    assert len(rows) == 3 * 4 * 6  # the study file's three methods
     assert {r["method"] for r in rows} == {"grad_cam@features", "grad_cam_pp@features", "input_x_gradient"}
     page = (out / "report.html").read_text()
     assert "Methods compared within each group" in page and "Sanity check: model parameter randomisation" in page

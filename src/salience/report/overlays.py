@@ -34,6 +34,30 @@ def picture_names(ids: Sequence[str], targets: Sequence[int]) -> list[str]:
     return names
 
 
+def colour_scale(lo: float, hi: float) -> tuple[str, float, float]:
+    """`(colormap, vmin, vmax)` for map values from `lo` to `hi`: with negative values a diverging colormap
+    centred on 0 (`RdBu_r`: red positive, blue negative, limits `±max(|lo|, hi)`), else `inferno` from `lo` to
+    `hi` (a constant map gets a tiny span, so it is drawn at the bottom colour)."""
+    if lo < 0:
+        bound = max(-lo, hi) or 1.0
+        return "RdBu_r", -bound, bound
+    return "inferno", lo, hi if hi > lo else lo + 1e-12
+
+
+def upsampled(saliency: torch.Tensor, size: Sequence[int]):
+    """A map `[h, w]` bilinearly upsampled to `size` (`(H, W)`), as a NumPy array."""
+    m = saliency.detach().float().cpu()
+    return F.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def image_pixels(image: torch.Tensor):
+    """An image `[C, H, W]` in [0, 1] as a NumPy `[H, W, 3]` array to draw (one channel: grey; a B-cos input's
+    six channels `[r, g, b, 1-r, 1-g, 1-b]`: its first three)."""
+    x = image.detach().float().cpu().clamp(0, 1)
+    x = x.expand(3, -1, -1) if x.shape[0] == 1 else x[:3]
+    return x.permute(1, 2, 0).numpy()
+
+
 def overlay(image: torch.Tensor, saliency: torch.Tensor, title: str = ""):
     """A matplotlib `Figure`: `image` (`[3, H, W]` in [0, 1]) with `saliency` (`[h, w]`, bilinearly upsampled to
     `H x W`) on top at opacity `ALPHA` and a colour bar of the map's values. A map with negative values gets a
@@ -41,19 +65,12 @@ def overlay(image: torch.Tensor, saliency: torch.Tensor, title: str = ""):
     largest value."""
     from matplotlib.figure import Figure
 
-    h, w = image.shape[-2:]
     m = saliency.detach().float().cpu()
-    up = F.interpolate(m[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    lo, hi = float(m.min()), float(m.max())
-    if lo < 0:
-        bound = max(-lo, hi) or 1.0
-        cmap, lo, hi = "RdBu_r", -bound, bound
-    else:
-        cmap, hi = "inferno", hi if hi > lo else lo + 1e-12
+    cmap, lo, hi = colour_scale(float(m.min()), float(m.max()))
     fig = Figure(figsize=(4.6, 3.8), dpi=100)
     ax = fig.add_subplot()
-    ax.imshow(image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="bilinear")
-    shown = ax.imshow(up, cmap=cmap, vmin=lo, vmax=hi, alpha=ALPHA, interpolation="nearest")
+    ax.imshow(image_pixels(image), interpolation="bilinear")
+    shown = ax.imshow(upsampled(m, image.shape[-2:]), cmap=cmap, vmin=lo, vmax=hi, alpha=ALPHA, interpolation="nearest")
     fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
     ax.set_axis_off()
     if title:

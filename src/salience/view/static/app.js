@@ -1,5 +1,5 @@
 // salience view: the table of a study's images, ranked views, and one image's maps side by side.
-// The URL's hash holds what is on screen, `#VIEW?KEY=VALUE&…` (README, "salience view"): every user action
+// The URL's hash holds what is on screen, `#VIEW?KEY=VALUE&…` (docs/view.md): every user action
 // pushes a history entry, and back, forward or an opened link restore the view from the hash.
 "use strict";
 
