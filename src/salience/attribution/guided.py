@@ -1,4 +1,4 @@
-"""Guided backpropagation and Guided Grad-CAM. Maps `[P, H, W]` at the input's resolution."""
+"""Guided backpropagation, deconvolution and Guided Grad-CAM. Maps `[P, H, W]` at the input's resolution."""
 
 from collections.abc import Callable
 from typing import Any
@@ -28,16 +28,32 @@ class _GuidedReLU(torch.autograd.Function):
         return grad.clamp(min=0) * (out > 0)
 
 
+class _DeconvReLU(torch.autograd.Function):
+    """ReLU whose backward is `ReLU(g)`, whatever the input (Zeiler & Fergus 2014's deconvnet)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.clamp(min=0)
+
+
 _RELUS = {F.relu, F.relu_, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 
 
 class _GuidedMode(TorchFunctionMode):
-    """Within the block every ReLU (modules, `F.relu`, `torch.relu`, in-place forms) runs as `_GuidedReLU`.
-    In-place ReLUs return a new tensor instead of changing their input (same values)."""
+    """Within the block every ReLU (modules, `F.relu`, `torch.relu`, in-place forms) runs as `relu`
+    (`_GuidedReLU` by default). In-place ReLUs return a new tensor instead of changing their input (same values)."""
+
+    def __init__(self, relu: type[torch.autograd.Function] = _GuidedReLU) -> None:
+        super().__init__()
+        self.relu = relu
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if func in _RELUS:
-            return _GuidedReLU.apply(args[0])
+            return self.relu.apply(args[0])
         return func(*args, **(kwargs or {}))
 
 
@@ -50,6 +66,17 @@ def guided_backprop(
     x, cls = pairs(x, target)
     x = x.detach().requires_grad_(True)
     with torch.enable_grad(), _GuidedMode():
+        logits = model(x)
+    return grad_of_selected(logits, cls, x, create_graph=False).abs().amax(1)
+
+
+def deconvolution(model: nn.Module, x: torch.Tensor, target: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+    """Deconvolution (Zeiler & Fergus 2014; Captum's Deconvolution): `max_ch |∂y_c/∂x|` where every ReLU's
+    backward is `ReLU(g_out)`, regardless of its input (functional ReLUs included, as `guided_backprop`). Not
+    differentiable. `[P, H, W]`, >= 0."""
+    x, cls = pairs(x, target)
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad(), _GuidedMode(_DeconvReLU):
         logits = model(x)
     return grad_of_selected(logits, cls, x, create_graph=False).abs().amax(1)
 
@@ -74,6 +101,14 @@ register(
 )
 register(
     Method(
+        "deconvolution",
+        "Deconvolution: the gradient with every ReLU passing back the positive part of its output gradient",
+        run=deconvolution,
+        differentiable=False,
+    )
+)
+register(
+    Method(
         "guided_grad_cam",
         "Guided Grad-CAM: guided backpropagation × upsampled Grad-CAM",
         run=guided_grad_cam,
@@ -84,4 +119,4 @@ register(
     )
 )
 
-__all__ = ["guided_backprop", "guided_grad_cam"]
+__all__ = ["deconvolution", "guided_backprop", "guided_grad_cam"]

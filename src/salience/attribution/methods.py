@@ -109,6 +109,19 @@ def eigen_cam_map(p: Pass) -> torch.Tensor:
     return torch.relu(proj).reshape(acts.shape[0], *acts.shape[2:])
 
 
+def eigen_grad_cam_map(p: Pass) -> torch.Tensor:
+    """Eigen-Grad-CAM (pytorch-grad-cam): `eigen_cam_map` of `∂y_c/∂A ⊙ A` instead of `A`: centred over
+    locations, projected on the first right-singular vector, sign with |max| >= |min|, ReLU."""
+    acts, grad = p.acts_and_grad()
+    return eigen_cam_map(Pass(acts * grad, None, p.classes, p.model))
+
+
+def grad_cam_elementwise_map(p: Pass) -> torch.Tensor:
+    """Grad-CAM element-wise (pytorch-grad-cam's GradCAMElementWise): `Σ_k ReLU(∂y_c/∂A_k ⊙ A_k)`."""
+    acts, grad = p.acts_and_grad()
+    return torch.relu(grad * acts).sum(1)
+
+
 def cam_weights(model: nn.Module, acts: torch.Tensor | None = None) -> torch.Tensor:
     """The class weights `[C, K]` of the model's linear head (`fc` or `classifier`, a plain `nn.Linear` after
     global average pooling); with `acts` `[P, K, h, w]` also checks that K matches. ValueError when CAM does
@@ -216,6 +229,25 @@ for _name, _map, _summary, _extra in [
     )
     register(Method(_name, _summary, from_pass=_map, **_caps))
 
+register(
+    Method(
+        "eigen_grad_cam",
+        "Eigen-Grad-CAM: first principal component of gradient ⊙ activations",
+        from_pass=eigen_grad_cam_map,
+        layer="final",
+        takes_layer=True,
+        differentiable=False,
+    )
+)
+register(
+    Method(
+        "grad_cam_elementwise",
+        "Grad-CAM element-wise: Σ_k ReLU(gradient ⊙ activation)",
+        from_pass=grad_cam_elementwise_map,
+        layer="final",
+        takes_layer=True,
+    )
+)
 register(
     Method(
         "integrated_gradients",

@@ -114,7 +114,7 @@ def _noisy_maps(
     generator seeded with `seed`, the layout Captum's NoiseTunnel draws from the global generator. (Captum builds
     its σ tensor in the default dtype, so for float64 inputs its draw matches only under
     `torch.set_default_dtype(torch.float64)`.)"""
-    if base in ("smooth_grad", "var_grad"):
+    if base in ("smooth_grad", "smooth_grad_sq", "var_grad"):
         raise ValueError(f"base: {base!r} is itself a noise method; pick another, e.g. gradient")
     if samples < 1 or noise_level < 0:
         raise ValueError(f"samples must be >= 1 and noise_level >= 0; got {samples}, {noise_level}")
@@ -144,6 +144,24 @@ def smooth_grad(
     map (at `layer`, if it takes one); noise as `_noisy_maps`. `batch_size` noisy rows per call (all by default).
     Differentiable when the base method is. `[P, h, w]`."""
     return _noisy_maps(model, x, target, base, layer, samples, noise_level, seed, batch_size, create_graph).mean(1)
+
+
+def smooth_grad_sq(
+    model: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    base: str = "gradient",
+    layer: str | None = None,
+    samples: int = 16,
+    noise_level: float = 0.15,
+    seed: int = 0,
+    batch_size: int | None = None,
+    create_graph: bool = False,
+) -> torch.Tensor:
+    """SmoothGrad-squared (Hooker et al. 2019; Captum's NoiseTunnel `smoothgrad_sq`): the mean of the squared
+    `base` maps over `samples` noisy copies, noise and options as `smooth_grad`. `[P, h, w]`, >= 0."""
+    maps = _noisy_maps(model, x, target, base, layer, samples, noise_level, seed, batch_size, create_graph)
+    return (maps**2).mean(1)
 
 
 def var_grad(
@@ -198,6 +216,16 @@ register(
 )
 register(
     Method(
+        "smooth_grad_sq",
+        "SmoothGrad²: the mean squared map of a base method over noisy copies of the input",
+        run=smooth_grad_sq,
+        takes_layer=True,
+        random=True,
+        extra_forwards="samples per image (default 16), backward included",
+    )
+)
+register(
+    Method(
         "var_grad",
         "VarGrad: the variance of a base method's map over noisy copies of the input",
         run=var_grad,
@@ -207,4 +235,4 @@ register(
     )
 )
 
-__all__ = ["occlusion", "score_cam", "smooth_grad", "var_grad"]
+__all__ = ["occlusion", "score_cam", "smooth_grad", "smooth_grad_sq", "var_grad"]
