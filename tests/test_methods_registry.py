@@ -17,7 +17,22 @@ from salience.study.config import ExplainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 DOCS = (Path(__file__).parents[1] / "docs" / "definitions.md").read_text()
-FAST = {"integrated_gradients": {"steps": 4}, "smooth_grad": {"samples": 3}, "var_grad": {"samples": 3}}
+# cheap options for the methods whose defaults run many passes (one line per method)
+FAST = {
+    "integrated_gradients": {"steps": 4},
+    "smooth_grad": {"samples": 3},
+    "var_grad": {"samples": 3},
+    # propagation (lrp)
+    # deeplift family, cams
+    "smooth_grad_sq": {"samples": 3},
+    # shapley family
+    "kernel_shap": {"n_samples": 48},
+    "lime": {"n_samples": 48, "alpha": 1e-5},  # smallcnn's random-init scores move by less than alpha = 0.01
+    "shapley_sampling": {"n_samples": 2},
+    # partition shap, rise
+    "partition_shap": {"max_evals": 64},
+    "rise": {"n_masks": 64},
+}
 
 
 @functools.cache
@@ -90,11 +105,8 @@ def test_attribute_many_and_the_registry_agree(name):
     entry = METHODS[name]
     model = _model_for(name)
     x, t = torch.rand(2, 3, 32, 32), torch.tensor([1, 2])
-    if name in FAST:  # options are not part of a spec: attribute_many runs the defaults
-        expected = A.attribute(name, model, x, t)
-    else:
-        expected = _maps(name, model, x, t)
-    torch.testing.assert_close(A.attribute_many(model, x, t, [name])[name], expected)
+    options = {name: FAST[name]} if name in FAST else None
+    torch.testing.assert_close(A.attribute_many(model, x, t, [name], options=options)[name], _maps(name, model, x, t))
     if entry.takes_layer:
         assert A.parse_method(f"{name}@mid2") == (name, "mid2")
     else:
@@ -178,19 +190,22 @@ def test_explain_writes_every_method_to_its_store(tmp_path):
     images = torch.randint(0, 256, (5, 3, 32, 32), generator=g, dtype=torch.uint8)
     data = SalienceDataset([Record(id=f"im{i}", image=images[i], labels=[i % 4]) for i in range(5)], list("abcd"))
     specs = [name if not METHODS[name].takes_layer else f"{name}@mid3" for name in METHODS if name != "bcos"]
-    specs = [s.replace("smooth_grad@mid3", "smooth_grad").replace("var_grad@mid3", "var_grad") for s in specs]
+    noise = ("smooth_grad@mid3", "smooth_grad_sq@mid3", "var_grad@mid3")  # their base, gradient, takes no layer
+    specs = [s.partition("@")[0] if s in noise else s for s in specs]
     model = _model("smallcnn")
-    (stores,) = explain_stores([model], data, specs, [{s: tmp_path / s for s in specs}], chunk_size=3, batch_size=2)
+    options = {s: FAST[s.partition("@")[0]] for s in specs if s.partition("@")[0] in FAST}
+    outs = [{s: tmp_path / s for s in specs}]
+    (stores,) = explain_stores([model], data, specs, outs, options=options, chunk_size=3, batch_size=2)
     x = torch.stack([data[i]["image"] for i in range(5)])
     for spec in specs:
         name, _, layer = spec.partition("@")
         maps, targets = stores[spec].read(0, 5)
         assert targets.tolist() == [0, 1, 2, 3, 0]
         if METHODS[name].random:  # the noise depends on the batch: rows 0-1 were explained together
-            expected = A.attribute(name, model, x[:2], targets[:2], layer=layer or None)
+            expected = _maps(name, model, x[:2], targets[:2], layer=layer or None)
             torch.testing.assert_close(maps[:2], expected, rtol=1e-4, atol=1e-6)
             continue
-        expected = A.attribute(name, model, x, targets, layer=layer or None)
+        expected = _maps(name, model, x, targets, layer=layer or None)
         scale = expected.abs().max().item()
         torch.testing.assert_close(
             maps, expected, rtol=1e-3, atol=1e-4 * scale, msg=lambda m, spec=spec: f"{spec}: {m}"
