@@ -127,6 +127,14 @@ CASES = [
     for j, depth in enumerate(("final",) if method == "grad_cam" else DEPTHS)
     for loss in (LOSSES if j == 0 else LOSSES[(i + j) % 4 : (i + j) % 4 + 1])
 ]
+# `make test` runs each family's method once at each of its depths, the losses rotating so that every family
+# meets three of them and every loss two families; the rest of CASES is marked slow
+QUICK = {
+    (family, method, depth, LOSSES[(i + j) % 4])
+    for i, (family, (_, _, methods)) in enumerate(FAMILIES.items())
+    for method in methods
+    for j, depth in enumerate(("final",) if method == "grad_cam" else DEPTHS)
+}
 
 
 def _step_batch(seed=0):
@@ -171,7 +179,10 @@ def _grads(model: nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     return {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("family,method,depth,loss", CASES)
+@pytest.mark.parametrize(
+    "family,method,depth,loss",
+    [pytest.param(*case, marks=() if case in QUICK else pytest.mark.slow) for case in sorted(set(CASES) | QUICK)],
+)
 def test_one_guided_step_equals_model_guidance_train_py(family, method, depth, loss, tmp_path):
     """Batch loss and every parameter gradient of one guided step (train mode, λ = 0.7, `reduction: sum`)."""
     ref, ours = _pair(family, tmp_path)

@@ -19,6 +19,7 @@ from skimage.measure import shannon_entropy
 from typer.testing import CliRunner
 
 from salience.cli import app
+from salience.store import MapStore
 
 captum_attr = pytest.importorskip("captum.attr")
 STUDY_DOC = Path(__file__).resolve().parents[1] / "docs" / "study.md"
@@ -222,3 +223,29 @@ def test_bad_weights_fail_before_any_training(study_dir, tmp_path):
 def _write(folder: Path, tree: dict) -> str:
     (folder / "s.yaml").write_text(yaml.safe_dump(tree))
     return str(folder / "s.yaml")
+
+
+@pytest.mark.slow
+def test_the_studys_models_compared_by_five_method_families(study_dir, tmp_path):
+    """The study file's DenseNet-121 models explained by LRP, KernelSHAP, Partition SHAP, RISE and Grad-CAM
+    (small sample counts, given as `explain.options`), measured, and compared in the report; each store keeps
+    its options. Cheaper checks of each method through the stores: tests/test_methods_registry.py."""
+    tree = yaml.safe_load(readme_study())
+    tree["out"] = str(tmp_path / "o")
+    tree["data"] |= {"root": str(study_dir / "faces" / "test"), "size": SIZE}
+    tree["out_of_set"] |= {"root": str(study_dir / "non_faces"), "size": SIZE}
+    tree["groups"] = {g: v | {"weights": [str(study_dir / w) for w in v["weights"]]} for g, v in tree["groups"].items()}
+    methods = ["lrp_epsilon_plus_flat", "kernel_shap", "partition_shap", "rise", "grad_cam@features"]
+    options = {"kernel_shap": {"n_samples": 32, "feature_mask": "grid:4"}, "partition_shap": {"max_evals": 64}}
+    tree["explain"] = {"methods": methods, "options": options | {"rise": {"n_masks": 128}}, "target": "predicted"}
+    tree["measures"] = {"n_probe": 2, "select": ["sparseness", "random_logit", "entropy_histogram"]}
+    res = runner.invoke(app, ["study", _write(tmp_path, tree)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "o"
+    with open(out / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == set(methods) and len(rows) == 5 * 4 * 6
+    assert all(r["sparseness"] not in ("", "nan") for r in rows)
+    assert MapStore(out / "stores" / "kernel_shap" / "ce_1").meta.options == options["kernel_shap"]
+    page = (out / "report.html").read_text()
+    assert "Methods compared within each group" in page and all(m in page for m in methods)

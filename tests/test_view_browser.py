@@ -200,6 +200,7 @@ def test_ranked_views_in_the_browser(browser, tmp_path):
         server.server_close()
 
 
+@pytest.mark.slow  # a timing (the suite checks behaviour; the page, its sorting and one image's maps: above)
 def test_speed_100000_rows_and_20_models(browser, tmp_path):
     """First page of a 100,000-row study within 2 s; one image with 20 models' maps within 1 s. Each is
     timed three times (fresh page loads; three different images) and the fastest must meet the target, so
