@@ -248,3 +248,23 @@ def test_model_is_unchanged_after_a_call_and_after_an_error(model_name):
         lrp(model, x, torch.tensor([0, 1]))
     model.eval()
     _assert_unchanged(model, state, x, before)
+
+
+def test_a_normalised_model_is_propagated_from_the_normalised_image():
+    """salience's `normalise_input` (a study's `normalize: imagenet`): the maps equal Zennit's on the normalised
+    image, the z^B box that image's range, and the model keeps its pre-hook."""
+    from salience.models.adapt import IMAGENET_MEAN_STD, normalise_input
+
+    torch.manual_seed(0)
+    plain = _torchvision("resnet18")
+    model = _randomise_norms(torchvision.models.resnet18(num_classes=5), 0.0).double().eval()
+    model.load_state_dict(plain.state_dict())
+    normalise_input(model, *IMAGENET_MEAN_STD)
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    mean, std = (torch.tensor(v).double().view(1, 3, 1, 1) for v in IMAGENET_MEAN_STD)  # the hook's float32 constants
+    t = torch.tensor([1, 3])
+    for composite in ("epsilon_plus", "epsilon_gamma_box"):
+        ref = _zennit(plain, (x - mean) / std, t, composite, [ResNetCanonizer()])
+        _close(A.attribute(f"lrp_{composite}", model, x, t), ref, 1e-10)
+    assert len(model._forward_pre_hooks) == 1
+    torch.testing.assert_close(model(x), plain((x - mean) / std))

@@ -2,6 +2,7 @@
 without editing this file. Reference comparisons live in test_references.py and test_architectures.py."""
 
 import functools
+import inspect
 import re
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def test_attribute_many_and_the_registry_agree(name):
             A.parse_method(f"{name}@mid2")
     assert re.search(rf"^\| `{name}`", DOCS, re.M), f"docs/definitions.md has no row for {name}"
     assert entry.summary and (entry.run or entry.from_pass).__doc__
+    if entry.run is not None:  # options are named, so an unknown one is refused by name
+        kinds = {p.kind for p in inspect.signature(entry.run).parameters.values()}
+        assert not kinds & {inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL}, name
     layer = (entry.layer or "input") if not entry.takes_layer else ("final" if entry.layer else None)
     assert ExplainConfig(method=name, layer=layer).method == name
     guide = Guide("energy", name, depth=entry.layer or "input")

@@ -22,6 +22,7 @@ from salience.attribution.core import check_classes
 from salience.attribution.lrp_rules import Relevance, Rule, Step
 from salience.attribution.methods import pairs
 from salience.attribution.registry import Method, register
+from salience.models.adapt import normalisation_apart
 
 POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 PLAIN = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)  # no rule: the gradient (winner takes all)
@@ -180,19 +181,19 @@ def lrp(
     x, cls = pairs(x, target)
     if x.shape[0] == 0:
         return x.new_zeros(0, *x.shape[2:])
-    x = x.detach().requires_grad_(True)
-    flat = x.flatten(1)
-    low = flat.amin(1).reshape(-1, 1, 1, 1) if low is None else low
-    high = flat.amax(1).reshape(-1, 1, 1, 1) if high is None else high
-    options = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma, "low": low, "high": high}
-    rules = layer_rules(model, composite, options)
-    hooks = LRPHooks(rules, merge_pairs(model))
-    try:
-        hooks.attach({m: name for name, m in model.named_modules()})
-        with torch.enable_grad(), canonized(model, stabilizer):
-            logits = model(x)
-    finally:
-        hooks.remove()
+    with normalisation_apart(model) as normalise:  # the network's input: the relevance of each pixel, 1:1
+        x = normalise(x.detach()).requires_grad_(True)
+        flat = x.flatten(1)
+        low = flat.amin(1).reshape(-1, 1, 1, 1) if low is None else low
+        high = flat.amax(1).reshape(-1, 1, 1, 1) if high is None else high
+        options = {"epsilon": epsilon, "stabilizer": stabilizer, "gamma": gamma, "low": low, "high": high}
+        hooks = LRPHooks(layer_rules(model, composite, options), merge_pairs(model))
+        try:
+            hooks.attach({m: name for name, m in model.named_modules()})
+            with torch.enable_grad(), canonized(model, stabilizer):
+                logits = model(x)
+        finally:
+            hooks.remove()
     check_graph(logits)
     check_classes(cls, logits.shape[1])
     rows = torch.arange(cls.shape[0], device=x.device)
@@ -203,8 +204,22 @@ def lrp(
 
 
 def _entry(composite: str, doc: str) -> Callable[..., torch.Tensor]:
-    def run(model: nn.Module, x: torch.Tensor, target: torch.Tensor, **options: Any) -> torch.Tensor:
-        return lrp(model, x, target, composite, **options)
+    def run(
+        model: nn.Module,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        epsilon: float = 1e-6,
+        stabilizer: float = 1e-6,
+        gamma: float = 0.25,
+        low: torch.Tensor | float | None = None,
+        high: torch.Tensor | float | None = None,
+        create_graph: bool = False,
+    ) -> torch.Tensor:
+        return lrp(
+            model, x, target, composite, epsilon=epsilon, stabilizer=stabilizer, gamma=gamma, low=low, high=high,
+            create_graph=create_graph,
+        )  # fmt: skip
 
     run.__doc__ = doc
     run.__name__ = f"lrp_{composite}"

@@ -3,6 +3,8 @@ whatever its forward returns (a tensor, a tuple, a dict, a Hugging Face `ModelOu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -114,4 +116,21 @@ def normalise_input(
         x = args[0]
         return ((x - mean_t.to(x)) / std_t.to(x),) + tuple(args[1:])
 
+    pre.normalises_input = True  # type: ignore[attr-defined]  # methods that must see the network's input (LRP)
     model.register_forward_pre_hook(pre)
+
+
+@contextlib.contextmanager
+def normalisation_apart(model: nn.Module) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """In the block, `model` without its `normalise_input` pre-hook; yields what the hook does to an input (the
+    identity when there is none). Restored on exit, in order, also on error."""
+    hooks = model._forward_pre_hooks
+    saved = list(hooks.items())
+    found = [hook for _, hook in saved if getattr(hook, "normalises_input", False)]
+    for key in [key for key, hook in saved if hook in found]:
+        del hooks[key]
+    try:
+        yield (lambda x: found[0](model, (x,))[0]) if found else (lambda x: x)
+    finally:
+        hooks.clear()
+        hooks.update(saved)
