@@ -47,7 +47,5 @@ def test_tutorial_runs(script):
 
     matplotlib.use("Agg")
     names = runpy.run_path(str(script), run_name="__main__")
-    figures = [v for v in names.values() if type(v).__name__ == "ShowFigure"]
     assert os.environ["SALIENCE_TUTORIAL_TINY"] == "1" and names["TINY"]
     assert "show(" in script.read_text()  # each tutorial draws its maps with salience.show
-    del figures
