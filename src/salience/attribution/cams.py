@@ -1,31 +1,20 @@
 """Ablation-CAM (channels weighted by the score drop when each is ablated) and FullGrad (input-gradient and
 bias-gradient maps of every conv and batch-norm layer). Maps `[P, h, w]`, >= 0."""
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
-from salience.attribution.core import check_classes, perturbed_outputs, resolve_layer, selected_logit_sum, upsample
+from salience.attribution.core import (
+    check_classes,
+    instance_attributes,
+    perturbed_outputs,
+    resolve_layer,
+    selected_logit_sum,
+    upsample,
+)
 from salience.attribution.many import record
 from salience.attribution.methods import pairs
 from salience.attribution.registry import Method, register
-
-
-@contextmanager
-def _output_replaced(module: nn.Module, value: torch.Tensor) -> Iterator[None]:
-    """During the block `module` returns `value` without computing anything (its `forward` is swapped; its
-    hooks still run)."""
-    previous = module.__dict__.get("forward")
-    setattr(module, "forward", lambda *args, **kwargs: value)  # noqa: B010  an instance attribute, undone below
-    try:
-        yield
-    finally:
-        if previous is None:
-            del module.forward
-        else:
-            setattr(module, "forward", previous)  # noqa: B010
 
 
 def ablation_cam(
@@ -57,7 +46,7 @@ def ablation_cam(
             return a
 
         def scores(a: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            with _output_replaced(module, a):
+            with instance_attributes([(module, {"forward": lambda *args, **kwargs: a})]):  # the layer returns a
                 return model(x[p]).gather(1, cls[p, None])[:, 0]
 
         drop = perturbed_outputs(x, acts.shape[1], ablated, scores, batch_size)  # [P, K]

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models.densenet import DenseNet, _DenseLayer, _Transition
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from salience.attribution.core import instance_attributes
 from salience.attribution.lrp_rules import Relevance, ResidualSum, Rule, Step
 
 LINEAR = (nn.Conv2d, nn.Linear)
@@ -122,17 +123,10 @@ FORWARDS: dict[type, Callable[..., torch.Tensor]] = {
 def canonized(model: nn.Module, stabilizer: float) -> Iterator[None]:
     """Within the block, torchvision ResNet blocks and DenseNet modules run the forwards above (set as
     instance attributes `forward` and `lrp_stabilizer`, removed on exit, also on error)."""
-    changed: list[tuple[nn.Module, dict[str, Any]]] = []
-    try:
-        for m in model.modules():
-            fn = next((f for t, f in FORWARDS.items() if type(m) is t), None)
-            if fn is not None:
-                changed.append((m, {k: m.__dict__[k] for k in ("forward", "lrp_stabilizer") if k in m.__dict__}))
-                m.__dict__["forward"] = fn.__get__(m)
-                m.__dict__["lrp_stabilizer"] = stabilizer
+    changes = [
+        (m, {"forward": FORWARDS[type(m)].__get__(m), "lrp_stabilizer": stabilizer})
+        for m in model.modules()
+        if type(m) in FORWARDS
+    ]
+    with instance_attributes(changes):
         yield
-    finally:
-        for m, saved in changed:
-            for key in ("forward", "lrp_stabilizer"):
-                m.__dict__.pop(key, None)
-            m.__dict__.update(saved)

@@ -1,7 +1,7 @@
 """Shared pieces of the attribution methods: input and target checks, layer capture, upsampling, and the model
 run on perturbed inputs in chunks."""
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -199,5 +199,31 @@ def perturbed_outputs(
 
 
 def class_scores(model: nn.Module, classes: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A `run` of `perturbed_outputs`: `(inputs [n, C, H, W], image [n]) -> [n]`, the logit of `classes[image]`."""
-    return lambda inputs, image: model(inputs).gather(1, classes[image, None])[:, 0]
+    """A `run` of `perturbed_outputs`: `(inputs [n, C, H, W], image [n]) -> [n]`, the logit of `classes[image]`;
+    a model that does not return logits `[n, num_classes]`, or a class out of its range, raises `ValueError`."""
+
+    def run(inputs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs)
+        if logits.dim() != 2:
+            raise ValueError(f"model must return logits [B, num_classes]; got {tuple(logits.shape)}")
+        check_classes(classes, logits.shape[1])
+        return logits.gather(1, classes[image, None])[:, 0]
+
+    return run
+
+
+@contextmanager
+def instance_attributes(changes: Iterable[tuple[nn.Module, dict[str, Any]]]) -> Iterator[None]:
+    """Within the block, each module of `changes` has the given instance attributes (e.g. a `forward` that
+    replaces its class's); on exit, also on error, each is removed or put back as it was."""
+    saved: list[tuple[nn.Module, dict[str, Any], list[str]]] = []
+    try:
+        for module, values in changes:
+            saved.append((module, {k: module.__dict__[k] for k in values if k in module.__dict__}, list(values)))
+            module.__dict__.update(values)
+        yield
+    finally:
+        for module, before, keys in saved:
+            for key in keys:
+                module.__dict__.pop(key, None)
+            module.__dict__.update(before)

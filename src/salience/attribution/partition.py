@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salience.attribution.core import check_classes, perturbed_outputs
+from salience.attribution.core import class_scores, perturbed_outputs
 from salience.attribution.methods import pairs
 from salience.attribution.registry import Method, register
 
@@ -200,13 +200,8 @@ def _scores(
     chunk = math.ceil(len(asks) / math.ceil(len(asks) / batch_size))
     shape = (fill.x.shape[1], fill.x.shape[2], fill.x.shape[3])
 
-    def run(inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        logits = model(inputs)
-        check_classes(cls, logits.shape[1])
-        return logits.gather(1, cls[owner[rows], None])[:, 0]
-
     perturb = lambda rows, _: fill(owner[rows], paint([asks[r] for r in rows.tolist()], shape))
-    return perturbed_outputs(owner, 1, perturb, run, chunk)[:, 0].tolist()
+    return perturbed_outputs(owner, 1, perturb, class_scores(model, cls[owner]), chunk)[:, 0].tolist()
 
 
 def partition_shap(

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical
 
-from salience.attribution.core import check_classes, check_input, expand_targets, perturbed_outputs
+from salience.attribution.core import check_input, class_scores, expand_targets, perturbed_outputs
 from salience.attribution.features import feature_masks
 from salience.attribution.registry import Method, register
 
@@ -92,15 +92,8 @@ def scores(model: nn.Module, prob: Problem, owner: torch.Tensor, keep: torch.Ten
         on = keep[rows].gather(1, prob.masks[p].flatten(1)).view(-1, 1, height, width)
         return torch.where(on, prob.x[p], prob.base[p])
 
-    def run(inputs: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        logits = model(inputs)
-        if logits.dim() != 2:
-            raise ValueError(f"model must return logits [B, num_classes]; got {tuple(logits.shape)}")
-        check_classes(prob.cls, logits.shape[1])
-        return logits.gather(1, prob.cls[owner[rows], None])[:, 0]
-
     with torch.no_grad():
-        return perturbed_outputs(owner, 1, perturb, run, batch_size)[:, 0]
+        return perturbed_outputs(owner, 1, perturb, class_scores(model, prob.cls[owner]), batch_size)[:, 0]
 
 
 def check_samples(n_samples: int, least: int = 1) -> None:
