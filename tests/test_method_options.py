@@ -64,3 +64,15 @@ def test_stores_keep_the_options_and_mprt_explains_with_them(tmp_path):
     torch.testing.assert_close(with_options["similarity"], given_maps["similarity"])
     default = mprt(model, xs, targets, "occlusion", max_steps=2)
     assert not torch.allclose(default["similarity"], with_options["similarity"])
+
+
+def test_the_probes_explain_again_with_the_maps_options():
+    """`measures.evaluate(..., options=)`: MPRT's randomised models are explained with the same options as the maps."""
+    from salience.measures import evaluate
+
+    model, x, t = _setup()
+    got = evaluate(model, x, t, method="occlusion", layer=None, measures=["mprt"], options=WINDOW)["mprt"]
+    expected = mprt(model, x, t, "occlusion", seed=0, options=WINDOW)["summary"]
+    torch.testing.assert_close(got, expected.detach().cpu())
+    default = evaluate(model, x, t, method="occlusion", layer=None, measures=["mprt"])["mprt"]
+    assert not torch.allclose(default, got)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 import torch
 
-from salience.attribution import Explainer
 from salience.measures.complexity import complexity, sparseness
 from salience.measures.degradation import blur_degradation, deletion_insertion
 from salience.measures.entropy import entropy
@@ -41,8 +40,9 @@ def _mprt(p: Probe) -> torch.Tensor:
     if p.method is None:
         raise ValueError("mprt needs the probe's method (Probe.method) to explain the randomised models")
     method = p.method
-    options = p.explain.options if isinstance(p.explain, Explainer) else {}  # the options the maps were made with
-    r = p.once("mprt", lambda: mprt(p.model, p.x, p.target, method, p.layer, seed=p.seed, maps=p.maps, options=options))
+    r = p.once(
+        "mprt", lambda: mprt(p.model, p.x, p.target, method, p.layer, seed=p.seed, maps=p.maps, options=p.options)
+    )
     p.curves["mprt"] = {"layers": r["layers"], "similarity": r["similarity"].double().mean(0).tolist()}
     return r["summary"]
 

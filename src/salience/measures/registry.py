@@ -136,9 +136,9 @@ def select(names: Sequence[str] | None, kind: str | None = None, masks: bool = T
 class Probe:
     """What a probe measure reads: `model` (eval mode), `explain(x, target) -> maps`, images `x [B, C, H, W]`
     explained for `target [B]` (long) with maps `maps [B, h, w]`, `masks [B, H, W]` (bool) or None, `seed`,
-    `deletion_steps`, the method (`method`, `layer`) for probes that explain other models (MPRT), and
-    `samples`: noisy samples of the robustness measures and runs of faithfulness correlation (None: Quantus'
-    defaults, 200 and 100).
+    `deletion_steps`, the method (`method`, `layer`, its `options`) for probes that explain other models
+    (MPRT), and `samples`: noisy samples of the robustness measures and runs of faithfulness correlation (None:
+    Quantus' defaults, 200 and 100).
     `once(key, thunk)` shares one computation between measures (blur's two modes); `curves` collects what
     the report draws."""
 
@@ -153,6 +153,7 @@ class Probe:
     method: str | None = None
     layer: str | None = None
     samples: int | None = None
+    options: dict = field(default_factory=dict)
     curves: dict = field(default_factory=dict)
     _memo: dict = field(default_factory=dict, repr=False)
 

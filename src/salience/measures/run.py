@@ -254,6 +254,7 @@ def _probe(
         samples=src.samples,
         shared=shared,
         on_measure=on_measure,
+        options=store.meta.options,
     )
 
 

@@ -53,6 +53,7 @@ def probe_suite(
     samples: int | None = None,
     shared: dict | None = None,
     on_measure: Callable[[str], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> dict:
     """Run the probe-kind measures among `names` (None: all that the inputs support) on images `x [B, C, H, W]` explained for
     `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
@@ -62,9 +63,11 @@ def probe_suite(
     `out_of_set [N, C, H, W]` the entropies and scores of in-set vs out-of-set images with their shift (see
     `out_of_set_response`). `shared`: results computed once for several probes (`{"mprt": mprt(...)}` of these
     inputs, from `mprt_many`), used instead of computing them again. `on_measure(name)` is called as each measure
-    starts (a progress bar names it).
+    starts (a progress bar names it). `options`: the method's options, for the probes that explain again.
     """
-    probe = Probe(model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples)
+    probe = Probe(
+        model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples, dict(options or {})
+    )
     probe._memo.update(shared or {})
     chosen = select(names, "probe", masks=masks is not None)
     if method is None:  # measures that explain other models (MPRT) need the method's name
@@ -127,7 +130,8 @@ def evaluate(
     values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}
     if any(MEASURES[n].kind == "probe" for n in names):
         probes = probe_suite(
-            model, explain, images, target, maps, None, seed, deletion_steps, names, masks, method, layer, samples
-        )
+            model, explain, images, target, maps, None, seed, deletion_steps, names, masks, method, layer, samples,
+            options=options,
+        )  # fmt: skip
         values |= probes["values"]
     return {n: values[n] for n in names if n in values}
