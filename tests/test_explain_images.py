@@ -141,6 +141,7 @@ def test_method_options_reach_the_maps_and_the_store(world):
             "--option", option, "--out", str(world / "never"),
         )  # fmt: skip
         assert result.exit_code == 2 and message in " ".join(text.replace("│", " ").split()), (option, text)
+    assert not (world / "never" / "stores").exists()
 
 
 def test_target_true_is_the_class_folder(world):

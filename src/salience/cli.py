@@ -232,7 +232,7 @@ def explain(
     computing its share of the chunks."""
     common = dict(methods=method, layer=layer, out=out, chunk_size=chunk_size, batch_size=batch_size, device=device)
     with _exit_on(ValueError):
-        common["options"] = _method_options(option, method, layer)
+        common["options"] = _method_options(option)
     given = {"--num-classes": num_classes, "--weights": weights, "--kwargs": kwargs, "--output": output}
     given |= {"--size": size, "--normalize": normalize, "--png": png, "--classes": classes}
     _check_explain_form(checkpoint, model, images, given, {"--data": data, "--set": set_})
@@ -245,14 +245,11 @@ def explain(
     _explain_images(images or [], options, common)
 
 
-def _method_options(items: list[str], methods: list[str], layer: str | None) -> dict[str, dict[str, Any]]:
-    """`{spec: {key: value}}` from `--option METHOD.KEY=VALUE` values (METHOD a name or spec of `methods`, VALUE
-    read as YAML); a malformed item, a method not explained or an option it does not take raises ValueError."""
+def _method_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`{METHOD: {key: value}}` from `--option METHOD.KEY=VALUE` values (METHOD a name or spec, VALUE read as
+    YAML; `explain_stores` checks them against the methods); a malformed item raises ValueError."""
     import yaml
 
-    from salience.attribution.registry import options_by_spec
-
-    specs = [f"{methods[0]}@{layer}"] if layer is not None and len(methods) == 1 else list(methods)  # as the stores
     options: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -260,7 +257,7 @@ def _method_options(items: list[str], methods: list[str], layer: str | None) -> 
         if not sep or not dot or not name or not option:
             raise ValueError(f"--option {item!r}: expected METHOD.KEY=VALUE, e.g. kernel_shap.n_samples=64")
         options.setdefault(name, {})[option] = yaml.safe_load(value)
-    return options_by_spec(specs, options)
+    return options
 
 
 def _check_explain_form(

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from salience.attribution import attribute_many, parse_method
+from salience.attribution.registry import options_by_spec
 from salience.data.core import collate
 from salience.store.zarr_store import MapStore, StoreMeta, fill, model_hash
 
@@ -103,7 +104,8 @@ def explain_stores(
     `models[m]` and method spec `s` (`NAME` or `NAME@LAYER`, see `attribute_many`) go to the store
     `outs[m][s]`, created or resumed (only the chunks unfinished in some store are computed, and only for
     the stores that lack them). The gradient-based methods of a model share one forward and one backward.
-    `options`: `{spec: {option: value}}` for the methods that take options (see `attribute_many`).
+    `options`: `{method: {option: value}}` for the methods that take options, keyed by name or spec (see
+    `attribute_many`); a method not explained or an option it does not take raises ValueError.
 
     The store's items: for `target_policy` "true", every (image, class) pair whose class the image has
     (`true_pairs`; one per image on single-label data); for "predicted" and "class:<k>", one per image.
@@ -176,10 +178,12 @@ def _plan(
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> _Job:
     """The `_Job` of `explain_stores`'s arguments, after refusing a method given twice (or none), an `outs` that
-    lacks a store, two stores at one path and an empty data set; puts the models in eval mode."""
+    lacks a store, two stores at one path, an option for no method or one it does not take, and an empty data
+    set; puts the models in eval mode."""
     specs = {spec: parse_method(spec) for spec in methods}
     if len(specs) != len(methods) or not specs:
         raise ValueError(f"methods: give each method once, at least one; got {list(methods)}")
+    keyed = options_by_spec(list(specs), options or {})
     if len(outs) != len(models) or any(set(o) != set(specs) for o in outs):
         raise ValueError("outs: one {method: store path} per model, with a path for every method")
     flat = [(m, spec, Path(o[spec])) for m, o in enumerate(outs) for spec in methods]
@@ -195,7 +199,7 @@ def _plan(
         item_image, item_class = true_pairs(dataset)
     else:  # one per image, its class chosen by the model
         item_image, item_class = list(range(len(ids))), None
-    return _Job(models, dataset, specs, flat, ids, item_image, item_class, target_policy, dict(options or {}))
+    return _Job(models, dataset, specs, flat, ids, item_image, item_class, target_policy, keyed)
 
 
 def _create_stores(job: _Job, data: str, split: str, chunk_size: int) -> list[MapStore]:
