@@ -19,84 +19,28 @@ import copy
 import functools
 import statistics
 import sys
-import types
+from pathlib import Path
 
 import numpy as np
 import pytorch_grad_cam as pgc
 import torch
 import torchvision
 from captum import attr as captum_attr
-from captum.attr._core import deep_lift as captum_dl
-from pytorch_grad_cam import base_cam as pgc_base
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-from torch import nn
 
 from common import timed
 from salience import attribution as A
 from salience.attribution.perturbation import smooth_grad_sq
 
-
-def _dedup_relu(model: nn.Module) -> nn.Module:
-    """A copy whose Basic/Bottleneck blocks use a ReLU module per call (Captum's DeepLift needs that)."""
-    model = copy.deepcopy(model)
-
-    def basic(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        return self.relu2(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))) + idt)
-
-    def bottleneck(self, x):
-        idt = x if self.downsample is None else self.downsample(x)
-        out = self.relu2(self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
-        return self.relu3(self.bn3(self.conv3(out)) + idt)
-
-    for block in model.modules():
-        if isinstance(block, torchvision.models.resnet.BasicBlock | torchvision.models.resnet.Bottleneck):
-            block.relu2, block.relu3 = nn.ReLU(), nn.ReLU()
-            kind = basic if isinstance(block, torchvision.models.resnet.BasicBlock) else bottleneck
-            block.forward = types.MethodType(kind, block)
-    return model
-
-
-def _summing_maxpool2d(module, inputs, outputs, grad_input, grad_output, eps=1e-10):
-    def unpool(values, indices, kernel, stride, padding, size):
-        out = values.new_zeros(*size[:2], size[2] * size[3])
-        return out.scatter_add_(2, indices.flatten(2), values.flatten(2)).view(size)
-
-    return captum_dl.maxpool(module, nn.functional.max_pool2d, unpool, inputs, outputs, grad_input, grad_output, eps)
-
-
-@contextlib.contextmanager
-def _captum_fixed(model: nn.Module):
-    supported = captum_dl.SUPPORTED_NON_LINEAR
-    hooks = [
-        m.register_forward_pre_hook(lambda _m, i: tuple(v + 0 for v in i))
-        for m in model.modules()
-        if type(m) in supported
-    ]
-    original, supported[nn.MaxPool2d] = supported[nn.MaxPool2d], _summing_maxpool2d
-    try:
-        yield
-    finally:
-        supported[nn.MaxPool2d] = original
-        for h in hooks:
-            h.remove()
-
-
-@contextlib.contextmanager
-def _raw_cams():
-    original = pgc_base.scale_cam_image
-    pgc_base.scale_cam_image = lambda cam, target_size=None: cam
-    try:
-        yield
-    finally:
-        pgc_base.scale_cam_image = original
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from reference_patches import captum_deep_lift_mended, dedup_relu, raw_pytorch_grad_cam
 
 
 def _pgc(cls, model, x, t, raw=False):
     cam = cls(model, [model.layer4] if cls is not pgc.FullGrad else [])
     if raw and cls is pgc.FullGrad:
         cam.aggregate_multi_layers = lambda per_layer: np.sum(per_layer, axis=1)
-    with _raw_cams() if raw and cls is not pgc.FullGrad else contextlib.nullcontext():
+    with raw_pytorch_grad_cam() if raw and cls is not pgc.FullGrad else contextlib.nullcontext():
         out = cam(x, [ClassifierOutputTarget(int(c)) for c in t])
     cam.activations_and_grads.release()
     return torch.from_numpy(np.asarray(out)).double()
@@ -195,7 +139,7 @@ def check(table, model, captum_model, x, t) -> None:
         for name, (ours, _, ref, tol) in table.items():
             xs, ts = (x[:1, :, :32, :32], t[:1]) if name == "ablation_cam" else (x[:2], t[:2])
             xs = xs.double()
-            with _captum_fixed(cm):
+            with captum_deep_lift_mended(cm):
                 b = ref(m, cm, xs, ts).double()
             a = ours(m, cm, xs, ts)
             err = ((a.double() - b).abs().max() / b.abs().max()).item()
@@ -219,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.model)(num_classes=20).eval()
-    captum_model = _dedup_relu(model)
+    captum_model = dedup_relu(model)
     x = torch.rand(args.batch, 3, args.size, args.size)
     x[:, 0, 0, 0], x[:, 0, 0, 1] = 0.0, 1.0  # every image spans [0, 1]: SmoothGrad²'s σ = Captum's one stdevs
     t = torch.randint(0, 20, (args.batch,))

@@ -10,15 +10,12 @@ Captum's DeepLift departs from the rescale rule in three ways (docs/definitions.
   by overlapping windows (ResNet's 3x3 / 2 pool) instead of summing them;
 - a module called twice (ResNet's BasicBlock `relu`) raises RuntimeError.
 Both value departures break DeepLift's summation to `y(x) − y(x0)`. The reference is therefore Captum run on
-`_captum_ready`: every ReLU module called once (`_dedup_relu`), a `+ 0` in front of every supported module (its
+`captum_deep_lift_mended`: every ReLU module called once (`dedup_relu`), a `+ 0` in front of every supported module (its
 own input tensor) and a summing unpool; there it agrees with salience to 1e-12, and
 `test_captum_deep_lift_departures` measures the departures on the plain models.
 """
 
-import contextlib
-import copy
 import functools
-import types
 
 import numpy as np
 import pytest
@@ -36,6 +33,8 @@ pgc = pytest.importorskip("pytorch_grad_cam")
 pgc_base = pytest.importorskip("pytorch_grad_cam.base_cam")
 pgc_targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
+
+from reference_patches import captum_deep_lift_mended, dedup_relu, raw_pytorch_grad_cam  # noqa: E402  (needs both)
 
 
 def rel_err(ours: torch.Tensor, ref) -> float:
@@ -61,56 +60,9 @@ def _batch(size: int, n: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.rand(n, 3, size, size, generator=g, dtype=torch.float64), torch.tensor([1, 4, 2][:n])
 
 
-def _block_forward(self, x):
-    """torchvision's BasicBlock.forward with its second ReLU a module of its own."""
-    identity = x if self.downsample is None else self.downsample(x)
-    out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-    return self.relu2(out + identity)
-
-
-def _dedup_relu(model: nn.Module) -> nn.Module:
-    """A copy of a torchvision ResNet whose BasicBlocks call two ReLU modules instead of one twice."""
-    model = copy.deepcopy(model)
-    for block in model.modules():
-        if isinstance(block, torchvision.models.resnet.BasicBlock):
-            block.relu2 = nn.ReLU()
-            block.forward = types.MethodType(_block_forward, block)
-    return model
-
-
-def _summing_unpool(values, indices, kernel, stride, padding, output_size):
-    out = values.new_zeros(*output_size[:2], output_size[2] * output_size[3])
-    return out.scatter_add_(2, indices.flatten(2), values.flatten(2)).view(output_size)
-
-
-def _summing_maxpool2d(module, inputs, outputs, grad_input, grad_output, eps=1e-10):
-    return captum_dl.maxpool(
-        module, nn.functional.max_pool2d, _summing_unpool, inputs, outputs, grad_input, grad_output, eps=eps
-    )
-
-
-@contextlib.contextmanager
-def _captum_ready(model: nn.Module):
-    """Captum's DeepLift on `model` with each supported module reading its own input tensor (`+ 0`) and max-pool
-    multipliers summed over overlapping windows; both undone afterwards."""
-    supported = captum_dl.SUPPORTED_NON_LINEAR
-    handles = [
-        m.register_forward_pre_hook(lambda _m, inputs: tuple(i + 0 for i in inputs))
-        for m in model.modules()
-        if type(m) in supported
-    ]
-    original, supported[nn.MaxPool2d] = supported[nn.MaxPool2d], _summing_maxpool2d
-    try:
-        yield model
-    finally:
-        supported[nn.MaxPool2d] = original
-        for h in handles:
-            h.remove()
-
-
 @functools.cache
 def _reference(name: str) -> nn.Module:
-    return _dedup_relu(_model(name)) if name == "resnet18" else _model(name)
+    return dedup_relu(_model(name)) if name == "resnet18" else _model(name)
 
 
 DEEP_LIFT = [("smallcnn", 32), ("resnet18", 32)]
@@ -124,7 +76,7 @@ def test_deep_lift_and_deep_lift_shap_match_captum(name, size):
     x0 = torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     refs = torch.rand((3, *x.shape[1:]), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     model = _model(name)
-    with _captum_ready(_reference(name)) as ref_model:
+    with captum_deep_lift_mended(_reference(name)) as ref_model:
         dl, dls = captum_attr.DeepLift(ref_model), captum_attr.DeepLiftShap(ref_model)
         levels = x[0].min() + torch.arange(4, dtype=x.dtype)[:, None, None, None] / 3 * (x[0].max() - x[0].min())
         checks = [
@@ -259,24 +211,13 @@ def test_deconvolution_and_smooth_grad_sq_match_captum():
     assert rel_err(ours, ref) <= 1e-10
 
 
-@contextlib.contextmanager
-def _raw_pytorch_grad_cam():
-    """pytorch-grad-cam's maps before its min-max and resize (`scale_cam_image` the identity)."""
-    original = pgc_base.scale_cam_image
-    pgc_base.scale_cam_image = lambda cam, target_size=None: cam
-    try:
-        yield
-    finally:
-        pgc_base.scale_cam_image = original
-
-
 def _pgc(cls, model, layers, x, t):
     cam = cls(model, layers)
     if cls is pgc.FullGrad:  # its sum over layers and the input, before the final min-max
         cam.aggregate_multi_layers = lambda per_layer: np.sum(per_layer, axis=1)
         maps = cam(x, [pgc_targets.ClassifierOutputTarget(int(c)) for c in t])
     else:
-        with _raw_pytorch_grad_cam():
+        with raw_pytorch_grad_cam():
             maps = cam(x, [pgc_targets.ClassifierOutputTarget(int(c)) for c in t])
     cam.activations_and_grads.release()
     model.zero_grad(set_to_none=True)

@@ -45,7 +45,6 @@ Not compared on the ViT: guided_grad_cam at a token layer (Captum's LayerGradCam
 compared at `conv_proj`, the patch embedding, which is 4-D).
 """
 
-import contextlib
 import copy
 import functools
 import math
@@ -67,6 +66,8 @@ pgc_targets = pytest.importorskip("pytorch_grad_cam.utils.model_targets")
 tcm = pytest.importorskip("torchcam.methods")
 captum_attr = pytest.importorskip("captum.attr")
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+from reference_patches import raw_pytorch_grad_cam  # noqa: E402  (needs pytorch-grad-cam and Captum)
 
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -156,24 +157,13 @@ def _reshape(name: str):
     return _tokens_to_grid if name == "vit" else None
 
 
-@contextlib.contextmanager
-def _raw_pytorch_grad_cam():
-    """pytorch-grad-cam returning its ReLU'd maps at the layer's resolution, in the activations' dtype."""
-    original = pgc_base.scale_cam_image
-    pgc_base.scale_cam_image = lambda cam, target_size=None: cam
-    try:
-        yield
-    finally:
-        pgc_base.scale_cam_image = original
-
-
 def _pgc_maps(cls, name, layer, x, t, scale=1.0, **attrs):
     model = _reference_model(name, scale)
     cam = cls(model, [_module(model, layer)], reshape_transform=_reshape(name))
     for key, value in attrs.items():
         setattr(cam, key, value)
     targets = [pgc_targets.ClassifierOutputTarget(int(c)) for c in t]
-    with _raw_pytorch_grad_cam():
+    with raw_pytorch_grad_cam():
         maps = cam(x, targets)
     cam.activations_and_grads.release()
     model.zero_grad(set_to_none=True)
@@ -203,7 +193,7 @@ def test_gradient_cams_match_pytorch_grad_cam(name, size, layer):
     model = _reference_model(name, HEAD_SCALE)
     module = _module(model, layer)
     targets = [pgc_targets.ClassifierOutputTarget(int(c)) for c in t]
-    with _raw_pytorch_grad_cam():
+    with raw_pytorch_grad_cam():
         cam = pgc.GradCAM(model, [module], reshape_transform=_reshape(name))
         refs = {"grad_cam": torch.from_numpy(cam(x, targets))}
         acts = cam.activations_and_grads.activations[0].numpy()
@@ -257,7 +247,7 @@ def test_pytorch_grad_cam_on_densenet_features_reads_relu_activations():
     model = _model("densenet121")
     cam = pgc.GradCAM(model, [model.features])
     targets = [pgc_targets.ClassifierOutputTarget(int(c)) for c in t]
-    with _raw_pytorch_grad_cam():
+    with raw_pytorch_grad_cam():
         raw = torch.from_numpy(cam(x, targets))
     cam.activations_and_grads.release()
     model.zero_grad(set_to_none=True)
