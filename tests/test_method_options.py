@@ -67,12 +67,31 @@ def test_stores_keep_the_options_and_mprt_explains_with_them(tmp_path):
 
 
 def test_the_probes_explain_again_with_the_maps_options():
-    """`measures.evaluate(..., options=)`: MPRT's randomised models are explained with the same options as the maps."""
+    """`measures.evaluate(..., method_options=)`: MPRT's randomised models are explained with the same options as the maps."""
     from salience.measures import evaluate
 
     model, x, t = _setup()
-    got = evaluate(model, x, t, method="occlusion", layer=None, measures=["mprt"], options=WINDOW)["mprt"]
+    got = evaluate(model, x, t, method="occlusion", layer=None, measures=["mprt"], method_options=WINDOW)["mprt"]
     expected = mprt(model, x, t, "occlusion", seed=0, options=WINDOW)["summary"]
     torch.testing.assert_close(got, expected.detach().cpu())
     default = evaluate(model, x, t, method="occlusion", layer=None, measures=["mprt"])["mprt"]
     assert not torch.allclose(default, got)
+
+
+def test_measure_options_reach_the_maps_measures_and_bad_ones_are_named():
+    """`evaluate(..., options={measure: {...}})` passes Quantus' settings to the measure; a study file takes the
+    same under `measures.options`; an unknown measure or option fails naming it and what is accepted."""
+    from salience.measures import evaluate, top_k_intersection
+    from salience.study.config import MeasuresConfig
+
+    model, x, t = _setup()
+    masks = torch.zeros(3, 32, 32, dtype=torch.bool)
+    masks[:, 4:20, 8:24] = True
+    got = evaluate(model, x, t, masks=masks, measures=["top_k_intersection"], options={"top_k_intersection": {"k": 7}})
+    maps = A.upsample(A.attribute("grad_cam", model, x, t, layer="final"), (32, 32))
+    torch.testing.assert_close(got["top_k_intersection"], top_k_intersection(maps, masks, k=7))
+    with pytest.raises(ValueError, match="measure 'top_k_intersection': unknown option 'kk'; it takes k"):
+        evaluate(model, x, t, masks=masks, measures=["top_k_intersection"], options={"top_k_intersection": {"kk": 7}})
+    assert MeasuresConfig(options={"top_k_intersection": {"k": 7}}).options == {"top_k_intersection": {"k": 7}}
+    with pytest.raises(ValueError, match="'nope' is unknown"):
+        MeasuresConfig(options={"nope": {}})

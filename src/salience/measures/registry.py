@@ -17,7 +17,8 @@ read stored maps). `DEFAULT_MAX_PASSES` bounds what a study runs without `measur
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,28 @@ def register(measure: Measure) -> Measure:
 def get_measure(name: str) -> Measure:
     """The registry entry; an unknown name raises `ValueError` listing the registry."""
     return MEASURES.lookup(name)
+
+
+def measure_options(name: str) -> list[str]:
+    """The options measure `name` takes: the keyword-only parameters of its function (Quantus' settings, e.g.
+    `top_k_intersection`'s `k`), given as `evaluate(..., options={name: {...}})` or a study's `measures.options`."""
+    m = get_measure(name)
+    params = list(inspect.signature(m.fn).parameters.values())[2 if m.kind == "maps" else 1 :]
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_measure_options(options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """`{measure: {option: value}}` checked: an unknown measure or an option it does not take raises `ValueError`
+    naming it and what is accepted."""
+    checked = {}
+    for name, opts in (options or {}).items():
+        accepted = measure_options(name)
+        unknown = [k for k in opts if k not in accepted]
+        if unknown:
+            takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+            raise ValueError(f"measure {name!r}: unknown option {unknown[0]!r}; {takes}")
+        checked[get_measure(name).name] = dict(opts)
+    return checked
 
 
 def passes(name: str, costing: Costing | None = None) -> float:

@@ -29,7 +29,7 @@ from salience.attribution import Explainer
 from salience.data.core import collate, object_masks
 from salience.distributed import Context, atomic_write_text
 from salience.measures.probes import seed_stability
-from salience.measures.registry import MEASURES, get_measure, select
+from salience.measures.registry import MEASURES, check_measure_options, get_measure, select
 from salience.measures.suite import map_values, probe_suite
 from salience.measures.summary import compare_groups, summarise
 from salience.store import MapStore, check_aligned
@@ -53,6 +53,8 @@ class Source:
     """Noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus' 200 / 100)."""
     select: tuple[str, ...] | None = None
     """The measures to run (names of `MEASURES`); None: every measure the data support."""
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Measure options, `{measure: {option: value}}` (see `salience.measures.registry.measure_options`)."""
     _index: dict[str, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def positions(self, store: MapStore) -> list[int]:
@@ -120,6 +122,7 @@ def measure_stores(
     own: tuple[str, ...] = (),
     select: list[str] | None = None,
     progress: bool = False,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict | None:
     """Measure every store of every group (name -> store paths) and write into `out`:
 
@@ -142,7 +145,8 @@ def measure_stores(
     `ctx` (`salience.distributed.Context`, under torchrun): the models' probes are shared out over the
     processes, one model per process at a time, and gathered on rank 0, which writes the files and returns
     the summary (the other processes return None). The results are those of one process. `progress`: a bar
-    over the probes, naming the model and measure it is on.
+    over the probes, naming the model and measure it is on. `options`: each measure's options under its name
+    (`{"top_k_intersection": {"k": 1000}}`), for the maps and the probes alike.
     """
     out = Path(out)
     reason = _other_run(out, groups, own)
@@ -150,14 +154,15 @@ def measure_stores(
         raise FileExistsError(f"{reason}; choose another out or delete it")
     opened = {g: [MapStore(p) for p in paths] for g, paths in groups.items()}
     select_ = None if select is None else [get_measure(n).name for n in select]
+    options_ = check_measure_options(options)
     sources = {
-        k: dataclasses.replace(v, select=None if select_ is None else tuple(select_))
+        k: dataclasses.replace(v, select=None if select_ is None else tuple(select_), options=options_)
         for k, v in (sources or {}).items()
     }
     probes = _probes([s for stores in opened.values() for s in stores], sources, seed, ctx, names, progress)
     if ctx is not None and not ctx.is_main:
         return None
-    run = _Run(opened, sources, probes, names or {}, select_, seed, block, n_boot, n_perm)
+    run = _Run(opened, sources, probes, names or {}, select_, seed, block, n_boot, n_perm, options_)
     return _write_staged(out, lambda staged: _measure(run, out, staged))
 
 
@@ -184,7 +189,7 @@ _Block = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]  # start, m
 
 
 def _map_values(
-    blocks: Iterable[_Block], size: tuple[int, int], names: list[str], workers: int = 2
+    blocks: Iterable[_Block], size: tuple[int, int], names: list[str], options: dict, workers: int = 2
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """`(start, maps, targets, {name: [n]})` per block of `(start, maps, targets, masks or None)`, in order
     (see `map_values`); up to `workers` blocks are measured at once in threads (torch releases the GIL), each
@@ -194,7 +199,7 @@ def _map_values(
     def work(item: _Block) -> tuple[int, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         torch.set_num_threads(1)
         start, maps, targets, masks = item
-        return start, maps, targets, map_values(maps, masks, size, names)
+        return start, maps, targets, map_values(maps, masks, size, names, options)
 
     threads = torch.get_num_threads()
     try:
@@ -255,6 +260,7 @@ def _probe(
         shared=shared,
         on_measure=on_measure,
         options=store.meta.options,
+        measure_options=src.options,
     )
 
 
@@ -269,6 +275,7 @@ def _probe_key(store: MapStore, src: Source, seed: int) -> dict:
         "out_of_set": oos,
         "measures": select(src.select, "probe", masks=_has_masks(src.dataset)),
         "samples": src.samples,
+        "options": src.options,
     }
 
 
@@ -429,6 +436,7 @@ class _Run:
     block: int
     n_boot: int
     n_perm: int
+    options: dict[str, dict[str, Any]]
     located: bool = field(init=False)
     """Some source has boxes or segmentations: the measures needing masks are run."""
     columns: list[str] = field(init=False)
@@ -499,7 +507,7 @@ def _write_store_rows(run: _Run, w: Any, group: str, s: MapStore, probe: dict | 
     blocks = _blocks(s, run.block, run.sources.get(path) if run.located else None)
     labels = [group, run.names.get(path, path), run.specs[path]]
     size = (s.meta.resolution[0], s.meta.resolution[1])
-    for start, maps, targets, measured in _map_values(blocks, size, maps_names):
+    for start, maps, targets, measured in _map_values(blocks, size, maps_names, run.options):
         n = len(maps)
         for m in run.columns:
             if m in measured:

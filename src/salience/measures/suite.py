@@ -12,7 +12,7 @@ from torch import nn
 import salience.measures.entries  # noqa: F401  (registers every measure)
 from salience.attribution import upsample
 from salience.measures.probes import Explain, out_of_set_response
-from salience.measures.registry import MEASURES, Probe, select
+from salience.measures.registry import MEASURES, Probe, check_measure_options, select
 
 
 def map_values(
@@ -20,11 +20,13 @@ def map_values(
     masks: torch.Tensor | None = None,
     size: tuple[int, int] | None = None,
     names: Sequence[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-image values `{name: [B]}` of the maps-kind measures among `names` (None: all), from `maps [B, h, w]`
     alone and, with `masks [B, H, W]`, those that need masks (NaN for an image with an empty mask). Measures
     computed at the input size (`Measure.at_input`) read the maps upsampled bilinearly to `size` (default: the
-    masks' size, else the maps' own)."""
+    masks' size, else the maps' own). `options`: `{measure: {option: value}}` (see `measure_options`)."""
+    options = options or {}
     if size is None:
         size = (masks.shape[-2], masks.shape[-1]) if masks is not None else (maps.shape[-2], maps.shape[-1])
     up = None
@@ -33,7 +35,7 @@ def map_values(
         m = MEASURES[name]
         if m.at_input:
             up = upsample(maps, size) if up is None else up
-        out[name] = m.fn(up if m.at_input else maps, masks)
+        out[name] = m.fn(up if m.at_input else maps, masks, **options.get(name, {}))
     return out
 
 
@@ -54,6 +56,7 @@ def probe_suite(
     shared: dict | None = None,
     on_measure: Callable[[str], None] | None = None,
     options: Mapping[str, Any] | None = None,
+    measure_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict:
     """Run the probe-kind measures among `names` (None: all that the inputs support) on images `x [B, C, H, W]` explained for
     `target [B]`, whose maps are `maps [B, h, w]` (`masks [B, H, W]` for probes that need them).
@@ -63,7 +66,8 @@ def probe_suite(
     `out_of_set [N, C, H, W]` the entropies and scores of in-set vs out-of-set images with their shift (see
     `out_of_set_response`). `shared`: results computed once for several probes (`{"mprt": mprt(...)}` of these
     inputs, from `mprt_many`), used instead of computing them again. `on_measure(name)` is called as each measure
-    starts (a progress bar names it). `options`: the method's options, for the probes that explain again.
+    starts (a progress bar names it). `options`: the method's options, for the probes that explain again;
+    `measure_options`: `{measure: {option: value}}` (see `measure_options`).
     """
     probe = Probe(
         model, explain, x, target, maps, masks, seed, deletion_steps, method, layer, samples, dict(options or {})
@@ -78,7 +82,7 @@ def probe_suite(
     for name in chosen:
         if on_measure is not None:
             on_measure(name)
-        values[name] = MEASURES[name].fn(probe)
+        values[name] = MEASURES[name].fn(probe, **(measure_options or {}).get(name, {}))
     curves = probe.curves
     if out_of_set is not None:
         oos = out_of_set_response(model, explain, x, target, out_of_set, seed=seed)
@@ -104,15 +108,18 @@ def evaluate(
     seed: int = 0,
     deletion_steps: int = 16,
     samples: int | None = None,
-    options: Mapping[str, Any] | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every single-model measure among `measures` (names of `MEASURES`; None: all the inputs support), per
     image, in one call: `{name: [B]}` in registry order.
 
     `images [B, C, H, W]` are explained for `target` (long `[B]`) with `method` at `layer` (see
-    `salience.attribution.attribute`, with the method's `options`; model in eval mode); the maps give the maps-kind measures (those that need
+    `salience.attribution.attribute`, with the method's `method_options`; model in eval mode); the maps give the maps-kind measures (those that need
     masks only with `masks [B, H, W]`, bool or float read as > 0.5); the probe-kind measures run the model.
     `samples`: noisy samples / runs of the robustness and faithfulness-correlation measures (None: Quantus').
+    `options`: each measure's keyword arguments under its name, e.g. `{"top_k_intersection": {"k": 1000}}`
+    (Quantus' settings; `salience.measures.registry.measure_options(name)` lists what a measure takes).
     Group measures (stability) need several models: see `salience.measures.probes.seed_stability`.
     """
     from salience.attribution import Explainer
@@ -124,14 +131,15 @@ def evaluate(
     unmasked = [n for n in names if MEASURES[n].needs_masks]
     if measures is not None and masks is None and unmasked:
         raise ValueError(f"measures {unmasked} need masks; pass masks [B, H, W]")
-    explain = Explainer(method, model, layer, dict(options or {}))
+    options = check_measure_options(options)
+    explain = Explainer(method, model, layer, dict(method_options or {}))
     maps = explain(images, target)
     size = (images.shape[-2], images.shape[-1])
-    values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names).items()}
+    values = {k: v.detach().cpu() for k, v in map_values(maps, masks, size, names, options).items()}
     if any(MEASURES[n].kind == "probe" for n in names):
         probes = probe_suite(
             model, explain, images, target, maps, None, seed, deletion_steps, names, masks, method, layer, samples,
-            options=options,
+            options=method_options, measure_options=options,
         )  # fmt: skip
         values |= probes["values"]
     return {n: values[n] for n in names if n in values}

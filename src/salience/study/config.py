@@ -186,6 +186,9 @@ class MeasuresConfig(_Strict):
     samples: int | None = Field(None, ge=2)
     """Noisy samples of max- / avg-sensitivity and local Lipschitz, and runs of faithfulness correlation; null:
     Quantus' defaults (200 and 100)."""
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Each measure's options under its name, as Quantus' settings: `{top_k_intersection: {k: 1000},
+    pixel_flipping: {features_in_step: 224}}` (`salience.measures.registry.measure_options(name)` lists them)."""
     seed: int = 0
     """Seed of the noise, bootstrap CIs and permutation tests."""
     n_boot: int = Field(2000, ge=100)
@@ -205,6 +208,13 @@ class MeasuresConfig(_Strict):
         if v is not None and len(set(v)) != len(v):
             raise ValueError(f"measure {next(n for n in v if v.count(n) > 1)!r} is given twice")
         return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from salience.measures.registry import check_measure_options
+
+        return check_measure_options(v)  # an unknown measure or option fails here, naming it
 
 
 class WeightsGroup(_Strict):
@@ -276,6 +286,8 @@ class StudyConfig(_Strict):
     """The group the others are compared with (default: the first)."""
     train_workers: int = Field(1, ge=1)
     """Training processes side by side on CPU (one torch thread each)."""
+    meta: bool = False
+    """Also run the meta-evaluation of the measures (MetaQuantus; `salience meta`) after measuring."""
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

@@ -144,4 +144,5 @@ def measure_members(
         own=OWN_FILES,
         select=names,
         progress=show,
+        options=m.options,
     )
