@@ -33,6 +33,9 @@ FAST = {
     # partition shap, rise
     "partition_shap": {"max_evals": 64},
     "rise": {"n_masks": 64},
+    # vit (V1)
+    "chefer_lrp": {"start_layer": 1},  # an option through every entry point (default 0: tests/test_chefer_lrp.py)
+    "attn_lrp": {"at": "tokens"},  # an option through every entry point (default "pixels": tests/test_attn_lrp.py)
 }
 
 
@@ -48,7 +51,17 @@ def _model(name: str) -> nn.Module:
     return model
 
 
+@functools.cache
+def _vit() -> nn.Module:
+    """A tiny timm ViT (2 blocks, 4 heads, 8-px patches): the model of the transformer-only methods."""
+    torch.manual_seed(0)
+    kw = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=4)
+    return build("timm:vit_tiny_patch16_224", 4, kwargs=kw).eval()
+
+
 def _model_for(name: str) -> nn.Module:
+    if METHODS[name].transformer_only:
+        return _vit()
     return _model("bcos_resnet18" if METHODS[name].bcos_only else "smallcnn")
 
 
@@ -184,19 +197,28 @@ def test_unknown_method_lists_the_registry():
         ExplainConfig(method="lrp")
 
 
-def test_explain_writes_every_method_to_its_store(tmp_path):
+@pytest.mark.parametrize("transformer", [False, True])
+def test_explain_writes_every_method_to_its_store(tmp_path, transformer):
     """What `salience explain --method ...` and a study run: every registered method (B-cos needs a B-cos
-    network) in one pass over the images, each store equal to the method run directly."""
+    network; the transformer-only methods, and then GradCAM on the token grid, a ViT) in one pass over the
+    images, each store equal to the method run directly."""
     from salience.data.core import Record, SalienceDataset
     from salience.store.explain import explain_stores
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (5, 3, 32, 32), generator=g, dtype=torch.uint8)
     data = SalienceDataset([Record(id=f"im{i}", image=images[i], labels=[i % 4]) for i in range(5)], list("abcd"))
-    specs = [name if not METHODS[name].takes_layer else f"{name}@mid3" for name in METHODS if name != "bcos"]
+    if transformer:
+        specs = [n for n, m in METHODS.items() if m.transformer_only] + ["grad_cam@final"]
+    else:
+        specs = [
+            n if not m.takes_layer else f"{n}@mid3"
+            for n, m in METHODS.items()
+            if not (m.bcos_only or m.transformer_only)
+        ]
     noise = ("smooth_grad@mid3", "smooth_grad_sq@mid3", "var_grad@mid3")  # their base, gradient, takes no layer
     specs = [s.partition("@")[0] if s in noise else s for s in specs]
-    model = _model("smallcnn")
+    model = _vit() if transformer else _model("smallcnn")
     options = {s: FAST[s.partition("@")[0]] for s in specs if s.partition("@")[0] in FAST}
     outs = [{s: tmp_path / s for s in specs}]
     (stores,) = explain_stores([model], data, specs, outs, options=options, chunk_size=3, batch_size=2)

@@ -24,6 +24,12 @@ from salience.attribution.registry import METHODS, Method, get_method, method_op
 from salience.attribution.rise import rise
 from salience.attribution.shapley import feature_ablation, kernel_shap, lime, shapley_sampling
 
+# isort: split
+# the vision-transformer methods register last (registry order is the order `salience methods` lists)
+from salience.attribution import attn_lrp as _attn_lrp  # noqa: F401  (registers attn_lrp)
+from salience.attribution import chefer_lrp as _chefer_lrp  # noqa: F401  (registers chefer_lrp)
+from salience.attribution import rollout as _rollout  # noqa: F401  (registers the rollouts)
+
 gradient = partial(attribute, "gradient")
 input_x_gradient = partial(attribute, "input_x_gradient")
 grad_cam = partial(attribute, "grad_cam")

@@ -73,7 +73,8 @@ class Method:
     `layer`: the default layer (`None`: the input); `takes_layer`: whether another layer may be given.
     `needs_grad`: whether `from_pass` reads the gradient. `differentiable`: maps keep their graph with
     `create_graph=True`, so they can be guided. `linear_head`: needs a linear `fc` after global average
-    pooling. `bcos_only`: needs a B-cos network. `random`: draws random numbers from its `seed` option,
+    pooling. `bcos_only`: needs a B-cos network. `transformer_only`: needs a vision transformer
+    (`salience.attribution.vit`). `random`: draws random numbers from its `seed` option,
     so the same seed gives the same maps, and a map depends on its image's row in the batch. `signed`: maps take both signs. `extra_forwards`: forwards
     beyond the one pass, in words.
     """
@@ -88,6 +89,7 @@ class Method:
     differentiable: bool = True
     linear_head: bool = False
     bcos_only: bool = False
+    transformer_only: bool = False
     random: bool = False
     signed: bool = False
     extra_forwards: str = "0"
