@@ -26,9 +26,13 @@ from salience.attribution.shapley import feature_ablation, kernel_shap, lime, sh
 
 # isort: split
 # the vision-transformer methods register last (registry order is the order `salience methods` lists)
-from salience.attribution import attn_lrp as _attn_lrp  # noqa: F401  (registers attn_lrp)
-from salience.attribution import chefer_lrp as _chefer_lrp  # noqa: F401  (registers chefer_lrp)
 from salience.attribution import rollout as _rollout  # noqa: F401  (registers the rollouts)
+
+# isort: split
+from salience.attribution import chefer_lrp as _chefer_lrp  # noqa: F401  (registers chefer_lrp)
+
+# isort: split
+from salience.attribution import attn_lrp as _attn_lrp  # noqa: F401  (registers attn_lrp)
 
 gradient = partial(attribute, "gradient")
 input_x_gradient = partial(attribute, "input_x_gradient")
