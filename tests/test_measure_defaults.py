@@ -76,7 +76,8 @@ def test_the_study_prints_one_estimate_line_per_probe_before_measuring(monkeypat
     assert total > 0
     for line in ("noise_ssim_0.1: 9 passes/image", "transform_ssim: 13 passes/image", "random_logit: 1 passes/image"):
         assert line in text
-    assert "sensitivity" not in text.split("(the default")[0] and "mprt" not in text
+    head = text.split("(the default")[0]
+    assert "max_sensitivity" not in head and "avg_sensitivity" not in head and "  mprt:" not in text
     assert "estimated measuring time" in text
     out.truncate(0)
     measuring.announce(cfg, members, data, measuring.chosen_measures("all"), [])

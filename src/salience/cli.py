@@ -594,6 +594,32 @@ def _run_measure(
 
 
 @app.command()
+def meta(
+    study_dir: str = typer.Argument(..., help="A folder written by `salience study` (or `salience demo`)."),
+    images: int = typer.Option(16, min=2, help="Images of the study's data the tests run on (the first ones)."),
+    iterations: int = typer.Option(5, min=1, help="Iterations (MC's mean ± sd is over them)."),
+    perturbations: int = typer.Option(10, min=1, help="Perturbations per iteration and test (K)."),
+    reexplain: bool = typer.Option(
+        False, help="Input tests explain the noisy images (the paper) instead of reusing the clean maps (metaquantus)."
+    ),
+) -> None:
+    """MetaQuantus' meta-evaluation of a study's measures: noise resilience and adversary reactivity (IAC, IEC,
+    MC) under input and model perturbations, for its models and methods; writes meta.json, adds the table and
+    findings to results.json and report.html (docs/meta.md)."""
+    from salience.io.config import ConfigError
+    from salience.study.findings import unreliable
+    from salience.study.meta import meta_study
+
+    with _exit_on(ConfigError, ValueError, OSError):
+        result = meta_study(
+            study_dir, images=images, iterations=iterations, perturbations=perturbations, reexplain=reexplain
+        )
+    for name, low in unreliable(result).items():
+        typer.echo(f"- not reliable: {name} (MC {', '.join(f'{k} {v:.2f}' for k, v in low.items())})")
+    typer.echo(f"{study_dir}: meta.json, {len(result['measures'])} measures, report.html updated")
+
+
+@app.command()
 def train(
     config: str = typer.Argument(..., help="Training config (YAML); see configs/ and docs/training.md."),
     set_: list[str] = typer.Option([], "--set", help="key=value override, e.g. guidance.lambda=0.5 (repeatable)."),

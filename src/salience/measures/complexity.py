@@ -33,3 +33,14 @@ def complexity(maps: torch.Tensor) -> torch.Tensor:
     p = a / torch.where(total > 0, total, torch.ones_like(total))
     out = -(p * torch.log(p + 1e-12)).sum(1)
     return torch.where(total[:, 0] > 0, out, torch.full_like(out, float("nan")))
+
+
+def effective_complexity(maps: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Effective complexity of each map `[B, h, w]` -> `[B]` (lower = simpler): the number of pixels whose
+    `|A| / max |A|` exceeds `eps` (Quantus' EffectiveComplexity: `abs`, `normalise_by_max`, taken per image). An
+    all-zero map counts 0."""
+    if eps < 0:
+        raise ValueError(f"effective_complexity: eps must be >= 0, got {eps}")
+    a = check_maps(maps).abs().flatten(1)  # |A| / max |A| cannot overflow: no `unit_scale` needed
+    peak = a.amax(1, keepdim=True).clamp(min=torch.finfo(a.dtype).tiny)  # a zero map stays zero
+    return (a / peak > eps).sum(1).to(a.dtype)

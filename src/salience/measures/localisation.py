@@ -15,8 +15,13 @@ from salience.attribution import upsample
 from salience.measures._checks import check_maps, check_masks, minmax, unit_scale
 
 
-def epg(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Energy pointing game `sum_M A+ / sum A+` per image -> `[B]`; an all-non-positive map scores 0."""
+def epg(maps: torch.Tensor, masks: torch.Tensor, *, weighted: bool = False, max_size: float = 1.0) -> torch.Tensor:
+    """Energy pointing game `sum_M A+ / sum A+` per image -> `[B]`; an all-non-positive map scores 0.
+
+    Quantus' AttributionLocalisation options: `weighted` multiplies the score by the mask's share of the image
+    `|M| / (H W)`; an image whose mask covers more than `max_size` of the image gets NaN (left out)."""
+    if not 0 < max_size <= 1:
+        raise ValueError(f"epg: max_size must be in (0, 1], got {max_size}")
     a, m = _prepare(maps, masks)
     pos = a.clamp(min=0).flatten(1)
     inside = (pos * m.flatten(1)).sum(1)
@@ -24,6 +29,10 @@ def epg(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     out = torch.where(
         total > 0, inside / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total)
     )
+    if weighted or max_size < 1:
+        share = m.flatten(1).to(out.dtype).mean(1)
+        out = out * share if weighted else out
+        out = torch.where(share > max_size, torch.full_like(out, float("nan")), out)
     return _nan_if_empty(out, m)
 
 

@@ -28,7 +28,16 @@ from torch import nn
 from salience.registry import Registry
 
 KINDS = ("maps", "probe", "group")
-FAMILIES = ("sanity", "faithfulness", "robustness", "complexity", "localisation", "explain_to_me", "stability")
+FAMILIES = (
+    "sanity",
+    "faithfulness",
+    "axiomatic",
+    "robustness",
+    "complexity",
+    "localisation",
+    "explain_to_me",
+    "stability",
+)
 """Families in the order the report shows them: sanity checks first."""
 
 
@@ -56,6 +65,9 @@ class Measure:
     reference: str = ""
     passes: float | Callable[[Costing], float] = 0.0
     shares: str | None = None
+    on_mosaics: bool = False
+    """Reads 2x2 mosaics (`salience.measures.focus.mosaics`: the probe's images, their target-class quadrants as
+    its masks): run only where named, never by `select(None)` or `default_measures`."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,7 @@ def passes(name: str, costing: Costing | None = None) -> float:
 def default_measures(max_passes: float = DEFAULT_MAX_PASSES) -> list[str]:
     """The registered measures whose cost at the defaults is at most `max_passes`, in registry order (what a study
     runs without `measures.select`)."""
-    return [n for n in MEASURES if passes(n) <= max_passes]
+    return [n for n in MEASURES if passes(n) <= max_passes and not MEASURES[n].on_mosaics]
 
 
 def estimate(names: Sequence[str], costing: Costing | None = None) -> list[tuple[list[str], float]]:
@@ -147,7 +159,10 @@ def estimate(names: Sequence[str], costing: Costing | None = None) -> list[tuple
 def select(names: Sequence[str] | None, kind: str | None = None, masks: bool = True) -> list[str]:
     """The registered names among `names` (None: all), in registry order, of `kind` (None: any), leaving out
     those that need masks when `masks` is False. Unknown names raise `ValueError` listing the registry."""
-    chosen = set(MEASURES) if names is None else {get_measure(n).name for n in names}
+    if names is None:
+        chosen = {n for n, m in MEASURES.items() if not m.on_mosaics}
+    else:
+        chosen = {get_measure(n).name for n in names}
     return [
         n
         for n, m in MEASURES.items()

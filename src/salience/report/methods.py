@@ -16,10 +16,20 @@ which a method's maps are said to barely change when the model is randomised."""
 MPRT_FIGURE = "Sanity check: model parameter randomisation"
 """The title of the report's figure of those curves."""
 
-FAMILY_ORDER = ("sanity", "faithfulness", "robustness", "complexity", "localisation", "explain_to_me", "stability")
+FAMILY_ORDER = (
+    "sanity",
+    "faithfulness",
+    "axiomatic",
+    "robustness",
+    "complexity",
+    "localisation",
+    "explain_to_me",
+    "stability",
+)
 FAMILY_TITLES = {
     "sanity": "Sanity checks",
     "faithfulness": "Faithfulness",
+    "axiomatic": "Axioms",
     "robustness": "Robustness",
     "complexity": "Complexity",
     "localisation": "Localisation",

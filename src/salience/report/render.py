@@ -431,6 +431,37 @@ def render(results_dir: str | Path) -> Path:
     return out
 
 
+def _meta_table(results: dict) -> str:
+    """The meta-evaluation's table (`results["meta"]`, `salience.study.meta`): measures x (input, model) tests,
+    IAC / IEC for noise resilience (NR) and adversary reactivity (AR) and MC, mean ± sd; empty without it."""
+    meta = results.get("meta")
+    if not meta:
+        return ""
+    threshold = meta["settings"].get("unreliable_mc", 0.5)
+    scores = ("IAC_NR", "IAC_AR", "IEC_NR", "IEC_AR", "MC")
+    head = "".join(f"<th>{k} {s.replace('_', ' ')}</th>" for k in ("input", "model") for s in scores)
+    rows = ""
+    for name, kinds in meta["summary"].items():
+        cells = "".join(
+            f"<td>{'<b>' if s == 'MC' else ''}{_fmt(kinds[k][s]['mean'], 2)}{'</b>' if s == 'MC' else ''}"
+            f"<small> ± {_fmt(kinds[k][s]['std'], 2)}</small></td>"
+            for k in ("input", "model")
+            for s in scores
+        )
+        low = any(kinds[k]["MC"]["mean"] < threshold for k in ("input", "model"))
+        rows += f"<tr><td>{html.escape(_label(name))}{' (not reliable)' if low else ''}</td>{cells}</tr>"
+    st = meta["settings"]
+    return (
+        f"<h2>Meta-evaluation of the measures (MetaQuantus)</h2><p>Per measure, on {st['images']} images, "
+        f"{st['iterations']} iterations of {st['perturbations']} perturbations, methods "
+        f"{html.escape(', '.join(st['methods']))}: intra-consistency (IAC) and inter-consistency (IEC) under minor "
+        "(noise resilience, NR: higher = the measure's values and the methods' ranking stay put) and disruptive "
+        "(adversary reactivity, AR: higher = they react) perturbations of the input and of the model's weights; MC "
+        f"is their mean (1 is best). Mean ± sd over models and iterations; MC below {threshold} marks a measure "
+        f"not reliable for these models. See docs/meta.md.</p><table><tr><th>measure</th>{head}</tr>{rows}</table>"
+    )
+
+
 def _page(results: dict, figures: list[tuple[str, str, str | None]], d: Path) -> str:
     """The report's HTML: provenance, findings, the first two figures, the measures table, the tables per
     method, the other figures, and what was left out (`figures`: title, caption, PNG data URL or None)."""
@@ -466,6 +497,7 @@ accuracies are per model (n = models). Comparisons: difference of means (group �
 Cohen's d, two-sided permutation p.</p>
 <table><tr><th>measure</th>{head}<th>vs {html.escape(ref)}</th></tr>{rows}</table>
 {methods_html(results, _label)}
+{_meta_table(results)}
 {"".join(sections[2:])}
 <p><small>Left out, for want of data (no boxes, no out-of-set images, no probes or no training runs):
 {html.escape(", ".join(left_out)) or "nothing"}. Files: results.json (every number here), per_image.csv,

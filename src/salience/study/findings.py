@@ -19,7 +19,46 @@ def findings(results: dict) -> list[str]:
         + accuracy_gaps(results, groups)
         + caveats(results, groups)
         + rankings(results, groups)
+        + meta_findings(results)
     )
+
+
+UNRELIABLE_MC = 0.5
+"""A measure whose MC score under the input or the model perturbation test is below this is named not reliable
+(MC is in [0, 1], higher is better; a measure that cannot tell minor from disruptive perturbations scores about
+0.5)."""
+
+
+def unreliable(meta: dict, threshold: float = UNRELIABLE_MC) -> dict[str, dict[str, float]]:
+    """The measures whose MC (mean over models) under the input or the model test is below `threshold`:
+    measure -> {perturbation type: MC}."""
+    out: dict[str, dict[str, float]] = {}
+    for name, kinds in meta.get("summary", {}).items():
+        low = {k: v["MC"]["mean"] for k, v in kinds.items() if v["MC"]["mean"] < threshold}
+        if low:
+            out[name] = low
+    return out
+
+
+def meta_findings(results: dict) -> list[str]:
+    """From the meta-evaluation (`results["meta"]`, when run): the measures not reliable for these models (MC
+    below `UNRELIABLE_MC` under input or model perturbation), and per such measure the group comparisons that
+    rest on it."""
+    if not results.get("meta"):
+        return []
+    low = unreliable(results["meta"])
+    if not low:
+        return [f"No meta-evaluated measure scores MetaQuantus MC below {UNRELIABLE_MC} for these models."]
+    listed = "; ".join(f"{n} ({', '.join(f'{k} MC {v:.2f}' for k, v in kinds.items())})" for n, kinds in low.items())
+    out = [f"Not reliable for these models (MetaQuantus MC below {UNRELIABLE_MC}): {listed}."]
+    for name in low:
+        comps = results.get("comparisons", {}).get(name, {})
+        if comps:
+            told = "; ".join(
+                f"{pair} (difference {c['diff']:+.3f}, p = {c['p_value']:.3g})" for pair, c in comps.items()
+            )
+            out.append(f"Group comparisons on {name} rest on a measure not reliable here: {told}.")
+    return out
 
 
 def sanity_findings(results: dict) -> list[str]:

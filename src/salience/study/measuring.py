@@ -1,5 +1,6 @@
 """The study's measuring: every store measured (`salience.measures.run.measure_stores`), written as
-`per_image.csv`, `stability.csv` and `summary.json` in the study's folder."""
+`per_image.csv`, `stability.csv` and `summary.json` in the study's folder; with Focus selected, 2x2 mosaics of the
+study's images explained by every model and method, written as `focus.json` (`measure_focus`)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,21 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from salience.attribution import Explainer
+from salience.attribution import Explainer, upsample
 from salience.attribution.registry import parse_method
 from salience.data.core import SalienceDataset, collate
 from salience.distributed import Context
+from salience.measures.focus import focus, mosaics
 from salience.measures.registry import MEASURES, Costing, default_measures, estimate
 from salience.measures.run import Source, measure_stores
 from salience.measures.suite import map_values
+from salience.measures.summary import summarise
 from salience.store import MapStore
 from salience.study.config import StudyConfig
 from salience.study.members import Member
+from salience.study.results import write_json
 
-OWN_FILES = ("runs", "stores", "models", "results.json", "report.html", "gallery.pt")
+OWN_FILES = ("runs", "stores", "models", "results.json", "report.html", "gallery.pt", "focus.json")
 """What a study writes besides the files of `salience measure`."""
 
 console = Console(stderr=True)
@@ -32,6 +36,64 @@ def chosen_measures(select: list[str] | str | None) -> list[str] | None:
     if select == "all":
         return None
     return default_measures() if select is None else list(select)
+
+
+def wants_focus(select: list[str] | str | None) -> bool:
+    """Whether a study's `measures.select` runs Focus on mosaics: when it names `focus`, or is `all`. Focus
+    explains images of its own (mosaics twice the images' height and width), so the defaults leave it out."""
+    return select == "all" or (isinstance(select, list) and "focus" in select)
+
+
+def study_mosaics(data: SalienceDataset, n: int, seed: int) -> tuple[dict, list[str]]:
+    """`mosaics` (`salience.measures.focus`, one per image, with `seed`) of the study's first `n` images that have
+    exactly one class, and those images' ids (the `indices` of the mosaics point into them)."""
+    batch = collate([data[i] for i in range(min(n, len(data)))])
+    single = batch["labels"].sum(1) == 1
+    ids = [i for i, one in zip(batch["id"], single.tolist(), strict=True) if one]
+    labels = batch["labels"][single].argmax(1)
+    if len(set(labels.tolist())) < 2:
+        raise ValueError(f"focus: mosaics need images of at least two classes; the first {n} images (measures."
+                         f"n_probe) with one class hold {sorted(set(labels.tolist()))}: raise n_probe")  # fmt: skip
+    return mosaics(batch["image"][single], labels, seed), ids
+
+
+def _mosaic_maps(explain: Explainer, x: torch.Tensor, target: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """The maps `[M, H, W]` of mosaics `x [M, C, H, W]` for `target [M]`, `batch` mosaics at a time, at their size."""
+    size = (x.shape[-2], x.shape[-1])
+    return torch.cat([upsample(explain(x[i : i + batch], target[i : i + batch]).detach(), size)
+                      for i in range(0, len(x), batch)])  # fmt: skip
+
+
+def measure_focus(cfg: StudyConfig, members: list[Member], data: SalienceDataset, out: Path) -> dict:
+    """Focus of every member and method on 2x2 mosaics of the study's first `measures.n_probe` single-class images
+    (`study_mosaics`, seeded with `measures.seed`), each explained for its target class. Writes and returns
+    `out/focus.json`: `{"seed", "per_class", "mosaics": [{"target", "images": [4 ids], "classes": [4 names]}],
+    "values": {model: {spec: [M]}}, "summary": {model: {spec: summarise}}, "groups": {group: {spec: summarise
+    of its models' values pooled}}}`."""
+    m = cfg.measures
+    built, ids = study_mosaics(data, m.n_probe, m.seed)
+    names = list(getattr(data, "classes", [])) or [str(c) for c in range(int(built["classes"].max()) + 1)]
+    record: dict = {"seed": m.seed, "per_class": built["per_class"], "values": {}, "summary": {}, "groups": {}}
+    record["mosaics"] = [
+        {"target": names[t], "images": [ids[i] for i in idx], "classes": [names[c] for c in cls]}
+        for t, idx, cls in zip(built["target"].tolist(), built["indices"].tolist(), built["classes"].tolist(),
+                               strict=True)
+    ]  # fmt: skip
+    pooled: dict[str, dict[str, list[float]]] = {}
+    for x in members:
+        device = next(x.model.parameters()).device
+        mx, target, positions = built["x"].to(device), built["target"].to(device), built["positions"].to(device)
+        for spec in cfg.explain.specs:
+            method, layer = parse_method(spec)
+            explain = Explainer(method, x.model, layer, dict(cfg.explain.options.get(spec, {})))
+            values = focus(_mosaic_maps(explain, mx, target), positions).double().cpu().tolist()
+            record["values"].setdefault(x.name, {})[spec] = values
+            record["summary"].setdefault(x.name, {})[spec] = summarise(values, seed=m.seed, n_boot=m.n_boot)
+            pooled.setdefault(x.group, {}).setdefault(spec, []).extend(values)
+    record["groups"] = {g: {spec: summarise(v, seed=m.seed, n_boot=m.n_boot) for spec, v in by_spec.items()}
+                        for g, by_spec in pooled.items()}  # fmt: skip
+    write_json(out / "focus.json", record)
+    return record
 
 
 def _explain_seconds(cfg: StudyConfig, members: list[Member], data: SalienceDataset, n: int) -> float:
@@ -119,14 +181,17 @@ def measure_members(
     `data`, with the `out_of_set` images `[N, 3, H, W]`), pooled per group of `groups`; return the summary of
     `measure_stores` (on rank 0; None on the other processes under torchrun `ctx`). Without `measures.select`
     the measures are the cheap defaults (`chosen_measures`); with `progress`, their estimated cost is printed
-    first (`announce`) and a bar names the measure being probed."""
+    first (`announce`) and a bar names the measure being probed. When `measures.select` names `focus` (or is
+    `all`, and the probed images hold two classes), Focus is measured on mosaics (`measure_focus`, rank 0) and
+    its record is the summary's `focus`."""
     specs = cfg.explain.specs
     m = cfg.measures
-    names = chosen_measures(m.select)
+    on_mosaics = wants_focus(m.select) and m.n_probe > 0
+    names = [n for n in chosen_measures(m.select) or MEASURES if n != "focus" or on_mosaics]
     show = progress and (ctx is None or ctx.is_main)
     if show:
         announce(cfg, members, data, names, list(dict.fromkeys(paths.values())))
-    return measure_stores(
+    summary = measure_stores(
         {g: [paths[(x.name, spec)] for spec in specs for x in members if x.group == g] for g in groups},
         out,
         seed=m.seed,
@@ -142,7 +207,14 @@ def measure_members(
         ctx=ctx,
         names={str(paths[(x.name, spec)]): x.name for x in members for spec in specs},
         own=OWN_FILES,
-        select=names,
+        select=[n for n in names if n != "focus"],  # Focus reads mosaics: measured apart, below
         progress=show,
-        options=m.options,
     )
+    if summary is not None and on_mosaics:
+        try:
+            summary["focus"] = measure_focus(cfg, members, data, out)
+        except ValueError as err:  # `all`: every measure the data support; a named focus must run
+            if m.select != "all" or "at least two classes" not in str(err):
+                raise
+            console.print(f"  focus left out: {err}")
+    return summary

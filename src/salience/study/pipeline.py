@@ -79,6 +79,11 @@ def run(
     accuracy = accuracies(cfg, members, out, data)
     clock("evaluate")
     results = assemble_results(cfg, names, members, summary, accuracy, out, data)
+    if cfg.meta:  # MetaQuantus' meta-evaluation of the measures (salience.study.meta)
+        from salience.study.meta import in_results, meta_members
+
+        results["meta"] = in_results(meta_members(cfg, members, data, out, progress=show))
+        clock("meta")
     results["findings"] = findings(results)
     write_gallery(cfg, members, data, paths, out)
     results["seconds"] = round(time.perf_counter() - t0, 1)

@@ -54,6 +54,8 @@ def assemble_results(
         "stability": summary["stability"],
         "measures": {c: _measure_info(c) for c in columns},
     }
+    if "focus" in summary:  # Focus on mosaics (`salience.study.measuring.measure_focus`): also in focus.json
+        results["focus"] = summary["focus"]
     if len(specs) > 1:
         results["by_method"] = {
             spec: {"summary": t, "comparisons": c, "within": within_group(cfg, groups, rows, columns, spec, specs[0])}
