@@ -87,6 +87,11 @@ not MPRT (16 explanations over its cascade), deletion / insertion (17), ROAD (25
 correlation (50.5), max- / avg-sensitivity (200) or local Lipschitz (200). `measures.select: all` runs every
 measure. With 16 probed images of 50, the defaults cost about 8 times the study's explaining (26 passes x 16 / 50)."""
 
+DEFAULT_FAMILIES = ("sanity", "complexity", "localisation", "explain_to_me", "stability")
+"""The families a study runs by default (within `DEFAULT_MAX_PASSES`). Left out: the faithfulness, axiomatic and
+robustness measures, whose cheap members are pass/fail checks (completeness, input invariance), compare the images
+of a batch with each other (sufficiency, consistency) or re-explain ten times (Captum's sensitivity_max)."""
+
 
 MEASURES: Registry[Measure] = Registry("measure")
 """Name -> `Measure`, in registration order (the order of CSV columns and report rows)."""
@@ -138,9 +143,11 @@ def passes(name: str, costing: Costing | None = None) -> float:
 
 
 def default_measures(max_passes: float = DEFAULT_MAX_PASSES) -> list[str]:
-    """The registered measures whose cost at the defaults is at most `max_passes`, in registry order (what a study
-    runs without `measures.select`)."""
-    return [n for n in MEASURES if passes(n) <= max_passes and not MEASURES[n].on_mosaics]
+    """The registered measures of `DEFAULT_FAMILIES` whose cost at the defaults is at most `max_passes`, in registry
+    order, leaving out those read on mosaics (what a study runs without `measures.select`)."""
+    return [
+        n for n, m in MEASURES.items() if passes(n) <= max_passes and m.family in DEFAULT_FAMILIES and not m.on_mosaics
+    ]
 
 
 def estimate(names: Sequence[str], costing: Costing | None = None) -> list[tuple[list[str], float]]:
