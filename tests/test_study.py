@@ -249,3 +249,32 @@ def test_the_studys_models_compared_by_five_method_families(study_dir, tmp_path)
     assert MapStore(out / "stores" / "kernel_shap" / "ce_1").meta.options == options["kernel_shap"]
     page = (out / "report.html").read_text()
     assert "Methods compared within each group" in page and all(m in page for m in methods)
+
+
+@pytest.mark.slow
+def test_a_vision_transformer_explained_by_its_native_methods_and_gradcam(study_dir, tmp_path):
+    """The issue's study: a timm ViT (state dict) explained with attention rollout, Chefer's LRP, AttnLRP and
+    GradCAM on the token grid, measured (sanity checks included) and compared in the report. Cheaper checks of
+    the methods through the stores: tests/test_methods_registry.py (`transformer=True`)."""
+    kw = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 4}
+    torch.manual_seed(0)
+    timm = pytest.importorskip("timm")
+    torch.save(timm.create_model("vit_tiny_patch16_224", num_classes=2, **kw).state_dict(), tmp_path / "vit.pth")
+    methods = ["attention_rollout", "chefer_lrp", "attn_lrp", "grad_cam@final"]
+    tree = {
+        "out": str(tmp_path / "o"),
+        "data": {"format": "imagefolder", "root": str(study_dir / "faces" / "test"), "size": 32},
+        "explain": {"methods": methods, "target": "predicted"},
+        "measures": {"n_probe": 2, "select": ["mprt", "random_logit", "sparseness", "deletion_auc"]},
+        "groups": {"ViT": {"model": "timm:vit_tiny_patch16_224", "num_classes": 2, "kwargs": kw,
+                           "weights": [str(tmp_path / "vit.pth")]}},
+    }  # fmt: skip
+    res = runner.invoke(app, ["study", _write(tmp_path, tree)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "o" / "per_image.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == set(methods) and len(rows) == 4 * 6
+    probed = [r for r in rows if r["mprt"] not in ("", "nan")]
+    assert len(probed) == 4 * 2
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "Methods compared within each group" in page and all(m in page for m in methods)

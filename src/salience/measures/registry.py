@@ -87,6 +87,12 @@ not MPRT (16 explanations over its cascade), deletion / insertion (17), ROAD (25
 correlation (50.5), max- / avg-sensitivity (200) or local Lipschitz (200). `measures.select: all` runs every
 measure. With 16 probed images of 50, the defaults cost about 8 times the study's explaining (26 passes x 16 / 50)."""
 
+ALL_MAX_PASSES = 1000.0
+"""The most model passes per probed image of a measure that "every measure" (`measures.select: all`, `evaluate` or
+`salience measure` without a selection) runs. Above it, run only when named: the measures that perturb one input
+value per step (pixel flipping, sensitivity-n, monotonicity, monotonicity correlation, faithfulness estimate,
+non-sensitivity: 10^4 to 10^7 passes per 224 px image at Quantus' defaults) and infidelity (1568)."""
+
 DEFAULT_FAMILIES = ("sanity", "complexity", "localisation", "explain_to_me", "stability")
 """The families a study runs by default (within `DEFAULT_MAX_PASSES`). Left out: the faithfulness, axiomatic and
 robustness measures, whose cheap members are pass/fail checks (completeness, input invariance), compare the images
@@ -164,10 +170,11 @@ def estimate(names: Sequence[str], costing: Costing | None = None) -> list[tuple
 
 
 def select(names: Sequence[str] | None, kind: str | None = None, masks: bool = True) -> list[str]:
-    """The registered names among `names` (None: all), in registry order, of `kind` (None: any), leaving out
-    those that need masks when `masks` is False. Unknown names raise `ValueError` listing the registry."""
+    """The registered names among `names` (None: all, except those read on mosaics and those costing more than
+    `ALL_MAX_PASSES`), in registry order, of `kind` (None: any), leaving out those that need masks when `masks` is
+    False. Unknown names raise `ValueError` listing the registry."""
     if names is None:
-        chosen = {n for n, m in MEASURES.items() if not m.on_mosaics}
+        chosen = {n for n, m in MEASURES.items() if not m.on_mosaics and passes(n) <= ALL_MAX_PASSES}
     else:
         chosen = {get_measure(n).name for n in names}
     return [
