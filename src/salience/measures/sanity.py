@@ -294,7 +294,7 @@ def efficient_mprt(
     `order` bottom-up, explained once at the end): `(H_random - H_original) / H_original`.
 
     Returns `{"entropy_original": [B], "entropy_randomised": [B], "score": [B]}` (float64; the score is
-    inf / NaN where the original map is constant, as Quantus')."""
+    NaN where the original map is constant: Quantus gives ±inf or NaN there)."""
     explain = _explainer(method, layer, options)
     size = (x.shape[-2], x.shape[-1])
     original = upsample(explain(model, x, target) if maps is None else maps.detach(), size)
@@ -303,4 +303,5 @@ def efficient_mprt(
         randomised = upsample(explain(m, x, target), size)
     assert randomised is not None  # the cascade's last step is always compared
     h0, h1 = discrete_entropy(original, bins), discrete_entropy(randomised, bins)
-    return {"entropy_original": h0, "entropy_randomised": h1, "score": (h1 - h0) / h0}
+    score = torch.where(h0 > 0, (h1 - h0) / h0, torch.nan)  # a constant original map: undefined
+    return {"entropy_original": h0, "entropy_randomised": h1, "score": score}

@@ -15,7 +15,7 @@ from salience.attribution.registry import parse_method
 from salience.data.core import SalienceDataset, collate
 from salience.distributed import Context
 from salience.measures.focus import focus, mosaics
-from salience.measures.registry import MEASURES, Costing, default_measures, estimate
+from salience.measures.registry import MEASURES, Costing, default_measures, estimate, select
 from salience.measures.run import Source, measure_stores
 from salience.measures.suite import map_values
 from salience.measures.summary import summarise
@@ -144,7 +144,7 @@ def announce(
     first maps. Return the estimated seconds in all."""
     m = cfg.measures
     n = min(m.n_probe, len(data))
-    chosen = list(MEASURES) if names is None else names
+    chosen = select(None) if names is None else names
     costs = estimate(chosen, Costing(m.samples, m.deletion_steps)) if n and members else []
     stored = [x for x in chosen if MEASURES[x].kind == "maps"]
     console.rule(f"measuring {len(members)} models: {len(chosen)} measures, probes on {n} images per model")
@@ -187,7 +187,8 @@ def measure_members(
     specs = cfg.explain.specs
     m = cfg.measures
     on_mosaics = wants_focus(m.select) and m.n_probe > 0
-    names = [n for n in chosen_measures(m.select) or MEASURES if n != "focus" or on_mosaics]
+    chosen = chosen_measures(m.select)
+    names = [n for n in (select(None) if chosen is None else chosen) if n != "focus"] + ["focus"] * on_mosaics
     show = progress and (ctx is None or ctx.is_main)
     if show:
         announce(cfg, members, data, names, list(dict.fromkeys(paths.values())))
