@@ -278,3 +278,12 @@ def test_a_vision_transformer_explained_by_its_native_methods_and_gradcam(study_
     assert len(probed) == 4 * 2
     page = (tmp_path / "o" / "report.html").read_text()
     assert "Methods compared within each group" in page and all(m in page for m in methods)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs" / "studies").glob("*.yaml")), ids=str)
+def test_shipped_study_files_validate(path):
+    """configs/studies/*.yaml load (methods, measures and training groups checked on load)."""
+    from salience.study.config import load_study
+
+    cfg = load_study(path)
+    assert cfg.groups and cfg.explain.specs

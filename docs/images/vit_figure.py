@@ -1,5 +1,5 @@
 """Draw docs/images/vit_maps.png, the picture of docs/transformers.md, from the output folder of
-`salience study configs/builtin_vit_study.yaml`: `python docs/images/vit_figure.py [runs/builtin_vit_study]`.
+`salience study configs/studies/builtin_vit.yaml`: `python docs/images/vit_figure.py [runs/builtin_vit]`.
 The first four test images of the built-in benchmark with each method's map (true class) of the study's ViT,
 drawn by `salience.show` (one colour scale per method)."""
 
@@ -15,7 +15,7 @@ from salience.data import BuiltinBenchmark, builtin_dataset, collate
 from salience.store import MapStore
 
 N = 4
-STUDY = Path(__file__).parents[2] / "configs" / "builtin_vit_study.yaml"
+STUDY = Path(__file__).parents[2] / "configs" / "studies" / "builtin_vit.yaml"
 
 
 def main(study: Path, out: Path) -> None:
@@ -36,4 +36,4 @@ def main(study: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/builtin_vit_study"), Path(__file__).with_name("vit_maps.png"))
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/builtin_vit"), Path(__file__).with_name("vit_maps.png"))
