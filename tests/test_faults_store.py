@@ -82,6 +82,7 @@ def _store_arrays(path) -> tuple[torch.Tensor, torch.Tensor]:
     return s.read(0, s.n)
 
 
+@pytest.mark.slow  # 20 s; a killed process recomputed on the next run: test_explain_distributed (killed rank)
 def test_sigkill_mid_store_then_rerun_finishes_without_recomputing(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
