@@ -8,16 +8,12 @@ needs, in batches of the n images, nothing else. Quantus 0.6 needs two mends to 
 NumPy 2) for its areas, and IROF's mask broadcast to the image's channels (its [B, 1, H, W] mask fails an
 assertion against [B, 3, H, W] images).
 
-    python benchmarks/quantus_q1.py                      # smallcnn, 32 px, 16 images, CPU (this file alone)
+Run by `python benchmarks/quantus.py [--only NAME ...]`.
 """
 
-import argparse
-import warnings
-from types import SimpleNamespace
-
 import numpy as np
-import torch
 
+from common import forwards
 from salience.attribution import upsample
 from salience.measures.flipping import (
     irof,
@@ -31,15 +27,6 @@ from salience.measures.flipping import (
 
 if not hasattr(np, "trapz"):
     np.trapz = np.trapezoid  # type: ignore[attr-defined]  # Quantus 0.6 calls np.trapz, gone in NumPy 2
-
-
-def _forwards(model, x, times):
-    def run():
-        with torch.no_grad():
-            for _ in range(times):
-                model(x)
-
-    return run
 
 
 def cases(c) -> dict:
@@ -60,78 +47,26 @@ def cases(c) -> dict:
         "pixel_flipping": (
             lambda: quantus.PixelFlipping(**off)(**qa),
             lambda: pixel_flipping(m, x, y, maps),
-            _forwards(m, x, channels * s * s),
+            forwards(m, x, channels * s * s),
         ),
         "region_perturbation": (
             lambda: quantus.RegionPerturbation(**off)(**qa),
             lambda: region_perturbation(m, x, y, maps),
-            _forwards(m, x, 1 + min(100, patches)),
+            forwards(m, x, 1 + min(100, patches)),
         ),
         "irof": (
             lambda: quantus.IROF(perturb_func=broadcast, **off)(**qa),
             lambda: irof(m, x, y, maps),
-            _forwards(m, x, 1 + segments),
+            forwards(m, x, 1 + segments),
         ),
         "selectivity": (
             lambda: quantus.Selectivity(**off)(**qa),
             lambda: selectivity(m, x, y, maps),
-            _forwards(m, x, patches),
+            forwards(m, x, patches),
         ),
         "sensitivity_n": (
             lambda: quantus.SensitivityN(**off)(**qa),
             lambda: sensitivity_n(m, x, y, maps),
-            _forwards(m, x, 1 + int(0.8 * s * s)),
+            forwards(m, x, 1 + int(0.8 * s * s)),
         ),
     }
-
-
-def _context(args) -> SimpleNamespace:
-    """The locals of `benchmarks/quantus.py`'s `main()` that `cases` reads, built the same way."""
-    from salience.attribution import attribute
-    from salience.models import build
-
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build(args.model, 10).to(device).eval()
-    n, s = args.batch, args.size
-    x = torch.rand(n, 3, s, s, device=device)
-    y = torch.randint(0, 10, (n,), device=device)
-    explain = lambda xx, t: attribute("input_x_gradient", model, xx, t)
-    maps = explain(x, y).detach()
-    q = dict(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(), channel_first=True, device=str(device))
-    return SimpleNamespace(model=model, x=x, y=y, maps=maps, masks=None, explain=explain, explain_func=None, q=q,
-                           n=n, s=s, args=args, device=device)  # fmt: skip
-
-
-def main() -> None:
-    import sys
-
-    here = sys.path.pop(0)  # run as a script: this folder holds quantus.py, which would shadow the library
-    import quantus  # noqa: F401
-
-    sys.path.insert(0, here)
-    from common import timed
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smallcnn")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", nargs="*")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    c = _context(args)
-    print(f"{args.model}, {c.s} px, {c.n} images, {args.device}, {torch.get_num_threads()} threads")
-    print("\n| measure | Quantus s | salience s | speed-up | floor s | salience / floor |")
-    print("|---|---|---|---|---|---|")
-    for name, (theirs, ours, floor) in cases(c).items():
-        if args.only and name not in args.only:
-            continue
-        ours()  # warm-up
-        t_ours, t_theirs, t_floor = timed(ours, c.device), timed(theirs, c.device), timed(floor, c.device)
-        print(f"| {name} | {t_theirs:.3f} | {t_ours:.3f} | {t_theirs / t_ours:.1f}x | {t_floor:.3f} | "
-              f"{t_ours / t_floor:.2f}x |", flush=True)  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

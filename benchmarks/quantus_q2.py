@@ -13,16 +13,12 @@ nothing else; Quantus' infidelity repeats its 10 identical samples, ours compute
 per model call here (`batch_size=n`), as Quantus and the floor do: on a CPU a call of 64 small images costs more
 per image than one of 16 (memory-bound); the default 64 is for GPUs.
 
-    python benchmarks/quantus_q2.py                      # smallcnn, 32 px, 16 images, CPU (this file alone)
+Run by `python benchmarks/quantus.py [--only NAME ...]`.
 """
 
-import argparse
-import warnings
-from types import SimpleNamespace
-
-import numpy as np
 import torch
 
+from common import forwards
 from salience.attribution import attribute, upsample
 from salience.measures.axiomatic import completeness, input_invariance, non_sensitivity
 from salience.measures.monotonicity import (
@@ -32,15 +28,6 @@ from salience.measures.monotonicity import (
     monotonicity_correlation,
     sufficiency,
 )
-
-
-def _forwards(model, x, times):
-    def run():
-        with torch.no_grad():
-            for _ in range(times):
-                model(x)
-
-    return run
 
 
 def _shiftable(c):
@@ -70,33 +57,33 @@ def cases(c) -> dict:
         "monotonicity": (
             lambda: quantus.Monotonicity(**off)(**qa),
             lambda: monotonicity(m, x, y, maps, batch_size=n),
-            _forwards(m, x, values),
+            forwards(m, x, values),
         ),
         "monotonicity_correlation": (
             lambda: quantus.MonotonicityCorrelation(nr_samples=samples, features_in_step=s, **off)(**qa),
             lambda: monotonicity_correlation(m, x, y, maps, samples, s, batch_size=n),
-            _forwards(m, x, 1 + values // s * samples),
+            forwards(m, x, 1 + values // s * samples),
         ),
         "faithfulness_estimate": (
             lambda: quantus.FaithfulnessEstimate(**off)(**qa),
             lambda: faithfulness_estimate(m, x, y, maps, batch_size=n),
-            _forwards(m, x, 1 + values),
+            forwards(m, x, 1 + values),
         ),
         "infidelity": (
             lambda: quantus.Infidelity(**off)(**qa),
             lambda: infidelity(m, x, y, maps, batch_size=n),
-            _forwards(m, x, 1 + (s // 4) ** 2),
+            forwards(m, x, 1 + (s // 4) ** 2),
         ),
-        "sufficiency": (lambda: quantus.Sufficiency(**off)(**qa), lambda: sufficiency(m, x, maps), _forwards(m, x, 1)),
+        "sufficiency": (lambda: quantus.Sufficiency(**off)(**qa), lambda: sufficiency(m, x, maps), forwards(m, x, 1)),
         "completeness": (
             lambda: quantus.Completeness(**off)(**qa),
             lambda: completeness(m, x, y, maps),
-            _forwards(m, x, 2),
+            forwards(m, x, 2),
         ),
         "non_sensitivity": (
             lambda: quantus.NonSensitivity(**off)(**qa),
             lambda: non_sensitivity(m, x, y, maps, batch_size=n),
-            _forwards(m, x, 1 + values),
+            forwards(m, x, 1 + values),
         ),
         "input_invariance": (
             lambda: quantus.InputInvariance(**off)(**qi),
@@ -104,56 +91,3 @@ def cases(c) -> dict:
             lambda: explain(net, x - 1, y),
         ),
     }
-
-
-def _context(args) -> SimpleNamespace:
-    """The locals of `benchmarks/quantus.py`'s `main()` that `cases` reads, built the same way."""
-    from salience.models import build
-
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build(args.model, 10).to(device).eval()
-    n, s = args.batch, args.size
-    x = torch.rand(n, 3, s, s, device=device)
-    y = torch.randint(0, 10, (n,), device=device)
-    explain = lambda xx, t: attribute("input_x_gradient", model, xx, t)
-    maps = explain(x, y).detach()
-    q = dict(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(), channel_first=True, device=str(device))
-    return SimpleNamespace(model=model, x=x, y=y, maps=maps, masks=None, explain=explain, explain_func=None, q=q,
-                           n=n, s=s, args=args, device=device)  # fmt: skip
-
-
-def main() -> None:
-    import sys
-
-    here = sys.path.pop(0)  # run as a script: this folder holds quantus.py, which would shadow the library
-    import quantus  # noqa: F401
-
-    sys.path.insert(0, here)
-    from common import timed
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smallcnn")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=20, help="samples of monotonicity correlation")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", nargs="*")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    c = _context(args)
-    print(f"{args.model}, {c.s} px, {c.n} images, {args.device}, {torch.get_num_threads()} threads")
-    print("\n| measure | Quantus s | salience s | speed-up | floor s | salience / floor |")
-    print("|---|---|---|---|---|---|")
-    for name, (theirs, ours, floor) in cases(c).items():
-        if args.only and name not in args.only:
-            continue
-        ours()  # warm-up
-        np.random.seed(0)
-        t_ours, t_theirs, t_floor = timed(ours, c.device), timed(theirs, c.device), timed(floor, c.device)
-        print(f"| {name} | {t_theirs:.3f} | {t_ours:.3f} | {t_theirs / t_ours:.1f}x | {t_floor:.3f} | "
-              f"{t_ours / t_floor:.2f}x |", flush=True)  # fmt: skip
-
-
-if __name__ == "__main__":
-    main()

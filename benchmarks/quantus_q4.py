@@ -9,14 +9,8 @@ InputXGradient, equal to salience's `input_x_gradient`) whatever its `explain_fu
 the definition needs, samples x (layers + 1) of the n images. EfficientMPRT's floor: one explanation of the n
 images by the fully randomised model (the original maps are given).
 
-    python benchmarks/quantus_q4.py                      # smallcnn, 32 px, 16 images, CPU (this file alone)
+Run by `python benchmarks/quantus.py [--only NAME ...]`.
 """
-
-import argparse
-import warnings
-from types import SimpleNamespace
-
-import torch
 
 from salience.attribution import upsample
 from salience.measures.focus import focus, mosaics
@@ -59,64 +53,3 @@ def cases(c) -> dict:
             _explanations(c.explain, c.x, c.y, 1),
         ),
     }
-
-
-def _context(args) -> SimpleNamespace:
-    """The locals of `benchmarks/quantus.py`'s `main()` that `cases` reads, built the same way."""
-    from salience.attribution import attribute
-    from salience.models import build
-
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    model = build(args.model, 10).to(device).eval()
-    n, s = args.batch, args.size
-    x = torch.rand(n, 3, s, s, device=device)
-    y = torch.randint(0, 10, (n,), device=device)
-    explain = lambda xx, t: attribute("input_x_gradient", model, xx, t)
-    maps = explain(x, y).detach()
-
-    def explain_func(model, inputs, targets, **kwargs):
-        xx = torch.as_tensor(inputs, device=device).float()
-        t = torch.as_tensor(targets, device=device).long()
-        return upsample(attribute("input_x_gradient", model, xx, t).detach(), (s, s))[:, None].cpu().numpy()
-
-    q = dict(model=model, x_batch=x.cpu().numpy(), y_batch=y.cpu().numpy(), channel_first=True, device=str(device))
-    return SimpleNamespace(model=model, x=x, y=y, maps=maps, masks=None, explain=explain, explain_func=explain_func,
-                           q=q, n=n, s=s, args=args, device=device)  # fmt: skip
-
-
-def main() -> None:
-    import sys
-
-    here = sys.path.pop(0)  # run as a script: this folder holds quantus.py, which would shadow the library
-    import quantus  # noqa: F401
-
-    sys.path.insert(0, here)
-    from common import timed
-
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smallcnn")
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--samples", type=int, default=20, help="noisy samples of SmoothMPRT (Quantus: 50)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--only", nargs="*")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    c = _context(args)
-    print(f"{args.model}, {c.s} px, {c.n} images, {args.device}, {torch.get_num_threads()} threads, "
-          f"samples {args.samples}")  # fmt: skip
-    print("\n| measure | Quantus s | salience s | speed-up | floor s | salience / floor |")
-    print("|---|---|---|---|---|---|")
-    for name, (theirs, ours, floor) in cases(c).items():
-        if args.only and name not in args.only:
-            continue
-        ours()  # warm-up
-        t_ours, t_theirs = timed(ours, c.device), timed(theirs, c.device)
-        t_floor = timed(floor, c.device) if floor is not None else None
-        tail = f"{t_floor:.3f} | {t_ours / t_floor:.2f}x |" if t_floor is not None else " | |"
-        print(f"| {name} | {t_theirs:.3f} | {t_ours:.4f} | {t_theirs / t_ours:.1f}x | {tail}", flush=True)
-
-
-if __name__ == "__main__":
-    main()
