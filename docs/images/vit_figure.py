@@ -3,16 +3,17 @@
 The first four test images of the built-in benchmark with each method's map (true class) of the study's ViT,
 drawn by `salience.show` (one colour scale per method)."""
 
-import io
 import sys
 from pathlib import Path
 
 import yaml
-from PIL import Image
 
 import salience
 from salience.data import BuiltinBenchmark, builtin_dataset, collate
 from salience.store import MapStore
+
+sys.path.insert(0, str(Path(__file__).parent))
+from readme_figure import save_png
 
 N = 4
 STUDY = Path(__file__).parents[2] / "configs" / "studies" / "builtin_vit.yaml"
@@ -28,11 +29,7 @@ def main(study: Path, out: Path) -> None:
         assert list(store.meta.image_ids)[:N] == batch["id"], "the stores hold other images than the benchmark's"
         maps[spec] = store.read(0, N)[0]
     titles = [test.classes[int(c)] for c in batch["labels"].argmax(1)]
-    fig = salience.show(batch["image"], maps, titles=titles, size=1.3)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    Image.open(buf).convert("RGB").quantize(256).save(out, optimize=True)  # a palette PNG: a third of the bytes
-    print(f"wrote {out} ({out.stat().st_size // 1024} KB)")
+    save_png(salience.show(batch["image"], maps, titles=titles, size=1.3), out)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import html
 
 import matplotlib.pyplot as plt
 
+from salience.measures.registry import FAMILIES
+
 BARELY_CHANGES = 0.5
 """Mean Spearman correlation of |maps| with those of the fully randomised model (last MPRT step) at or above
 which a method's maps are said to barely change when the model is randomised."""
@@ -16,16 +18,6 @@ which a method's maps are said to barely change when the model is randomised."""
 MPRT_FIGURE = "Sanity check: model parameter randomisation"
 """The title of the report's figure of those curves."""
 
-FAMILY_ORDER = (
-    "sanity",
-    "faithfulness",
-    "axiomatic",
-    "robustness",
-    "complexity",
-    "localisation",
-    "explain_to_me",
-    "stability",
-)
 FAMILY_TITLES = {
     "sanity": "Sanity checks",
     "faithfulness": "Faithfulness",
@@ -43,7 +35,7 @@ def ordered_keys(results: dict, summary: dict) -> list[str]:
     the rest (accuracies) in their order."""
     info = results.get("measures", {})
     measures = [k for k in summary if k in info]
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    rank = {f: i for i, f in enumerate(FAMILIES)}
     measures.sort(key=lambda k: rank.get(info[k]["family"], len(rank)))
     return measures + [k for k in summary if k not in info]
 
